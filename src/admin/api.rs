@@ -1,0 +1,254 @@
+//! The admin API's answers, as plain functions of (usher, request line, time): testable without a
+//! socket. Serving them over HTTP is `service.rs`'s job.
+//!
+//! JSON throughout, names rather than indices, times as RFC 3339. Read-only: nothing here changes
+//! what the proxy does.
+
+use crate::config::TierId;
+use crate::engine::Usher;
+use crate::experience::{CustomerSnapshot, Step};
+use crate::stats::StatsView;
+use crate::urlencoded;
+use serde::Serialize;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Most customers one `?worst=N` answer lists.
+pub const MAX_WORST: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn json<T: Serialize>(status: u16, v: &T) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_vec_pretty(v).unwrap_or_default(),
+        }
+    }
+
+    fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Reply {
+        Reply::json(status, &serde_json::json!({ "error": message }))
+    }
+}
+
+const INDEX: &str = "usher admin API
+  GET /healthz                 liveness
+  GET /metrics                 Prometheus metrics
+  GET /customers/{id}          one customer: score, state, counters, journey
+  GET /customers?worst=N       the N customers with the lowest scores now
+  GET /routes                  per-route requests, failure rate, p50/p90/p99
+  GET /upstreams               per-upstream requests, failure rate, p50/p90/p99
+";
+
+pub fn handle(usher: &Usher, method: &str, path: &str, query: Option<&str>, now_ms: u64) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return Reply::error(405, "the admin API is read-only: use GET");
+    }
+    match path {
+        "/" => Reply::text(200, INDEX),
+        "/healthz" => Reply::text(200, "ok\n"),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: usher.metrics().encode().into_bytes(),
+        },
+        "/customers" | "/customers/" => worst(usher, query, now_ms),
+        "/routes" => Reply::json(200, &routes(usher, now_ms)),
+        "/upstreams" => Reply::json(200, &upstreams(usher, now_ms)),
+        p => match p.strip_prefix("/customers/") {
+            Some(raw) => customer(usher, raw, now_ms),
+            None => Reply::error(404, "no such admin endpoint; GET / lists them"),
+        },
+    }
+}
+
+fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
+    let Some(id) = urlencoded::decode(raw) else {
+        return Reply::error(400, "malformed percent-encoding in customer id");
+    };
+    match usher.store().get(&id, now_ms) {
+        Some(c) => Reply::json(200, &CustomerJson::new(usher, &c)),
+        None => Reply::error(404, "customer not tracked (never seen, or evicted)"),
+    }
+}
+
+fn worst(usher: &Usher, query: Option<&str>, now_ms: u64) -> Reply {
+    let q = query.unwrap_or("");
+    let n = match urlencoded::query_param(q, "worst").map(|v| v.parse::<usize>()) {
+        Some(Ok(n)) => n.min(MAX_WORST),
+        Some(Err(_)) => return Reply::error(400, "worst must be a number, e.g. ?worst=10"),
+        None => return Reply::error(400, "say how many: /customers?worst=10"),
+    };
+    let min = match urlencoded::query_param(q, "min_requests").map(|v| v.parse::<u32>()) {
+        Some(Ok(m)) => m,
+        Some(Err(_)) => return Reply::error(400, "min_requests must be a number"),
+        None => usher.config().experience.min_requests,
+    };
+    let list: Vec<CustomerJson> = usher
+        .store()
+        .worst(n, min, now_ms)
+        .iter()
+        .map(|c| CustomerJson::new(usher, c))
+        .collect();
+    Reply::json(
+        200,
+        &serde_json::json!({ "min_requests": min, "customers": list }),
+    )
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn tier_name(usher: &Usher, t: TierId) -> String {
+    usher
+        .config()
+        .tiers
+        .get(t as usize)
+        .map_or_else(|| "?".to_string(), |t| t.name.clone())
+}
+
+#[derive(Serialize)]
+pub struct CustomerJson {
+    pub id: String,
+    pub tier: String,
+    pub score: f64,
+    pub state: &'static str,
+    pub requests: u32,
+    pub errors: u32,
+    pub frustrated: u32,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub journey: Vec<StepJson>,
+}
+
+#[derive(Serialize)]
+pub struct StepJson {
+    pub at: String,
+    pub route: Option<String>,
+    pub method: &'static str,
+    pub path: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub upstream: Option<String>,
+    pub outcome: &'static str,
+}
+
+impl CustomerJson {
+    pub fn new(usher: &Usher, c: &CustomerSnapshot) -> Self {
+        CustomerJson {
+            id: c.id.clone(),
+            tier: tier_name(usher, c.tier),
+            score: (c.score * 10.0).round() / 10.0,
+            state: if usher.is_degraded(c.score) {
+                "degraded"
+            } else {
+                "ok"
+            },
+            requests: c.requests,
+            errors: c.errors,
+            frustrated: c.frustrated,
+            first_seen: rfc3339(c.first_seen_ms),
+            last_seen: rfc3339(c.last_seen_ms),
+            journey: c.journey.iter().map(|s| StepJson::new(usher, s)).collect(),
+        }
+    }
+}
+
+impl StepJson {
+    pub fn new(usher: &Usher, s: &Step) -> Self {
+        let (path, path_truncated) = s.path();
+        let cfg = usher.config();
+        StepJson {
+            at: rfc3339(s.at_ms),
+            route: s
+                .route()
+                .and_then(|r| cfg.routes.get(r as usize))
+                .map(|r| r.name.clone()),
+            method: s.method(),
+            path: path.to_string(),
+            path_truncated,
+            status: s.status,
+            latency_ms: s.latency_us as f64 / 1000.0,
+            upstream: s
+                .upstream()
+                .and_then(|u| cfg.upstreams.get(u as usize))
+                .map(|a| a.to_string()),
+            outcome: s.outcome().as_str(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RouteJson {
+    name: String,
+    pool: String,
+    critical: bool,
+    target_ms: f64,
+    #[serde(flatten)]
+    stats: StatsView,
+}
+
+fn routes(usher: &Usher, now_ms: u64) -> serde_json::Value {
+    let cfg = usher.config();
+    let list: Vec<RouteJson> = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            Some(RouteJson {
+                name: r.name.clone(),
+                pool: cfg.pools.get(r.pool as usize)?.name.clone(),
+                critical: r.critical,
+                target_ms: r.target.as_secs_f64() * 1000.0,
+                stats: usher.route_stats(i as u16)?.view(now_ms),
+            })
+        })
+        .collect();
+    serde_json::json!({ "routes": list })
+}
+
+#[derive(Serialize)]
+struct UpstreamJson {
+    address: String,
+    pools: Vec<String>,
+    #[serde(flatten)]
+    stats: StatsView,
+}
+
+fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
+    let cfg = usher.config();
+    let list: Vec<UpstreamJson> = cfg
+        .upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            Some(UpstreamJson {
+                address: a.to_string(),
+                pools: cfg
+                    .pools
+                    .iter()
+                    .filter(|p| p.upstreams.contains(&(i as u16)))
+                    .map(|p| p.name.clone())
+                    .collect(),
+                stats: usher.upstream_stats(i as u16)?.view(now_ms),
+            })
+        })
+        .collect();
+    serde_json::json!({ "upstreams": list })
+}

@@ -1,0 +1,89 @@
+//! Serving the admin API from inside a Pingora server, plus the periodic store summary.
+//!
+//! Both are ordinary Pingora services, so usher's binary and an embedding proxy add them to their
+//! `Server` the same way.
+
+use super::api;
+use crate::engine::{wall_ms, Usher};
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct AdminApp {
+    usher: Arc<Usher>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path, query) = (
+            req.method.as_str().to_string(),
+            req.uri.path().to_string(),
+            req.uri.query().map(str::to_string),
+        );
+        let usher = self.usher.clone();
+        // Scans of a large store take milliseconds: keep them off the admin listener's reactor.
+        let reply = tokio::task::spawn_blocking(move || {
+            api::handle(&usher, &method, &path, query.as_deref(), wall_ms())
+        })
+        .await
+        .unwrap_or_else(|_| api::Reply {
+            status: 500,
+            content_type: "text/plain",
+            body: b"admin handler failed\n".to_vec(),
+        });
+        let is_head = session.req_header().method == http::Method::HEAD;
+        let len = reply.body.len();
+        http::Response::builder()
+            .status(reply.status)
+            .header("content-type", reply.content_type)
+            .header("content-length", len)
+            .header("cache-control", "no-store")
+            .body(if is_head { Vec::new() } else { reply.body })
+            .unwrap_or_default()
+    }
+}
+
+/// The admin API as a Pingora service listening on `addr`.
+pub fn admin_service(usher: Arc<Usher>, addr: SocketAddr) -> Service<HttpServer<AdminApp>> {
+    let mut svc = Service::new(
+        "usher admin".to_string(),
+        HttpServer::new_app(AdminApp { usher }),
+    );
+    svc.add_tcp(&addr.to_string());
+    svc
+}
+
+pub struct SummaryTask {
+    usher: Arc<Usher>,
+}
+
+#[async_trait]
+impl BackgroundService for SummaryTask {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let every = self.usher.config().experience.summary_interval;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let usher = self.usher.clone();
+                    let _ = tokio::task::spawn_blocking(move || usher.refresh_summary(wall_ms())).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Recomputes `usher_customers_degraded` and `usher_customer_score` every
+/// `experience.summary_interval`.
+pub fn summary_service(usher: Arc<Usher>) -> GenBackgroundService<SummaryTask> {
+    background_service("usher store summary", SummaryTask { usher })
+}

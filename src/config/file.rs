@@ -1,0 +1,115 @@
+//! The configuration file as written: serde structs that mirror the TOML one to one.
+//!
+//! Nothing here is trusted or interpreted. Every struct denies unknown keys so that a typo is an error
+//! rather than a silently ignored setting; turning these into the validated [`super::Config`] is the
+//! job of `validate.rs`. Durations stay strings here ("300ms", "10m") so that a bad one is reported
+//! with its path instead of aborting the whole parse.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<Vec<String>>,
+    pub admin: Option<String>,
+    pub threads: Option<i64>,
+    pub grace_period: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub customer_id: Option<Vec<IdSourceFile>>,
+    pub tier: Option<Vec<TierSourceFile>>,
+    pub default_tier: Option<String>,
+    pub max_id_len: Option<i64>,
+}
+
+/// One place to read a customer id from; exactly one of the keys must be set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdSourceFile {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+}
+
+/// One place to read a tier from; exactly one of `header` or `table` must be set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSourceFile {
+    pub header: Option<String>,
+    pub trusted_from: Option<Vec<String>>,
+    pub table: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperienceFile {
+    pub half_life: Option<String>,
+    pub degraded_below: Option<f64>,
+    pub track_max: Option<i64>,
+    pub journey_len: Option<i64>,
+    pub min_requests: Option<i64>,
+    pub summary_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    pub name: Option<String>,
+    pub upstreams: Option<Vec<String>>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<MatchFile>,
+    pub pool: Option<String>,
+    pub critical: Option<bool>,
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub method: Option<OneOrMany>,
+    pub header: Option<HeaderMatchFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchFile {
+    pub name: Option<String>,
+    pub value: Option<String>,
+}

@@ -1,0 +1,156 @@
+//! The validated configuration: what the rest of usher reads.
+//!
+//! Everything here has been checked by `validate.rs`: names resolve to indices, durations are parsed,
+//! addresses are resolved, tier tables are loaded. Code downstream never re-validates and never has a
+//! reason to panic on a value from here. Deliberately independent of the file format (`file.rs`), so
+//! the TOML can change shape without touching the request path.
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Index of a tier in [`Config::tiers`].
+pub type TierId = u8;
+/// Index of a pool in [`Config::pools`].
+pub type PoolId = u16;
+/// Index of a route in [`Config::routes`].
+pub type RouteId = u16;
+/// Index of an upstream in [`Config::upstreams`]; the same address in two pools is one upstream.
+pub type UpstreamId = u16;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub identity: IdentityConfig,
+    pub tiers: Vec<Tier>,
+    pub experience: ExperienceConfig,
+    pub pools: Vec<PoolConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Every distinct upstream address named by any pool, in order of first appearance.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub customer_id: Vec<IdSource>,
+    pub tier: Vec<TierSource>,
+    pub default_tier: TierId,
+    pub max_id_len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdSource {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum TierSource {
+    /// A tier asserted by whoever sits in front of usher; believed only from `trusted_from`.
+    Header {
+        name: HeaderName,
+        trusted_from: Vec<IpNet>,
+    },
+    /// A table of customer id to tier, loaded from a CSV file when the config is loaded.
+    Table {
+        path: PathBuf,
+        entries: HashMap<Box<str>, TierId>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExperienceConfig {
+    pub half_life: Duration,
+    pub degraded_below: f64,
+    pub track_max: usize,
+    pub journey_len: usize,
+    /// Customers with fewer requests than this are left out of "worst customers" lists: one slow
+    /// request from someone never seen before is noise, not a pattern.
+    pub min_requests: u32,
+    /// How often the score distribution and degraded count are recomputed for /metrics.
+    pub summary_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub upstreams: Vec<UpstreamId>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub pool: PoolId,
+    pub critical: bool,
+    /// The Apdex target T: at or under it a request satisfies, up to 4T it is tolerated.
+    pub target: Duration,
+}
+
+/// All present conditions must hold; an empty match matches every request.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path_prefix: Option<String>,
+    pub methods: Vec<Method>,
+    pub header: Option<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostMatch {
+    /// Lower-cased host without port.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any subdomain, not the apex.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    /// `None` matches on presence alone.
+    pub value: Option<HeaderValue>,
+}
+
+impl Config {
+    pub fn tier_id(&self, name: &str) -> Option<TierId> {
+        self.tiers
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| i as TierId)
+    }
+
+    pub fn route_id(&self, name: &str) -> Option<RouteId> {
+        self.routes
+            .iter()
+            .position(|r| r.name == name)
+            .map(|i| i as RouteId)
+    }
+
+    pub fn upstream_id(&self, addr: SocketAddr) -> Option<UpstreamId> {
+        self.upstreams
+            .iter()
+            .position(|a| *a == addr)
+            .map(|i| i as UpstreamId)
+    }
+}

@@ -1,0 +1,219 @@
+use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, Path::new("."))
+}
+
+const MINIMAL: &str = r#"
+[[pools]]
+name = "web"
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[[routes]]
+name = "all"
+pool = "web"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(c.server.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.server.threads, 1);
+    assert_eq!(c.tiers.len(), 1);
+    assert_eq!(c.experience.half_life, Duration::from_secs(600));
+    assert_eq!(c.experience.track_max, 1_000_000);
+    assert_eq!(c.experience.journey_len, 16);
+    assert_eq!(c.routes[0].target, Duration::from_millis(500));
+    assert_eq!(c.pools[0].connect_timeout, Duration::from_secs(1));
+    assert_eq!(c.upstreams.len(), 2);
+    assert_eq!(
+        c.identity.customer_id,
+        vec![IdSource::Header(http::HeaderName::from_static(
+            "x-customer-id"
+        ))]
+    );
+}
+
+#[test]
+fn reports_every_error_at_once_each_with_its_path() {
+    let text = r#"
+[server]
+listen = ["nowhere"]
+threads = 0
+colour = "blue"
+
+[identity]
+default_tier = "platinum"
+customer_id = [{ header = "x-id", cookie = "cid" }]
+tier = [{ header = "x-tier" }]
+
+[[tiers]]
+name = "gold"
+[[tiers]]
+name = "gold"
+
+[experience]
+half_life = "soon"
+degraded_below = 170
+
+[[pools]]
+name = "web"
+upstreams = []
+[[pools]]
+name = "api"
+upstreams = ["127.0.0.1:1"]
+read_timeout = 5
+
+[[routes]]
+name = "checkout"
+match = { path_prefix = "checkout", method = "FETCH THIS" }
+pool = "web"
+target = "0s"
+[[routes]]
+name = "x"
+pool = "web"
+[[routes]]
+name = "y"
+pool = "web2"
+[[routes]]
+name = "z"
+pol = "web"
+
+[whatever]
+"#;
+    let errs = parse(text).unwrap_err();
+    let paths = errs.paths();
+    for expected in [
+        "whatever",
+        "server.colour",
+        "pools[1].read_timeout",
+        "routes[3].pol",
+        "server.listen[0]",
+        "server.threads",
+        "tiers[1].name",
+        "identity.customer_id[0]",
+        "identity.tier[0].trusted_from",
+        "identity.default_tier",
+        "experience.half_life",
+        "experience.degraded_below",
+        "pools[0].upstreams",
+        "routes[0].match.path_prefix",
+        "routes[0].match.method[0]",
+        "routes[0].target",
+        "routes[2].pool",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "missing {expected:?} in:\n{errs}"
+        );
+    }
+    let pool = errs.0.iter().find(|e| e.path == "routes[2].pool").unwrap();
+    assert_eq!(
+        pool.message,
+        r#"no pool named "web2"; pools are "web", "api""#
+    );
+    let unknown = errs.0.iter().find(|e| e.path == "routes[3].pol").unwrap();
+    assert!(unknown.message.contains("unknown field `pol`"), "{unknown}");
+    let text_form = errs.to_string();
+    assert!(text_form.contains("routes[2].pool: no pool named \"web2\""));
+}
+
+#[test]
+fn syntax_error_has_a_line_number() {
+    let errs = parse("[server]\nlisten = [\"127.0.0.1:1\"\nthreads = 2\n").unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert!(errs.0[0].message.contains("line"), "{errs}");
+}
+
+#[test]
+fn unknown_keys_inside_nested_tables_are_reported_with_full_path() {
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\nname = \"b\"\npool = \"web\"\nmatch = {{ path_prefx = \"/b\" }}\n"
+    );
+    let errs = parse(&text).unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].path, "routes[1].match.path_prefx");
+    assert!(errs.0[0].message.contains("path_prefx"));
+}
+
+#[test]
+fn tier_table_is_loaded_relative_to_the_config_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.csv"),
+        "id,tier\nalice,gold\n\n# comment\nbob,standard\ncarol,platinum\nnocomma\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{MINIMAL}\n[identity]\ntier = [{{ table = \"c.csv\" }}]\n[[tiers]]\nname = \"gold\"\n[[tiers]]\nname = \"standard\"\n"
+    );
+    std::fs::write(dir.path().join("u.toml"), &text).unwrap();
+    let errs = Config::load(&dir.path().join("u.toml")).unwrap_err();
+    assert_eq!(errs.0.len(), 2, "{errs}");
+    assert!(
+        errs.0[0]
+            .message
+            .contains("c.csv:6: unknown tier \"platinum\""),
+        "{errs}"
+    );
+    assert!(
+        errs.0[1].message.contains("c.csv:7: expected id,tier"),
+        "{errs}"
+    );
+
+    std::fs::write(dir.path().join("c.csv"), "alice,gold\nbob,standard\n").unwrap();
+    let c = Config::load(&dir.path().join("u.toml")).unwrap();
+    match &c.identity.tier[0] {
+        TierSource::Table { entries, .. } => {
+            assert_eq!(entries.get("alice"), Some(&0));
+            assert_eq!(entries.get("bob"), Some(&1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.identity.default_tier, 1,
+        "defaults to the tier named standard"
+    );
+}
+
+#[test]
+fn missing_table_file_is_an_error_not_a_panic() {
+    let text = format!("{MINIMAL}\n[identity]\ntier = [{{ table = \"nope.csv\" }}]\n");
+    let errs = parse(&text).unwrap_err();
+    assert_eq!(errs.paths(), vec!["identity.tier[0].table"]);
+}
+
+#[test]
+fn same_upstream_in_two_pools_is_one_upstream() {
+    let text = r#"
+[[pools]]
+name = "a"
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[[pools]]
+name = "b"
+upstreams = ["127.0.0.1:9002"]
+[[routes]]
+name = "r"
+pool = "b"
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.upstreams.len(), 2);
+    assert_eq!(c.pools[1].upstreams, vec![1]);
+    assert_eq!(c.routes[0].pool, 1);
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            Config::load(&p).unwrap_or_else(|e| panic!("{}:\n{e}", p.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1);
+}

@@ -1,0 +1,804 @@
+//! File structs -> validated [`Config`], collecting every error with its path.
+//!
+//! Follows sozu's layering (file format -> builder -> model) but, unlike sozu and River, never stops at
+//! the first problem: each section and each array element is deserialized on its own, and semantic
+//! checks run on whatever did parse, so `usher check` can list every mistake in one go. Array elements
+//! that fail to parse keep their slot, so the indices in later messages still match the file.
+
+use super::file::*;
+use super::model::*;
+use super::{ConfigError, ConfigErrors};
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "identity",
+    "tiers",
+    "experience",
+    "pools",
+    "routes",
+];
+
+/// Upper bounds that keep per-customer state and index types in range.
+const MAX_JOURNEY_LEN: i64 = 255;
+const MAX_TIERS: usize = 255;
+const MAX_ID_LEN: i64 = 1024;
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses and validates a whole configuration. `base_dir` anchors relative paths (tier tables).
+pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors::default();
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(
+                "(file)",
+                e.message().to_string() + &location(text, e.span()),
+            );
+            return Err(ConfigErrors(errs.0));
+        }
+    };
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            errs.push(
+                key.clone(),
+                format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+            );
+        }
+    }
+
+    let server: ServerFile = section(&mut errs, &table, "server").unwrap_or_default();
+    let identity: IdentityFile = section(&mut errs, &table, "identity").unwrap_or_default();
+    let experience: ExperienceFile = section(&mut errs, &table, "experience").unwrap_or_default();
+    let tiers: Vec<Option<TierFile>> = array(&mut errs, &table, "tiers");
+    let pools: Vec<Option<PoolFile>> = array(&mut errs, &table, "pools");
+    let routes: Vec<Option<RouteFile>> = array(&mut errs, &table, "routes");
+
+    let server = server_config(&mut errs, server);
+    let tiers = tier_list(&mut errs, &tiers);
+    let identity = identity_config(&mut errs, identity, &tiers, base_dir);
+    let experience = experience_config(&mut errs, experience);
+    let (pools, upstreams) = pool_list(&mut errs, &pools);
+    let routes = route_list(&mut errs, &routes, &pools);
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            server,
+            identity,
+            tiers,
+            experience,
+            pools,
+            routes,
+            upstreams,
+        })
+    } else {
+        Err(ConfigErrors(errs.0))
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" (line {line}, column {col})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Deserializes `value`, reporting each shape error with its full path. After an error the offending
+/// key is removed and the rest tried again, so one typo does not hide the other mistakes in the same
+/// table. What remains is returned, so the semantic checks still run on it (the errors already
+/// recorded keep the config from being accepted).
+fn deserialize<T: DeserializeOwned>(
+    errs: &mut Errors,
+    path: &str,
+    value: &toml::Value,
+) -> Option<T> {
+    const MAX_ROUNDS: usize = 32;
+    let mut value = value.clone();
+    for _ in 0..MAX_ROUNDS {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let segments: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
+                let inner = e.path().to_string();
+                let full = if inner == "." {
+                    path.to_string()
+                } else if inner.starts_with('[') {
+                    format!("{path}{inner}")
+                } else {
+                    format!("{path}.{inner}")
+                };
+                // toml appends context on further lines; the first says it all.
+                let msg = e.into_inner().to_string();
+                errs.push(full, msg.lines().next().unwrap_or("").trim().to_string());
+                if !remove_at(&mut value, &segments) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the key (or array element) at `segments`; false when there is nothing to remove.
+fn remove_at(value: &mut toml::Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        let next = match (cur, seg.strip_prefix('[').and_then(|s| s.strip_suffix(']'))) {
+            (toml::Value::Array(a), Some(i)) => i.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            (toml::Value::Table(t), None) => t.get_mut(seg.as_str()),
+            _ => None,
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match (
+        cur,
+        last.strip_prefix('[').and_then(|s| s.strip_suffix(']')),
+    ) {
+        (toml::Value::Array(a), Some(i)) => match i.parse::<usize>() {
+            Ok(i) if i < a.len() => {
+                a.remove(i);
+                true
+            }
+            _ => false,
+        },
+        (toml::Value::Table(t), None) => t.remove(last.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+fn section<T: DeserializeOwned>(errs: &mut Errors, table: &toml::Table, key: &str) -> Option<T> {
+    let value = table.get(key)?;
+    if !value.is_table() {
+        errs.push(key, format!("must be a table ([{key}])"));
+        return None;
+    }
+    deserialize(errs, key, value)
+}
+
+fn array<T: DeserializeOwned>(errs: &mut Errors, table: &toml::Table, key: &str) -> Vec<Option<T>> {
+    match table.get(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| deserialize(errs, &format!("{key}[{i}]"), v))
+            .collect(),
+        Some(_) => {
+            errs.push(key, format!("must be an array of tables ([[{key}]])"));
+            Vec::new()
+        }
+    }
+}
+
+fn duration(errs: &mut Errors, path: &str, value: Option<&String>, default: Duration) -> Duration {
+    let Some(text) = value else { return default };
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => {
+            errs.push(path, "must be longer than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            errs.push(
+                path,
+                format!("{text:?} is not a duration ({e}); write e.g. \"300ms\", \"10s\", \"5m\""),
+            );
+            default
+        }
+    }
+}
+
+fn header_name(errs: &mut Errors, path: &str, name: &str) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            errs.push(path, format!("{name:?} is not a valid header name"));
+            None
+        }
+    }
+}
+
+fn socket_addr(errs: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    match text.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => Some(a),
+        _ => {
+            errs.push(
+                path,
+                format!("{text:?} is not an address; write host:port, e.g. \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn int_in(
+    errs: &mut Errors,
+    path: &str,
+    value: Option<i64>,
+    lo: i64,
+    hi: i64,
+    default: i64,
+) -> i64 {
+    match value {
+        None => default,
+        Some(v) if (lo..=hi).contains(&v) => v,
+        Some(v) => {
+            errs.push(
+                path,
+                format!("{v} is out of range; must be between {lo} and {hi}"),
+            );
+            default
+        }
+    }
+}
+
+fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
+    let listen_text = f
+        .listen
+        .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()]);
+    if listen_text.is_empty() {
+        errs.push("server.listen", "needs at least one address");
+    }
+    let listen: Vec<SocketAddr> = listen_text
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| socket_addr(errs, &format!("server.listen[{i}]"), a))
+        .collect();
+    let admin = match f.admin.as_deref() {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        Some("") | Some("off") => None,
+        Some(a) => socket_addr(errs, "server.admin", a),
+    };
+    if let Some(a) = admin {
+        if listen.contains(&a) {
+            errs.push("server.admin", format!("{a} is also in server.listen"));
+        }
+    }
+    let threads = int_in(errs, "server.threads", f.threads, 1, 1024, 1) as usize;
+    let grace_period = duration(
+        errs,
+        "server.grace_period",
+        f.grace_period.as_ref(),
+        Duration::from_secs(5),
+    );
+    ServerConfig {
+        listen,
+        admin,
+        threads,
+        grace_period,
+    }
+}
+
+fn tier_list(errs: &mut Errors, tiers: &[Option<TierFile>]) -> Vec<Tier> {
+    let mut out: Vec<Tier> = Vec::new();
+    for (i, t) in tiers.iter().enumerate() {
+        let Some(t) = t else { continue };
+        let path = format!("tiers[{i}].name");
+        match t.name.as_deref() {
+            None | Some("") => errs.push(path, "every tier needs a name"),
+            Some(n) if out.iter().any(|o| o.name == n) => {
+                errs.push(path, format!("tier {n:?} is defined twice"))
+            }
+            Some(n) => out.push(Tier {
+                name: n.to_string(),
+            }),
+        }
+    }
+    if out.is_empty() {
+        out.push(Tier {
+            name: "standard".to_string(),
+        });
+    }
+    if out.len() > MAX_TIERS {
+        errs.push("tiers", format!("at most {MAX_TIERS} tiers"));
+    }
+    out
+}
+
+fn tier_by_name(tiers: &[Tier], name: &str) -> Option<TierId> {
+    tiers
+        .iter()
+        .position(|t| t.name == name)
+        .map(|i| i as TierId)
+}
+
+fn tier_names(tiers: &[Tier]) -> String {
+    tiers
+        .iter()
+        .map(|t| format!("{:?}", t.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn identity_config(
+    errs: &mut Errors,
+    f: IdentityFile,
+    tiers: &[Tier],
+    base_dir: &Path,
+) -> IdentityConfig {
+    let sources = f.customer_id.unwrap_or_else(|| {
+        vec![IdSourceFile {
+            header: Some("x-customer-id".into()),
+            ..Default::default()
+        }]
+    });
+    let mut customer_id = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        let path = format!("identity.customer_id[{i}]");
+        match (&s.header, &s.cookie, &s.query) {
+            (Some(h), None, None) => {
+                if let Some(h) = header_name(errs, &format!("{path}.header"), h) {
+                    customer_id.push(IdSource::Header(h));
+                }
+            }
+            (None, Some(c), None) if !c.is_empty() => customer_id.push(IdSource::Cookie(c.clone())),
+            (None, None, Some(q)) if !q.is_empty() => customer_id.push(IdSource::Query(q.clone())),
+            _ => errs.push(
+                path,
+                "set exactly one of header, cookie or query, to a non-empty name",
+            ),
+        }
+    }
+
+    let mut tier = Vec::new();
+    for (i, s) in f.tier.unwrap_or_default().iter().enumerate() {
+        let path = format!("identity.tier[{i}]");
+        match (&s.header, &s.table) {
+            (Some(h), None) => {
+                let name = header_name(errs, &format!("{path}.header"), h);
+                let mut trusted_from = Vec::new();
+                for (j, c) in s.trusted_from.iter().flatten().enumerate() {
+                    match parse_net(c) {
+                        Some(n) => trusted_from.push(n),
+                        None => errs.push(
+                            format!("{path}.trusted_from[{j}]"),
+                            format!("{c:?} is not an address or CIDR block, e.g. \"10.0.0.0/8\""),
+                        ),
+                    }
+                }
+                if s.trusted_from.is_none() {
+                    errs.push(
+                        format!("{path}.trusted_from"),
+                        "a tier header needs trusted_from: otherwise any client could promote itself",
+                    );
+                }
+                if let Some(name) = name {
+                    tier.push(TierSource::Header { name, trusted_from });
+                }
+            }
+            (None, Some(t)) => {
+                if s.trusted_from.is_some() {
+                    errs.push(
+                        format!("{path}.trusted_from"),
+                        "only applies to a header source",
+                    );
+                }
+                let file = base_dir.join(t);
+                if let Some(entries) = load_table(errs, &format!("{path}.table"), &file, tiers) {
+                    tier.push(TierSource::Table {
+                        path: file,
+                        entries,
+                    });
+                }
+            }
+            _ => errs.push(path, "set exactly one of header or table"),
+        }
+    }
+
+    let default_tier = match f.default_tier.as_deref() {
+        None => tier_by_name(tiers, "standard").unwrap_or((tiers.len() - 1) as TierId),
+        Some(n) => tier_by_name(tiers, n).unwrap_or_else(|| {
+            errs.push(
+                "identity.default_tier",
+                format!("no tier named {n:?}; tiers are {}", tier_names(tiers)),
+            );
+            0
+        }),
+    };
+    let max_id_len = int_in(
+        errs,
+        "identity.max_id_len",
+        f.max_id_len,
+        1,
+        MAX_ID_LEN,
+        128,
+    ) as usize;
+    IdentityConfig {
+        customer_id,
+        tier,
+        default_tier,
+        max_id_len,
+    }
+}
+
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Loads `id,tier` lines. A header line `id,tier`, blank lines and `#` comments are skipped.
+fn load_table(
+    errs: &mut Errors,
+    path: &str,
+    file: &Path,
+    tiers: &[Tier],
+) -> Option<HashMap<Box<str>, TierId>> {
+    const MAX_REPORTED: usize = 10;
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(path, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    let mut entries = HashMap::new();
+    let mut bad = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (n == 0 && line == "id,tier") {
+            continue;
+        }
+        let problem = match line.split_once(',') {
+            None => Some("expected id,tier".to_string()),
+            Some((id, t)) => match tier_by_name(tiers, t.trim()) {
+                Some(tid) if !id.trim().is_empty() => {
+                    entries.insert(id.trim().into(), tid);
+                    None
+                }
+                Some(_) => Some("empty customer id".to_string()),
+                None => Some(format!(
+                    "unknown tier {:?}; tiers are {}",
+                    t.trim(),
+                    tier_names(tiers)
+                )),
+            },
+        };
+        if let Some(p) = problem {
+            bad += 1;
+            if bad <= MAX_REPORTED {
+                errs.push(path, format!("{}:{}: {p}", file.display(), n + 1));
+            }
+        }
+    }
+    if bad > MAX_REPORTED {
+        errs.push(
+            path,
+            format!("... and {} more bad lines", bad - MAX_REPORTED),
+        );
+    }
+    (bad == 0).then_some(entries)
+}
+
+fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
+    let half_life = duration(
+        errs,
+        "experience.half_life",
+        f.half_life.as_ref(),
+        Duration::from_secs(600),
+    );
+    let degraded_below = match f.degraded_below {
+        None => 70.0,
+        Some(v) if (0.0..=100.0).contains(&v) => v,
+        Some(v) => {
+            errs.push(
+                "experience.degraded_below",
+                format!("{v} is out of range; scores run from 0 to 100"),
+            );
+            70.0
+        }
+    };
+    let track_max = int_in(
+        errs,
+        "experience.track_max",
+        f.track_max,
+        1,
+        u32::MAX as i64 - 1,
+        1_000_000,
+    ) as usize;
+    let journey_len = int_in(
+        errs,
+        "experience.journey_len",
+        f.journey_len,
+        1,
+        MAX_JOURNEY_LEN,
+        16,
+    ) as usize;
+    let min_requests = int_in(
+        errs,
+        "experience.min_requests",
+        f.min_requests,
+        1,
+        u32::MAX as i64,
+        3,
+    ) as u32;
+    let summary_interval = duration(
+        errs,
+        "experience.summary_interval",
+        f.summary_interval.as_ref(),
+        Duration::from_secs(5),
+    );
+    ExperienceConfig {
+        half_life,
+        degraded_below,
+        track_max,
+        journey_len,
+        min_requests,
+        summary_interval,
+    }
+}
+
+fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>, Vec<SocketAddr>) {
+    let mut out: Vec<PoolConfig> = Vec::new();
+    let mut upstreams: Vec<SocketAddr> = Vec::new();
+    let mut names = HashSet::new();
+    for (i, p) in pools.iter().enumerate() {
+        let path = format!("pools[{i}]");
+        let Some(p) = p else {
+            // Keep the slot so that route -> pool indices stay aligned with names below.
+            out.push(placeholder_pool());
+            continue;
+        };
+        let name = match p.name.as_deref() {
+            None | Some("") => {
+                errs.push(format!("{path}.name"), "every pool needs a name");
+                String::new()
+            }
+            Some(n) => {
+                if !names.insert(n.to_string()) {
+                    errs.push(
+                        format!("{path}.name"),
+                        format!("pool {n:?} is defined twice"),
+                    );
+                }
+                n.to_string()
+            }
+        };
+        let mut ids = Vec::new();
+        match &p.upstreams {
+            None => errs.push(
+                format!("{path}.upstreams"),
+                "a pool needs at least one upstream",
+            ),
+            Some(list) if list.is_empty() => errs.push(
+                format!("{path}.upstreams"),
+                "a pool needs at least one upstream",
+            ),
+            Some(list) => {
+                for (j, u) in list.iter().enumerate() {
+                    let upath = format!("{path}.upstreams[{j}]");
+                    if let Some(addr) = socket_addr(errs, &upath, u) {
+                        let id = match upstreams.iter().position(|a| *a == addr) {
+                            Some(id) => id,
+                            None => {
+                                upstreams.push(addr);
+                                upstreams.len() - 1
+                            }
+                        };
+                        if ids.contains(&(id as UpstreamId)) {
+                            errs.push(upath, format!("{addr} is listed twice in this pool"));
+                        } else {
+                            ids.push(id as UpstreamId);
+                        }
+                    }
+                }
+            }
+        }
+        out.push(PoolConfig {
+            name,
+            upstreams: ids,
+            connect_timeout: duration(
+                errs,
+                &format!("{path}.connect_timeout"),
+                p.connect_timeout.as_ref(),
+                Duration::from_secs(1),
+            ),
+            read_timeout: duration(
+                errs,
+                &format!("{path}.read_timeout"),
+                p.read_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            write_timeout: duration(
+                errs,
+                &format!("{path}.write_timeout"),
+                p.write_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            idle_timeout: duration(
+                errs,
+                &format!("{path}.idle_timeout"),
+                p.idle_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
+        });
+    }
+    if upstreams.len() > UpstreamId::MAX as usize {
+        errs.push("pools", "too many distinct upstreams");
+    }
+    (out, upstreams)
+}
+
+fn placeholder_pool() -> PoolConfig {
+    PoolConfig {
+        name: String::new(),
+        upstreams: Vec::new(),
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+    }
+}
+
+fn route_list(
+    errs: &mut Errors,
+    routes: &[Option<RouteFile>],
+    pools: &[PoolConfig],
+) -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    if routes.is_empty() {
+        errs.push(
+            "routes",
+            "no routes: every request would get a 404; add at least one [[routes]]",
+        );
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let Some(r) = r else { continue };
+        let name = match r.name.as_deref() {
+            None | Some("") => {
+                errs.push(format!("{path}.name"), "every route needs a name");
+                String::new()
+            }
+            Some(n) => {
+                if !names.insert(n.to_string()) {
+                    errs.push(
+                        format!("{path}.name"),
+                        format!("route {n:?} is defined twice"),
+                    );
+                }
+                n.to_string()
+            }
+        };
+        let pool = match r.pool.as_deref() {
+            None => {
+                errs.push(format!("{path}.pool"), "every route needs a pool");
+                0
+            }
+            Some(p) => match pools.iter().position(|x| x.name == p && !p.is_empty()) {
+                Some(id) => id as PoolId,
+                None => {
+                    let known: Vec<String> = pools
+                        .iter()
+                        .filter(|x| !x.name.is_empty())
+                        .map(|x| format!("{:?}", x.name))
+                        .collect();
+                    errs.push(
+                        format!("{path}.pool"),
+                        format!("no pool named {p:?}; pools are {}", known.join(", ")),
+                    );
+                    0
+                }
+            },
+        };
+        let matcher = route_match(errs, &format!("{path}.match"), r.matcher.as_ref());
+        let target = duration(
+            errs,
+            &format!("{path}.target"),
+            r.target.as_ref(),
+            Duration::from_millis(500),
+        );
+        out.push(RouteConfig {
+            name,
+            matcher,
+            pool,
+            critical: r.critical.unwrap_or(false),
+            target,
+        });
+    }
+    if out.len() > RouteId::MAX as usize - 1 {
+        errs.push("routes", "too many routes");
+    }
+    out
+}
+
+fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMatch {
+    let Some(m) = m else {
+        return RouteMatch::default();
+    };
+    let host = m.host.as_deref().and_then(|h| {
+        let h = h.trim().to_ascii_lowercase();
+        if h.is_empty() || h.contains('/') || h.contains(' ') {
+            errs.push(format!("{path}.host"), format!("{h:?} is not a host name"));
+            None
+        } else if let Some(rest) = h.strip_prefix("*.") {
+            Some(HostMatch::Suffix(format!(".{rest}")))
+        } else {
+            Some(HostMatch::Exact(h))
+        }
+    });
+    let path_prefix = m.path_prefix.as_deref().and_then(|p| {
+        if p.starts_with('/') {
+            Some(p.to_string())
+        } else {
+            errs.push(
+                format!("{path}.path_prefix"),
+                format!("{p:?} must start with '/'"),
+            );
+            None
+        }
+    });
+    let mut methods = Vec::new();
+    for (j, text) in m.method.iter().flat_map(|x| x.as_slice()).enumerate() {
+        let upper = text.to_ascii_uppercase();
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(me) if !upper.is_empty() => methods.push(me),
+            _ => errs.push(
+                format!("{path}.method[{j}]"),
+                format!("{text:?} is not an HTTP method"),
+            ),
+        }
+    }
+    let header = m.header.as_ref().and_then(|h| {
+        let hpath = format!("{path}.header");
+        let name = match &h.name {
+            None => {
+                errs.push(format!("{hpath}.name"), "a header match needs a name");
+                None
+            }
+            Some(n) => header_name(errs, &format!("{hpath}.name"), n),
+        };
+        let value = match &h.value {
+            None => None,
+            Some(v) => match HeaderValue::from_str(v) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errs.push(
+                        format!("{hpath}.value"),
+                        format!("{v:?} is not a valid header value"),
+                    );
+                    None
+                }
+            },
+        };
+        name.map(|name| HeaderMatch { name, value })
+    });
+    RouteMatch {
+        host,
+        path_prefix,
+        methods,
+        header,
+    }
+}

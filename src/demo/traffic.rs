@@ -1,0 +1,139 @@
+//! Synthetic customers for the demo: a few people of different tiers, each walking a journey through
+//! the shop with think time between steps, identified the ways real sites identify them (header,
+//! cookie, query parameter, nothing at all).
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Ident {
+    Header,
+    Cookie,
+    Query,
+    Anonymous,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Customer {
+    pub id: &'static str,
+    pub ident: Ident,
+    /// Asserted through the trusted tier header (the demo's traffic comes from loopback, which the
+    /// demo config trusts, as it would trust a CDN in front of the site).
+    pub tier_header: Option<&'static str>,
+    pub journey: &'static [(&'static str, &'static str)],
+}
+
+const SHOPPER: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/products/42"),
+    ("POST", "/cart"),
+    ("GET", "/checkout"),
+    ("POST", "/checkout/pay"),
+    ("GET", "/checkout/done"),
+];
+const BROWSER: &[(&str, &str)] = &[("GET", "/"), ("GET", "/products/7"), ("GET", "/products/9")];
+const OPENER: &[(&str, &str)] = &[
+    ("GET", "/account/open"),
+    ("POST", "/account/open/details"),
+    ("POST", "/account/open/confirm"),
+];
+const API: &[(&str, &str)] = &[("GET", "/api/orders"), ("GET", "/api/profile")];
+
+pub const CUSTOMERS: &[Customer] = &[
+    Customer {
+        id: "alice",
+        ident: Ident::Header,
+        tier_header: None,
+        journey: SHOPPER,
+    },
+    Customer {
+        id: "bob",
+        ident: Ident::Cookie,
+        tier_header: Some("gold"),
+        journey: SHOPPER,
+    },
+    Customer {
+        id: "carol",
+        ident: Ident::Header,
+        tier_header: None,
+        journey: API,
+    },
+    Customer {
+        id: "dave",
+        ident: Ident::Query,
+        tier_header: None,
+        journey: OPENER,
+    },
+    Customer {
+        id: "erin",
+        ident: Ident::Cookie,
+        tier_header: None,
+        journey: SHOPPER,
+    },
+    Customer {
+        id: "",
+        ident: Ident::Anonymous,
+        tier_header: None,
+        journey: BROWSER,
+    },
+];
+
+/// Runs every customer until `stop` turns true.
+pub async fn run(proxy: SocketAddr, stop: watch::Receiver<bool>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let tasks: Vec<_> = CUSTOMERS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| tokio::spawn(walk(client.clone(), proxy, *c, i as u64, stop.clone())))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn walk(
+    client: reqwest::Client,
+    proxy: SocketAddr,
+    c: Customer,
+    seed: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    loop {
+        for (method, path) in c.journey {
+            if *stop.borrow() {
+                return;
+            }
+            let url = match c.ident {
+                Ident::Query => format!("http://{proxy}{path}?cid={}", c.id),
+                _ => format!("http://{proxy}{path}"),
+            };
+            let mut req = client.request(method.parse().unwrap_or(reqwest::Method::GET), url);
+            req = match c.ident {
+                Ident::Header => req.header("x-customer-id", c.id),
+                Ident::Cookie => req.header("cookie", format!("cid={}", c.id)),
+                Ident::Query | Ident::Anonymous => req,
+            };
+            if let Some(t) = c.tier_header {
+                req = req.header("x-customer-tier", t);
+            }
+            if *method == "POST" {
+                req = req.body("{}");
+            }
+            if let Ok(resp) = req.send().await {
+                let _ = resp.bytes().await;
+            }
+            let think = Duration::from_millis(rng.gen_range(150..700));
+            tokio::select! {
+                _ = tokio::time::sleep(think) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Per-customer experience: the score model, journeys and the bounded store that holds them.
+//!
+//! Pure Rust, no I/O and no clock of its own: callers pass time in, so every rule here is testable
+//! deterministically. Knows nothing of Pingora, HTTP servers or metrics.
+
+pub mod journey;
+pub mod score;
+pub mod store;
+
+pub use journey::{Journey, Step};
+pub use score::{Judgement, Score, ScoreModel};
+pub use store::{CustomerSnapshot, CustomerStore, Observation, Recorded, StoreSettings, Summary};

@@ -1,0 +1,514 @@
+//! The bounded customer store: per-customer score, counters and journey, for at most `track_max`
+//! customers, the least recently seen evicted first.
+//!
+//! Sharded by hash of the customer id; each shard is a slab of customer records threaded on an
+//! intrusive LRU list (u32 links) with a `hashbrown::HashTable` of slab indices as its index, so the id
+//! is stored once and an update is one short lock, one hash lookup and a few index swaps, with no
+//! allocation for a customer already tracked. Eviction is exact LRU within a shard; for small stores a
+//! single shard makes it exact overall. A general concurrent map (dashmap) was the first choice but has
+//! no notion of recency, so it cannot enforce the bound without a scan.
+//!
+//! Time is passed in (wall-clock milliseconds), so decay and recency are testable without sleeping.
+
+use super::journey::{Journey, Step};
+use super::score::{Judgement, Score, ScoreModel};
+use crate::config::TierId;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const NIL: u32 = u32::MAX;
+const MAX_SHARDS: usize = 64;
+/// Below this many customers per shard, fewer shards: exact LRU matters more than contention there.
+const MIN_PER_SHARD: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSettings {
+    pub track_max: usize,
+    pub journey_len: usize,
+    pub model: ScoreModel,
+}
+
+/// What one request contributes to its customer.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation {
+    pub tier: TierId,
+    pub judgement: Judgement,
+    pub failed: bool,
+    pub step: Step,
+}
+
+/// The effect of recording one observation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recorded {
+    pub score_before: f64,
+    pub score: f64,
+    pub requests: u32,
+    pub new_customer: bool,
+    /// Tracking this customer pushed the least recently seen one out.
+    pub evicted: bool,
+}
+
+/// A copy of one customer's state, taken under the shard lock and read without it.
+#[derive(Debug, Clone)]
+pub struct CustomerSnapshot {
+    pub id: String,
+    pub tier: TierId,
+    pub score: f64,
+    pub requests: u32,
+    pub errors: u32,
+    pub frustrated: u32,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Oldest first.
+    pub journey: Vec<Step>,
+}
+
+/// The score distribution across all tracked customers at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub tracked: u64,
+    pub below: u64,
+    /// Counts of customers with score <= 10, <= 20, ... <= 100 (cumulative, Prometheus style).
+    pub buckets: [u64; 10],
+    pub sum: f64,
+}
+
+#[derive(Debug)]
+struct Customer {
+    id: Box<str>,
+    journey: Journey,
+    score: Score,
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    requests: u32,
+    errors: u32,
+    frustrated: u32,
+    prev: u32,
+    next: u32,
+    tier: TierId,
+}
+
+#[derive(Debug)]
+struct Shard {
+    index: HashTable<u32>,
+    slots: Vec<Customer>,
+    /// Most recently seen.
+    head: u32,
+    /// Least recently seen: the next to go.
+    tail: u32,
+    capacity: usize,
+}
+
+pub struct CustomerStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+    settings: StoreSettings,
+    evicted: AtomicU64,
+}
+
+impl CustomerStore {
+    pub fn new(settings: StoreSettings) -> Self {
+        let track_max = settings.track_max.max(1);
+        let wanted = (track_max / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
+        let n = if wanted.is_power_of_two() {
+            wanted
+        } else {
+            wanted.next_power_of_two() / 2
+        };
+        let shards = (0..n)
+            .map(|i| {
+                // Spread the bound exactly: the shards' capacities add up to track_max.
+                let capacity = track_max / n + usize::from(i < track_max % n);
+                Mutex::new(Shard {
+                    index: HashTable::new(),
+                    slots: Vec::new(),
+                    head: NIL,
+                    tail: NIL,
+                    capacity,
+                })
+            })
+            .collect();
+        CustomerStore {
+            shards,
+            hasher: foldhash::fast::RandomState::default(),
+            settings: StoreSettings {
+                track_max,
+                ..settings
+            },
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    fn shard_of(&self, id: &str) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(id);
+        // High bits pick the shard; hashbrown uses the low bits and the top 7 for its control bytes,
+        // which stay well mixed within a shard.
+        let i = ((hash >> 32) as usize) & (self.shards.len() - 1);
+        (hash, &self.shards[i])
+    }
+
+    /// Records one request of customer `id`.
+    pub fn record(&self, id: &str, obs: &Observation, now_ms: u64) -> Recorded {
+        let (hash, shard) = self.shard_of(id);
+        let hasher = &self.hasher;
+        let mut guard = shard.lock();
+        let s = &mut *guard;
+        let model = &self.settings.model;
+
+        let found = s
+            .index
+            .find(hash, |&i| &*s.slots[i as usize].id == id)
+            .copied();
+        let (slot, new_customer, evicted) = match found {
+            Some(i) => {
+                s.unlink(i);
+                (i, false, false)
+            }
+            None => {
+                let fresh = Customer {
+                    id: id.into(),
+                    journey: Journey::default(),
+                    score: Score::default(),
+                    first_seen_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    requests: 0,
+                    errors: 0,
+                    frustrated: 0,
+                    prev: NIL,
+                    next: NIL,
+                    tier: obs.tier,
+                };
+                if s.slots.len() < s.capacity {
+                    s.slots.push(fresh);
+                    let i = (s.slots.len() - 1) as u32;
+                    s.index
+                        .insert_unique(hash, i, |&j| hasher.hash_one(&*s.slots[j as usize].id));
+                    (i, true, false)
+                } else {
+                    // Reuse the least recently seen customer's slot.
+                    let victim = s.tail;
+                    s.unlink(victim);
+                    let old_hash = hasher.hash_one(&*s.slots[victim as usize].id);
+                    if let Ok(entry) = s.index.find_entry(old_hash, |&j| j == victim) {
+                        entry.remove();
+                    }
+                    s.slots[victim as usize] = fresh;
+                    s.index.insert_unique(hash, victim, |&j| {
+                        hasher.hash_one(&*s.slots[j as usize].id)
+                    });
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                    (victim, true, true)
+                }
+            }
+        };
+        s.push_front(slot);
+
+        let c = &mut s.slots[slot as usize];
+        let score_before = c.score.value(now_ms, model);
+        c.score.observe(obs.judgement, now_ms, model);
+        c.tier = obs.tier;
+        c.requests = c.requests.saturating_add(1);
+        c.errors = c.errors.saturating_add(u32::from(obs.failed));
+        c.frustrated = c
+            .frustrated
+            .saturating_add(u32::from(obs.judgement == Judgement::Frustrated));
+        c.last_seen_ms = c.last_seen_ms.max(now_ms);
+        c.journey.push(obs.step, self.settings.journey_len);
+        Recorded {
+            score_before,
+            score: c.score.value(now_ms, model),
+            requests: c.requests,
+            new_customer,
+            evicted,
+        }
+    }
+
+    pub fn get(&self, id: &str, now_ms: u64) -> Option<CustomerSnapshot> {
+        let (hash, shard) = self.shard_of(id);
+        let s = shard.lock();
+        let i = *s.index.find(hash, |&i| &*s.slots[i as usize].id == id)?;
+        Some(self.snapshot(&s.slots[i as usize], now_ms))
+    }
+
+    /// The current score of `id`, or `None` when not tracked.
+    pub fn score(&self, id: &str, now_ms: u64) -> Option<f64> {
+        let (hash, shard) = self.shard_of(id);
+        let s = shard.lock();
+        let i = *s.index.find(hash, |&i| &*s.slots[i as usize].id == id)?;
+        Some(
+            s.slots[i as usize]
+                .score
+                .value(now_ms, &self.settings.model),
+        )
+    }
+
+    fn snapshot(&self, c: &Customer, now_ms: u64) -> CustomerSnapshot {
+        CustomerSnapshot {
+            id: c.id.to_string(),
+            tier: c.tier,
+            score: c.score.value(now_ms, &self.settings.model),
+            requests: c.requests,
+            errors: c.errors,
+            frustrated: c.frustrated,
+            first_seen_ms: c.first_seen_ms,
+            last_seen_ms: c.last_seen_ms,
+            journey: c.journey.iter().copied().collect(),
+        }
+    }
+
+    /// The `n` customers with the lowest scores now, among those with at least `min_requests`,
+    /// lowest first. Scans every shard, one lock at a time.
+    pub fn worst(&self, n: usize, min_requests: u32, now_ms: u64) -> Vec<CustomerSnapshot> {
+        if n == 0 {
+            return Vec::new();
+        }
+        // Max-heap on score keeps the n lowest seen so far.
+        let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(n + 1);
+        for shard in self.shards.iter() {
+            let s = shard.lock();
+            for c in s.slots.iter().filter(|c| c.requests >= min_requests) {
+                let score = c.score.value(now_ms, &self.settings.model);
+                if heap.len() < n || heap.peek().is_some_and(|top| score < top.score) {
+                    heap.push(Ranked {
+                        score,
+                        snapshot: self.snapshot(c, now_ms),
+                    });
+                    if heap.len() > n {
+                        heap.pop();
+                    }
+                }
+            }
+        }
+        let mut out: Vec<CustomerSnapshot> = heap.into_iter().map(|r| r.snapshot).collect();
+        out.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Score distribution and the number of customers scoring below `threshold`.
+    pub fn summary(&self, threshold: f64, now_ms: u64) -> Summary {
+        let mut sum = Summary::default();
+        for shard in self.shards.iter() {
+            let s = shard.lock();
+            for c in &s.slots {
+                let v = c.score.value(now_ms, &self.settings.model);
+                sum.tracked += 1;
+                sum.sum += v;
+                if v < threshold {
+                    sum.below += 1;
+                }
+                let first = ((v / 10.0).ceil() as usize).clamp(1, 10) - 1;
+                for b in &mut sum.buckets[first..] {
+                    *b += 1;
+                }
+            }
+        }
+        sum
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().slots.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+struct Ranked {
+    score: f64,
+    snapshot: CustomerSnapshot,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, o: &Self) -> bool {
+        self.score.total_cmp(&o.score).is_eq()
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.score.total_cmp(&o.score)
+    }
+}
+
+impl Shard {
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let c = &self.slots[i as usize];
+            (c.prev, c.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            p => self.slots[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.slots[n as usize].prev = prev,
+        }
+        let c = &mut self.slots[i as usize];
+        c.prev = NIL;
+        c.next = NIL;
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        {
+            let c = &mut self.slots[i as usize];
+            c.prev = NIL;
+            c.next = old;
+        }
+        if old != NIL {
+            self.slots[old as usize].prev = i;
+        }
+        self.head = i;
+        if self.tail == NIL {
+            self.tail = i;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::Outcome;
+    use http::Method;
+    use std::time::Duration;
+
+    fn store(track_max: usize) -> CustomerStore {
+        CustomerStore::new(StoreSettings {
+            track_max,
+            journey_len: 4,
+            model: ScoreModel::new(Duration::from_secs(600)),
+        })
+    }
+
+    fn obs(j: Judgement, path: &str, at: u64) -> Observation {
+        Observation {
+            tier: 1,
+            judgement: j,
+            failed: j == Judgement::Frustrated,
+            step: Step::new(
+                at,
+                Some(0),
+                &Method::GET,
+                path,
+                200,
+                10,
+                Some(0),
+                Outcome::Ok,
+            ),
+        }
+    }
+
+    #[test]
+    fn records_counters_score_and_journey() {
+        let st = store(10);
+        let r = st.record("alice", &obs(Judgement::Satisfied, "/a", 1), 1);
+        assert!(r.new_customer && !r.evicted && r.score == 100.0);
+        st.record("alice", &obs(Judgement::Frustrated, "/b", 2), 2);
+        let r = st.record("alice", &obs(Judgement::Tolerating, "/c", 3), 3);
+        assert!(!r.new_customer);
+        assert_eq!(r.requests, 3);
+        let c = st.get("alice", 3).unwrap();
+        assert_eq!((c.requests, c.errors, c.frustrated), (3, 1, 1));
+        assert_eq!((c.first_seen_ms, c.last_seen_ms), (1, 3));
+        // (1 + 0 + 0.5 + prior 2) / (3 + 2)
+        assert!((c.score - 70.0).abs() < 0.01, "{}", c.score);
+        let paths: Vec<&str> = c.journey.iter().map(|s| s.path().0).collect();
+        assert_eq!(paths, ["/a", "/b", "/c"]);
+        assert!(st.get("bob", 3).is_none());
+    }
+
+    #[test]
+    fn evicts_least_recently_seen_at_the_bound() {
+        let st = store(3);
+        for (t, id) in ["a", "b", "c"].iter().enumerate() {
+            st.record(id, &obs(Judgement::Satisfied, "/", t as u64), t as u64);
+        }
+        // Touch "a" so "b" becomes the oldest.
+        st.record("a", &obs(Judgement::Satisfied, "/", 10), 10);
+        let r = st.record("d", &obs(Judgement::Satisfied, "/", 11), 11);
+        assert!(r.evicted);
+        assert_eq!(st.len(), 3);
+        assert_eq!(st.evicted(), 1);
+        assert!(st.get("b", 11).is_none());
+        for id in ["a", "c", "d"] {
+            assert!(st.get(id, 11).is_some(), "{id}");
+        }
+        st.record("e", &obs(Judgement::Satisfied, "/", 12), 12);
+        assert!(st.get("c", 12).is_none());
+        assert!(st.get("e", 12).unwrap().requests == 1);
+    }
+
+    #[test]
+    fn bound_holds_across_shards_under_churn() {
+        let st = store(100_000);
+        assert!(st.shards.len() > 1);
+        for i in 0..300_000u64 {
+            st.record(&format!("c{i}"), &obs(Judgement::Satisfied, "/", i), i);
+        }
+        assert_eq!(st.len(), 100_000);
+        assert_eq!(st.evicted(), 200_000);
+        // The most recent are all still there.
+        for i in 299_000..300_000u64 {
+            assert!(st.get(&format!("c{i}"), 300_000).is_some());
+        }
+    }
+
+    #[test]
+    fn worst_lists_lowest_scores_with_enough_requests() {
+        let st = store(100);
+        for i in 0..20 {
+            let id = format!("c{i}");
+            for k in 0..5 {
+                let j = if k < i % 5 {
+                    Judgement::Frustrated
+                } else {
+                    Judgement::Satisfied
+                };
+                st.record(&id, &obs(j, "/", 1), 1);
+            }
+        }
+        // Two requests only: left out however bad.
+        st.record("newbie", &obs(Judgement::Frustrated, "/", 1), 1);
+        st.record("newbie", &obs(Judgement::Frustrated, "/", 1), 1);
+        let w = st.worst(4, 3, 1);
+        assert_eq!(w.len(), 4);
+        assert!(w.windows(2).all(|p| p[0].score <= p[1].score));
+        assert!(w.iter().all(|c| c.frustrated == 4), "{w:?}");
+        assert!(w.iter().all(|c| c.id != "newbie"));
+        assert_eq!(st.worst(0, 1, 1).len(), 0);
+    }
+
+    #[test]
+    fn summary_counts_buckets_and_threshold() {
+        let st = store(10);
+        st.record("ok", &obs(Judgement::Satisfied, "/", 1), 1);
+        for _ in 0..8 {
+            st.record("bad", &obs(Judgement::Frustrated, "/", 1), 1);
+        }
+        let s = st.summary(70.0, 1);
+        assert_eq!((s.tracked, s.below), (2, 1));
+        // "bad" scores 20: in the <= 20 bucket and every one after; "ok" only in <= 100.
+        assert_eq!(s.buckets[0], 0);
+        assert_eq!(s.buckets[1], 1);
+        assert_eq!(s.buckets[9], 2);
+        assert!((s.sum - 120.0).abs() < 0.01);
+    }
+}

@@ -1,0 +1,32 @@
+//! usher: an experience-aware edge proxy on Pingora.
+//!
+//! It measures every customer's real request latency and errors inline, keeps a live experience score
+//! per customer, and exposes who is suffering, where, right now.
+//!
+//! Layout follows the request's path through the proxy, one way only:
+//! [`identity`] (who) -> [`routing`] (which route) -> [`upstream`] (which server) -> [`measure`] (what
+//! happened) -> [`experience`] (what it did to the customer) and [`stats`]/[`metrics`] (what it did to
+//! the aggregates). [`engine`] wires them as plain Rust; [`proxy`] is the only module that knows
+//! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
+//! serves what usher knows; [`server`] assembles a runnable server; [`origin`] and [`demo`] are the
+//! programmable origins and synthetic traffic behind `usher demo` and the tests.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod experience;
+pub mod identity;
+pub mod measure;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod stats;
+pub mod upstream;
+pub mod urlencoded;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use engine::{Exchange, Usher};
+pub use proxy::{UsherHooks, UsherProxy};

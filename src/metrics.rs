@@ -1,0 +1,245 @@
+//! Every Prometheus metric usher exports, named in one place (as sozu's `metrics/names.rs` does).
+//!
+//! Labels are bounded by the config: route names, upstream addresses, outcome classes. Never a
+//! customer id: per-customer figures live in the experience store and the admin API, and reach
+//! Prometheus only as the distribution `usher_customer_score`. Label handles are resolved once (per
+//! route and upstream at startup, per route x upstream x outcome on first use) so the request path
+//! does an array index and an atomic add, not a label hash. Each `Metrics` owns its registry, so
+//! several usher instances (tests, embedders) never collide.
+
+use crate::config::{Config, RouteId, UpstreamId};
+use crate::experience::Summary;
+use crate::measure::Outcome;
+use parking_lot::Mutex;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "usher_requests_total";
+    pub const REQUEST_DURATION: &str = "usher_request_duration_seconds";
+    pub const UPSTREAM_DURATION: &str = "usher_upstream_duration_seconds";
+    pub const CUSTOMERS_TRACKED: &str = "usher_customers_tracked";
+    pub const CUSTOMERS_DEGRADED: &str = "usher_customers_degraded";
+    pub const CUSTOMER_SCORE: &str = "usher_customer_score";
+    pub const CUSTOMERS_EVICTED: &str = "usher_customers_evicted_total";
+}
+
+/// Label value for "no route matched" and "no upstream was used".
+pub const NONE_LABEL: &str = "none";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    /// `[route or none][upstream or none][outcome]`, created on first use.
+    request_cells: Box<[OnceLock<IntCounter>]>,
+    route_labels: Vec<String>,
+    upstream_labels: Vec<String>,
+    request_duration: Vec<Histogram>,
+    upstream_duration: Vec<Histogram>,
+    pub customers_tracked: IntGauge,
+    pub customers_degraded: IntGauge,
+    pub customers_evicted: IntCounter,
+    score: Arc<ScoreDistribution>,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Names and labels are static or validated config values; a failure here is a bug in this
+    // module, caught by its tests, not something user input can cause.
+    r.expect("metric definitions are valid")
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Self {
+        let registry = Registry::new();
+        let mut route_labels: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+        route_labels.push(NONE_LABEL.to_string());
+        let mut upstream_labels: Vec<String> =
+            config.upstreams.iter().map(|a| a.to_string()).collect();
+        upstream_labels.push(NONE_LABEL.to_string());
+
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                names::REQUESTS_TOTAL,
+                "Requests finished, by route, upstream and outcome class.",
+            ),
+            &["route", "upstream", "outcome"],
+        ));
+        must(registry.register(Box::new(requests.clone())));
+
+        let hist = |name: &str, help: &str, label: &str, values: &[String]| -> Vec<Histogram> {
+            let vec = must(prometheus::HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &[label],
+            ));
+            must(registry.register(Box::new(vec.clone())));
+            values
+                .iter()
+                .map(|v| must(vec.get_metric_with_label_values(&[v])))
+                .collect()
+        };
+        let request_duration = hist(
+            names::REQUEST_DURATION,
+            "Request duration, from request head read to response finished, by route.",
+            "route",
+            &route_labels,
+        );
+        let upstream_duration = hist(
+            names::UPSTREAM_DURATION,
+            "Upstream time (connect plus time to first byte), by upstream.",
+            "upstream",
+            &upstream_labels[..upstream_labels.len() - 1],
+        );
+
+        let customers_tracked = must(IntGauge::new(
+            names::CUSTOMERS_TRACKED,
+            "Customers currently tracked in the experience store.",
+        ));
+        let customers_degraded = must(IntGauge::new(
+            names::CUSTOMERS_DEGRADED,
+            "Tracked customers whose score is below experience.degraded_below.",
+        ));
+        let customers_evicted = must(IntCounter::new(
+            names::CUSTOMERS_EVICTED,
+            "Customers evicted from the store to keep it within experience.track_max.",
+        ));
+        for m in [&customers_tracked, &customers_degraded] {
+            must(registry.register(Box::new(m.clone())));
+        }
+        must(registry.register(Box::new(customers_evicted.clone())));
+        let score = Arc::new(ScoreDistribution::new());
+        must(registry.register(Box::new(ScoreCollectorHandle(score.clone()))));
+
+        let cells = route_labels.len() * upstream_labels.len() * Outcome::ALL.len();
+        Metrics {
+            registry,
+            requests,
+            request_cells: (0..cells).map(|_| OnceLock::new()).collect(),
+            route_labels,
+            upstream_labels,
+            request_duration,
+            upstream_duration,
+            customers_tracked,
+            customers_degraded,
+            customers_evicted,
+            score,
+        }
+    }
+
+    pub fn observe_request(
+        &self,
+        route: Option<RouteId>,
+        upstream: Option<UpstreamId>,
+        outcome: Outcome,
+        total: Duration,
+        upstream_time: Option<Duration>,
+    ) {
+        let r = route.map_or(self.route_labels.len() - 1, |r| r as usize);
+        let u = upstream.map_or(self.upstream_labels.len() - 1, |u| u as usize);
+        let o = outcome as usize;
+        let cell = (r * self.upstream_labels.len() + u) * Outcome::ALL.len() + o;
+        if let Some(slot) = self.request_cells.get(cell) {
+            slot.get_or_init(|| {
+                must(self.requests.get_metric_with_label_values(&[
+                    &self.route_labels[r],
+                    &self.upstream_labels[u],
+                    outcome.as_str(),
+                ]))
+            })
+            .inc();
+        }
+        if let Some(h) = self.request_duration.get(r) {
+            h.observe(total.as_secs_f64());
+        }
+        if let (Some(u), Some(t)) = (upstream, upstream_time) {
+            if let Some(h) = self.upstream_duration.get(u as usize) {
+                h.observe(t.as_secs_f64());
+            }
+        }
+    }
+
+    /// Publishes a fresh scan of the experience store.
+    pub fn set_summary(&self, s: &Summary) {
+        self.customers_tracked.set(s.tracked as i64);
+        self.customers_degraded.set(s.below as i64);
+        *self.score.latest.lock() = s.clone();
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// `usher_customer_score`: a histogram of current scores across customers. Prometheus histograms
+/// only accumulate observations; this one is replaced wholesale by each periodic scan, so it is a
+/// collector that renders the latest scan.
+struct ScoreDistribution {
+    desc: Desc,
+    latest: Mutex<Summary>,
+}
+
+struct ScoreCollectorHandle(Arc<ScoreDistribution>);
+
+impl ScoreDistribution {
+    fn new() -> Self {
+        ScoreDistribution {
+            desc: must(Desc::new(
+                names::CUSTOMER_SCORE.to_string(),
+                "Current experience scores (0..100) across tracked customers, refreshed every experience.summary_interval.".to_string(),
+                vec![],
+                Default::default(),
+            )),
+            latest: Mutex::new(Summary::default()),
+        }
+    }
+}
+
+impl Collector for ScoreCollectorHandle {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = self.0.latest.lock().clone();
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(s.tracked);
+        h.set_sample_sum(s.sum);
+        h.set_bucket(
+            s.buckets
+                .iter()
+                .enumerate()
+                .map(|(i, &count)| {
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(10.0 * (i + 1) as f64);
+                    b.set_cumulative_count(count);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        let mut mf = MetricFamily::default();
+        mf.set_name(names::CUSTOMER_SCORE.to_string());
+        mf.set_help(self.0.desc.help.clone());
+        mf.set_field_type(MetricType::HISTOGRAM);
+        mf.set_metric(vec![m]);
+        vec![mf]
+    }
+}

@@ -1,0 +1,110 @@
+//! usher's own `ProxyHttp`: every phase delegates to [`UsherHooks`], the same API embedders use.
+
+use super::errors::status_for;
+use super::hooks::UsherHooks;
+use crate::engine::Exchange;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+
+pub struct UsherProxy {
+    hooks: UsherHooks,
+}
+
+impl UsherProxy {
+    pub fn new(hooks: UsherHooks) -> Self {
+        UsherProxy { hooks }
+    }
+}
+
+const NO_ROUTE_BODY: &[u8] = b"usher: no route matches this request\n";
+
+#[async_trait]
+impl ProxyHttp for UsherProxy {
+    type CTX = Exchange;
+
+    fn new_ctx(&self) -> Exchange {
+        Exchange::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ex: &mut Exchange) -> Result<bool> {
+        if self.hooks.on_request(session, ex) {
+            return Ok(false);
+        }
+        let mut resp = ResponseHeader::build(404, Some(2))?;
+        resp.insert_header("content-type", "text/plain")?;
+        resp.insert_header("content-length", NO_ROUTE_BODY.len().to_string())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(NO_ROUTE_BODY)), true)
+            .await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ex: &mut Exchange,
+    ) -> Result<Box<HttpPeer>> {
+        self.hooks.upstream_peer(ex)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ex: &mut Exchange,
+    ) -> Result<()> {
+        self.hooks.on_connected(ex);
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ex: &mut Exchange,
+    ) -> Result<()> {
+        self.hooks.on_upstream_request(req, ex);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ex: &mut Exchange,
+    ) -> Result<()> {
+        self.hooks.on_upstream_response(resp, ex);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ex: &mut Exchange,
+    ) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 {
+            // The client may be gone already; then there is no one left to tell.
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ex: &mut Exchange) {
+        self.hooks.on_logging(session, e, ex);
+    }
+}

@@ -1,0 +1,158 @@
+//! Aggregate latency and error figures per route and per upstream, for the admin API.
+//!
+//! Counts are cumulative since start. Percentiles come from HdrHistograms over a sliding window of one
+//! to two minutes (two one-minute histograms, rotated), because "p99 since last Tuesday" tells an
+//! operator nothing about now. Prometheus histograms carry the long view; these answer "what is it
+//! like right now" without a query language. Time is passed in.
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const WINDOW_MS: u64 = 60_000;
+/// 1 us to 1 hour at 2 significant digits: about 10 KiB per histogram.
+const MAX_US: u64 = 3_600_000_000;
+
+pub struct LatencyStats {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    window: Mutex<Window>,
+}
+
+struct Window {
+    current: Histogram<u64>,
+    previous: Histogram<u64>,
+    started_ms: u64,
+}
+
+/// A point-in-time reading, as served by `/routes` and `/upstreams`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatsView {
+    pub requests: u64,
+    pub failures: u64,
+    pub failure_rate: f64,
+    /// Requests in the latency window.
+    pub recent: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 2).expect("static histogram bounds are valid")
+}
+
+impl Default for LatencyStats {
+    fn default() -> Self {
+        LatencyStats {
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            window: Mutex::new(Window {
+                current: histogram(),
+                previous: histogram(),
+                started_ms: 0,
+            }),
+        }
+    }
+}
+
+impl LatencyStats {
+    pub fn record(&self, latency: Duration, failed: bool, now_ms: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = (latency.as_micros() as u64).clamp(1, MAX_US);
+        let mut w = self.window.lock();
+        w.rotate(now_ms);
+        w.current.saturating_record(us);
+    }
+
+    pub fn view(&self, now_ms: u64) -> StatsView {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let failures = self.failures.load(Ordering::Relaxed);
+        let merged = {
+            let mut w = self.window.lock();
+            w.rotate(now_ms);
+            let mut m = w.previous.clone();
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = m.add(&w.current);
+            m
+        };
+        let ms = |q: f64| {
+            if merged.is_empty() {
+                0.0
+            } else {
+                merged.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        StatsView {
+            requests,
+            failures,
+            failure_rate: if requests == 0 {
+                0.0
+            } else {
+                failures as f64 / requests as f64
+            },
+            recent: merged.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            max_ms: if merged.is_empty() {
+                0.0
+            } else {
+                merged.max() as f64 / 1000.0
+            },
+        }
+    }
+}
+
+impl Window {
+    fn rotate(&mut self, now_ms: u64) {
+        let age = now_ms.saturating_sub(self.started_ms);
+        if age < WINDOW_MS {
+            return;
+        }
+        if age < 2 * WINDOW_MS {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.reset();
+        } else {
+            // Idle for over two windows: nothing recent is left.
+            self.current.reset();
+            self.previous.reset();
+        }
+        self.started_ms = now_ms - now_ms % WINDOW_MS;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_cover_one_to_two_minutes() {
+        let s = LatencyStats::default();
+        let t0 = 10 * WINDOW_MS;
+        for i in 1..=100 {
+            s.record(Duration::from_millis(i), i > 95, t0);
+        }
+        let v = s.view(t0 + 1);
+        assert_eq!((v.requests, v.failures, v.recent), (100, 5, 100));
+        assert!((v.p50_ms - 50.0).abs() < 1.0, "{v:?}");
+        assert!((v.p99_ms - 99.0).abs() < 1.5, "{v:?}");
+        assert!((v.failure_rate - 0.05).abs() < 1e-9);
+        // Next minute: still visible, merged with new data.
+        s.record(Duration::from_millis(1000), false, t0 + WINDOW_MS + 5);
+        let v = s.view(t0 + WINDOW_MS + 6);
+        assert_eq!(v.recent, 101);
+        assert!(v.max_ms >= 990.0);
+        // Two minutes on, the first minute is gone; counts remain.
+        let v = s.view(t0 + 2 * WINDOW_MS + 10);
+        assert_eq!((v.recent, v.requests), (1, 101));
+        let v = s.view(t0 + 10 * WINDOW_MS);
+        assert_eq!((v.recent, v.p99_ms), (0, 0.0));
+    }
+}
