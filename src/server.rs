@@ -25,6 +25,8 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot start the server thread: {0}")]
+    Thread(std::io::Error),
     #[error("usher did not start listening on {0} within {1:?}")]
     NotReady(SocketAddr, Duration),
 }
@@ -145,8 +147,25 @@ pub fn spawn(config: Config) -> Result<Running, StartError> {
 
 pub fn spawn_usher(usher: Arc<Usher>) -> Result<Running, StartError> {
     preflight(usher.config())?;
+    let cfg = usher.config();
+    let ready: Vec<SocketAddr> = cfg
+        .server
+        .listen
+        .iter()
+        .chain(cfg.server.admin.iter())
+        .copied()
+        .collect();
+    spawn_server(build(usher.clone()), usher, &ready)
+}
+
+/// Runs any Pingora server (usher's own, or a proxy embedding usher) on a new thread until the
+/// returned handle is stopped or dropped, and waits until every address in `ready` accepts.
+pub fn spawn_server(
+    server: Server,
+    usher: Arc<Usher>,
+    ready: &[SocketAddr],
+) -> Result<Running, StartError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let server = build(usher.clone());
     let thread = std::thread::Builder::new()
         .name("usher-server".into())
         .spawn(move || {
@@ -154,14 +173,13 @@ pub fn spawn_usher(usher: Arc<Usher>) -> Result<Running, StartError> {
                 shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
             })
         })
-        .expect("spawning a thread");
+        .map_err(StartError::Thread)?;
     let running = Running {
-        usher: usher.clone(),
+        usher,
         stop: Some(tx),
         thread: Some(thread),
     };
-    let cfg = usher.config();
-    for addr in cfg.server.listen.iter().chain(cfg.server.admin.iter()) {
+    for addr in ready {
         wait_listening(*addr, Duration::from_secs(10))?;
     }
     Ok(running)

@@ -1,0 +1,444 @@
+//! End to end: real origins on 127.0.0.1, usher on ephemeral ports, real HTTP from several customers;
+//! the checks read usher's admin JSON and /metrics.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use usher::origin::Origin;
+
+fn shop_config(
+    fast: &[&Origin],
+    slow: &Origin,
+    broken: &Origin,
+    dir: &std::path::Path,
+) -> usher::Config {
+    std::fs::write(dir.join("tiers.csv"), "id,tier\nhappy,gold\n").unwrap();
+    let fast: Vec<String> = fast.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    config(
+        &format!(
+            r#"
+[identity]
+customer_id = [{{ header = "x-customer-id" }}, {{ cookie = "cid" }}]
+tier = [{{ header = "x-customer-tier", trusted_from = ["10.0.0.0/8"] }}, {{ table = "tiers.csv" }}]
+default_tier = "standard"
+[[tiers]]
+name = "gold"
+[[tiers]]
+name = "standard"
+[experience]
+half_life = "10m"
+summary_interval = "100ms"
+[[pools]]
+name = "web"
+upstreams = [{fast}]
+[[pools]]
+name = "slow"
+upstreams = ["{slow}"]
+[[pools]]
+name = "broken"
+upstreams = ["{broken}"]
+[[pools]]
+name = "dead"
+upstreams = ["{dead}"]
+connect_timeout = "300ms"
+[[pools]]
+name = "stuck"
+upstreams = ["{slow}"]
+read_timeout = "200ms"
+[[routes]]
+name = "checkout"
+match = {{ path_prefix = "/checkout" }}
+pool = "slow"
+critical = true
+target = "50ms"
+[[routes]]
+name = "flaky"
+match = {{ path_prefix = "/flaky" }}
+pool = "broken"
+[[routes]]
+name = "gone"
+match = {{ path_prefix = "/gone" }}
+pool = "dead"
+[[routes]]
+name = "stuck"
+match = {{ path_prefix = "/stuck" }}
+pool = "stuck"
+[[routes]]
+name = "site"
+match = {{ path_prefix = "/", method = ["GET", "POST"] }}
+pool = "web"
+target = "100ms"
+"#,
+            fast = fast.join(", "),
+            slow = slow.addr,
+            broken = broken.addr,
+            dead = dead_addr(),
+        ),
+        dir,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_customers_from_real_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Origin::start_local("a").await.unwrap(),
+        Origin::start_local("b").await.unwrap(),
+    );
+    let slow = Origin::start_local("slow").await.unwrap();
+    slow.behavior
+        .add_slow_path("/checkout", Duration::from_millis(250));
+    slow.behavior
+        .add_slow_path("/stuck", Duration::from_millis(1000));
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let cfg = shop_config(&[&a, &b], &slow, &broken, dir.path());
+    let running = usher::server::spawn(cfg).unwrap();
+    let (p, adm) = (running.listen(), running.admin().unwrap());
+    let c = client();
+
+    // happy: gold (from the table), fast pages only.
+    for i in 0..10 {
+        let (s, _) = get(
+            &c,
+            format!("http://{p}/products/{i}"),
+            &[("x-customer-id", "happy")],
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    // slowpoke: the checkout takes 250 ms against a 50 ms target: frustrated (> 4T).
+    for _ in 0..4 {
+        let (s, _) = get(
+            &c,
+            format!("http://{p}/checkout/pay"),
+            &[("cookie", "x=1; cid=slowpoke")],
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    // unlucky: every request hits the upstream that answers 503.
+    for _ in 0..5 {
+        let (s, _) = get(
+            &c,
+            format!("http://{p}/flaky/thing"),
+            &[("x-customer-id", "unlucky")],
+        )
+        .await;
+        assert_eq!(s, 503);
+    }
+    // Connect failure and timeout, as the client sees them.
+    let (s, _) = get(
+        &c,
+        format!("http://{p}/gone"),
+        &[("x-customer-id", "stranded")],
+    )
+    .await;
+    assert_eq!(s, 502);
+    let (s, _) = get(
+        &c,
+        format!("http://{p}/stuck"),
+        &[("x-customer-id", "stranded")],
+    )
+    .await;
+    assert_eq!(s, 504);
+    // No route for DELETE: 404 with a body saying so.
+    let resp = c
+        .delete(format!("http://{p}/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.text().await.unwrap().contains("no route"));
+
+    let happy = json(&c, format!("http://{adm}/customers/happy")).await;
+    assert_eq!(happy["tier"], "gold");
+    assert_eq!(happy["state"], "ok");
+    assert_eq!(happy["score"], 100.0);
+    assert_eq!(happy["requests"], 10);
+    assert_eq!(happy["journey"].as_array().unwrap().len(), 10);
+    let last = &happy["journey"][9];
+    assert_eq!(
+        (last["route"].as_str(), last["path"].as_str()),
+        (Some("site"), Some("/products/9"))
+    );
+    let ups = [a.addr.to_string(), b.addr.to_string()];
+    assert!(ups.contains(&last["upstream"].as_str().unwrap().to_string()));
+
+    let slowpoke = json(&c, format!("http://{adm}/customers/slowpoke")).await;
+    assert_eq!(slowpoke["tier"], "standard");
+    assert_eq!(slowpoke["state"], "degraded");
+    assert_eq!(slowpoke["frustrated"], 4);
+    assert_eq!(slowpoke["errors"], 0);
+    let step = &slowpoke["journey"][0];
+    assert_eq!(step["route"], "checkout");
+    assert!(step["latency_ms"].as_f64().unwrap() >= 250.0, "{step}");
+
+    let unlucky = json(&c, format!("http://{adm}/customers/unlucky")).await;
+    assert_eq!(unlucky["errors"], 5);
+    assert_eq!(unlucky["state"], "degraded");
+    assert_eq!(unlucky["journey"][4]["status"], 503);
+    assert_eq!(unlucky["journey"][4]["outcome"], "upstream_5xx");
+    assert_eq!(unlucky["journey"][4]["upstream"], broken.addr.to_string());
+
+    let stranded = json(&c, format!("http://{adm}/customers/stranded")).await;
+    let outcomes: Vec<&str> = stranded["journey"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["connect_failure", "timeout"]);
+
+    // The worst customers: unlucky and slowpoke; happy is not among them.
+    let worst = json(&c, format!("http://{adm}/customers?worst=2")).await;
+    let ids: Vec<&str> = worst["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids.contains(&"unlucky") && ids.contains(&"slowpoke"),
+        "{ids:?}"
+    );
+    let missing = c
+        .get(format!("http://{adm}/customers/nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    let routes = json(&c, format!("http://{adm}/routes")).await;
+    let checkout = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "checkout")
+        .unwrap();
+    assert_eq!(checkout["requests"], 4);
+    assert!(checkout["p50_ms"].as_f64().unwrap() >= 250.0);
+    let flaky = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "flaky")
+        .unwrap();
+    assert_eq!(flaky["failure_rate"], 1.0);
+    let upstreams = json(&c, format!("http://{adm}/upstreams")).await;
+    let br = upstreams["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == broken.addr.to_string())
+        .unwrap();
+    assert_eq!(
+        (br["requests"].as_u64(), br["failures"].as_u64()),
+        (Some(5), Some(5))
+    );
+
+    // Prometheus: outcomes by route and upstream, never a customer id.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, metrics) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+    let broken_s = broken.addr.to_string();
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_requests_total",
+            &[
+                ("route", "flaky"),
+                ("upstream", &broken_s),
+                ("outcome", "upstream_5xx")
+            ]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_requests_total",
+            &[
+                ("route", "none"),
+                ("upstream", "none"),
+                ("outcome", "client_error")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_request_duration_seconds_count",
+            &[("route", "checkout")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&metrics, "usher_customers_tracked", &[]),
+        Some(5.0),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "usher_customers_degraded", &[]), Some(3.0));
+    assert_eq!(
+        sample(&metrics, "usher_customer_score_count", &[]),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&metrics, "usher_customer_score_bucket", &[("le", "100")]),
+        Some(5.0)
+    );
+    for id in ["happy", "slowpoke", "unlucky", "stranded"] {
+        assert!(
+            !metrics.contains(id),
+            "customer id {id} leaked into /metrics"
+        );
+    }
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_tier_header_is_ignored_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start_local("o").await.unwrap();
+    let text = |trusted: &str| {
+        format!(
+            r#"
+[identity]
+tier = [{{ header = "x-customer-tier", trusted_from = ["{trusted}"] }}]
+[[tiers]]
+name = "gold"
+[[tiers]]
+name = "standard"
+[[pools]]
+name = "web"
+upstreams = ["{}"]
+[[routes]]
+name = "all"
+pool = "web"
+"#,
+            o.addr
+        )
+    };
+    let c = client();
+    let claim = [
+        ("x-customer-id", "mallory"),
+        ("x-customer-tier", "gold"),
+        ("x-usher-experience", "score=100"),
+        ("x-other", "kept"),
+    ];
+
+    // The test client is on 127.0.0.1, which this config does not trust.
+    let running = usher::server::spawn(config(&text("10.0.0.0/8"), dir.path())).unwrap();
+    let (s, body) = get(&c, format!("http://{}/", running.listen()), &claim).await;
+    assert_eq!(s, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fwd = echo["headers"].as_object().unwrap();
+    assert!(
+        !fwd.contains_key("x-customer-tier"),
+        "untrusted tier claim forwarded: {fwd:?}"
+    );
+    assert!(
+        !fwd.contains_key("x-usher-experience"),
+        "client x-usher-* forwarded: {fwd:?}"
+    );
+    assert_eq!(fwd["x-other"], "kept");
+    let m = json(
+        &c,
+        format!("http://{}/customers/mallory", running.admin().unwrap()),
+    )
+    .await;
+    assert_eq!(m["tier"], "standard");
+    running.stop();
+
+    // The same request from a trusted peer is believed and passed on.
+    let running = usher::server::spawn(config(&text("127.0.0.1/32"), dir.path())).unwrap();
+    let (_, body) = get(&c, format!("http://{}/", running.listen()), &claim).await;
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-customer-tier"], "gold");
+    assert!(echo["headers"].get("x-usher-experience").is_none());
+    let m = json(
+        &c,
+        format!("http://{}/customers/mallory", running.admin().unwrap()),
+    )
+    .await;
+    assert_eq!(m["tier"], "gold");
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_stays_within_track_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start_local("o").await.unwrap();
+    let cfg = config(
+        &format!(
+            "[experience]\ntrack_max = 5\nsummary_interval = \"50ms\"\n[[pools]]\nname = \"w\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"w\"\n",
+            o.addr
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let c = client();
+    for i in 0..12 {
+        get(
+            &c,
+            format!("http://{}/", running.listen()),
+            &[("x-customer-id", &format!("c{i}"))],
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let adm = running.admin().unwrap();
+    let (_, metrics) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+    assert_eq!(sample(&metrics, "usher_customers_tracked", &[]), Some(5.0));
+    assert_eq!(
+        sample(&metrics, "usher_customers_evicted_total", &[]),
+        Some(7.0)
+    );
+    // The least recently seen went first.
+    assert_eq!(
+        c.get(format!("http://{adm}/customers/c0"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(
+        json(&c, format!("http://{adm}/customers/c11")).await["requests"],
+        1
+    );
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_refuses_bad_requests_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start_local("o").await.unwrap();
+    let cfg = config(
+        &format!("[[pools]]\nname = \"w\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"w\"\n", o.addr),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let adm = running.admin().unwrap();
+    let c = client();
+    for (url, want) in [
+        (format!("http://{adm}/customers?worst=abc"), 400),
+        (format!("http://{adm}/customers"), 400),
+        (format!("http://{adm}/customers/%zz"), 400),
+        (format!("http://{adm}/nope"), 404),
+        (format!("http://{adm}/healthz"), 200),
+        (format!("http://{adm}/"), 200),
+    ] {
+        assert_eq!(get(&c, url.clone(), &[]).await.0, want, "{url}");
+    }
+    let post = c
+        .post(format!("http://{adm}/customers?worst=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+    running.stop();
+}
