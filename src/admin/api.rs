@@ -175,7 +175,7 @@ impl StepJson {
         let (path, path_truncated) = s.path();
         let cfg = usher.config();
         StepJson {
-            at: rfc3339(s.at_ms),
+            at: rfc3339(s.at_ms()),
             route: s
                 .route()
                 .and_then(|r| cfg.routes.get(r as usize))
@@ -183,8 +183,8 @@ impl StepJson {
             method: s.method(),
             path: path.to_string(),
             path_truncated,
-            status: s.status,
-            latency_ms: s.latency_us as f64 / 1000.0,
+            status: s.status(),
+            latency_ms: s.latency_us() as f64 / 1000.0,
             upstream: s
                 .upstream()
                 .and_then(|u| cfg.upstreams.get(u as usize))

@@ -145,7 +145,7 @@ fn print_worst(usher: &crate::Usher) {
             let last = c
                 .journey
                 .last()
-                .map(|s| format!(", last {} {} {}", s.method(), s.path().0, s.status))
+                .map(|s| format!(", last {} {} {}", s.method(), s.path().0, s.status()))
                 .unwrap_or_default();
             format!(
                 "{} {:.0}{}{}",

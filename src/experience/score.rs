@@ -83,6 +83,11 @@ impl Score {
         debug_assert!(self.good.is_finite() && self.weight.is_finite());
     }
 
+    /// When the latest judgement was made.
+    pub fn last_ms(&self) -> u64 {
+        self.at_ms
+    }
+
     /// The score at `now_ms`, 0..=100; 100 for a customer with no history.
     pub fn value(&self, now_ms: u64, model: &ScoreModel) -> f64 {
         let d = model.decay(self.at_ms, now_ms);

@@ -13,11 +13,12 @@
 use super::journey::{Journey, Step};
 use super::score::{Judgement, Score, ScoreModel};
 use crate::config::TierId;
+use compact_str::CompactString;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const NIL: u32 = u32::MAX;
 const MAX_SHARDS: usize = 64;
@@ -76,13 +77,14 @@ pub struct Summary {
     pub sum: f64,
 }
 
+/// 96 bytes: ids up to 24 bytes are stored inline; the journey is the only other allocation.
 #[derive(Debug)]
 struct Customer {
-    id: Box<str>,
+    id: CompactString,
     journey: Journey,
+    /// Its timestamp is the last time the customer was seen.
     score: Score,
     first_seen_ms: u64,
-    last_seen_ms: u64,
     requests: u32,
     errors: u32,
     frustrated: u32,
@@ -99,13 +101,13 @@ struct Shard {
     head: u32,
     /// Least recently seen: the next to go.
     tail: u32,
-    capacity: usize,
 }
 
 pub struct CustomerStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
     settings: StoreSettings,
+    len: AtomicUsize,
     evicted: AtomicU64,
 }
 
@@ -119,15 +121,12 @@ impl CustomerStore {
             wanted.next_power_of_two() / 2
         };
         let shards = (0..n)
-            .map(|i| {
-                // Spread the bound exactly: the shards' capacities add up to track_max.
-                let capacity = track_max / n + usize::from(i < track_max % n);
+            .map(|_| {
                 Mutex::new(Shard {
                     index: HashTable::new(),
                     slots: Vec::new(),
                     head: NIL,
                     tail: NIL,
-                    capacity,
                 })
             })
             .collect();
@@ -138,6 +137,7 @@ impl CustomerStore {
                 track_max,
                 ..settings
             },
+            len: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
         }
     }
@@ -164,7 +164,7 @@ impl CustomerStore {
 
         let found = s
             .index
-            .find(hash, |&i| &*s.slots[i as usize].id == id)
+            .find(hash, |&i| s.slots[i as usize].id == id)
             .copied();
         let (slot, new_customer, evicted) = match found {
             Some(i) => {
@@ -173,11 +173,10 @@ impl CustomerStore {
             }
             None => {
                 let fresh = Customer {
-                    id: id.into(),
+                    id: CompactString::from(id),
                     journey: Journey::default(),
                     score: Score::default(),
                     first_seen_ms: now_ms,
-                    last_seen_ms: now_ms,
                     requests: 0,
                     errors: 0,
                     frustrated: 0,
@@ -185,23 +184,29 @@ impl CustomerStore {
                     next: NIL,
                     tier: obs.tier,
                 };
-                if s.slots.len() < s.capacity {
+                let admitted = self.admit();
+                if admitted || s.tail == NIL {
+                    if !admitted {
+                        // Full, but this shard has no one to evict: the documented overshoot.
+                        self.len.fetch_add(1, Ordering::Relaxed);
+                    }
                     s.slots.push(fresh);
                     let i = (s.slots.len() - 1) as u32;
-                    s.index
-                        .insert_unique(hash, i, |&j| hasher.hash_one(&*s.slots[j as usize].id));
+                    s.index.insert_unique(hash, i, |&j| {
+                        hasher.hash_one(s.slots[j as usize].id.as_str())
+                    });
                     (i, true, false)
                 } else {
                     // Reuse the least recently seen customer's slot.
                     let victim = s.tail;
                     s.unlink(victim);
-                    let old_hash = hasher.hash_one(&*s.slots[victim as usize].id);
+                    let old_hash = hasher.hash_one(s.slots[victim as usize].id.as_str());
                     if let Ok(entry) = s.index.find_entry(old_hash, |&j| j == victim) {
                         entry.remove();
                     }
                     s.slots[victim as usize] = fresh;
                     s.index.insert_unique(hash, victim, |&j| {
-                        hasher.hash_one(&*s.slots[j as usize].id)
+                        hasher.hash_one(s.slots[j as usize].id.as_str())
                     });
                     self.evicted.fetch_add(1, Ordering::Relaxed);
                     (victim, true, true)
@@ -219,7 +224,6 @@ impl CustomerStore {
         c.frustrated = c
             .frustrated
             .saturating_add(u32::from(obs.judgement == Judgement::Frustrated));
-        c.last_seen_ms = c.last_seen_ms.max(now_ms);
         c.journey.push(obs.step, self.settings.journey_len);
         Recorded {
             score_before,
@@ -230,10 +234,19 @@ impl CustomerStore {
         }
     }
 
+    /// Takes a place in the store for a new customer, if there is one left.
+    fn admit(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.settings.track_max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     pub fn get(&self, id: &str, now_ms: u64) -> Option<CustomerSnapshot> {
         let (hash, shard) = self.shard_of(id);
         let s = shard.lock();
-        let i = *s.index.find(hash, |&i| &*s.slots[i as usize].id == id)?;
+        let i = *s.index.find(hash, |&i| s.slots[i as usize].id == id)?;
         Some(self.snapshot(&s.slots[i as usize], now_ms))
     }
 
@@ -241,7 +254,7 @@ impl CustomerStore {
     pub fn score(&self, id: &str, now_ms: u64) -> Option<f64> {
         let (hash, shard) = self.shard_of(id);
         let s = shard.lock();
-        let i = *s.index.find(hash, |&i| &*s.slots[i as usize].id == id)?;
+        let i = *s.index.find(hash, |&i| s.slots[i as usize].id == id)?;
         Some(
             s.slots[i as usize]
                 .score
@@ -258,7 +271,7 @@ impl CustomerStore {
             errors: c.errors,
             frustrated: c.frustrated,
             first_seen_ms: c.first_seen_ms,
-            last_seen_ms: c.last_seen_ms,
+            last_seen_ms: c.score.last_ms(),
             journey: c.journey.iter().copied().collect(),
         }
     }
@@ -313,11 +326,27 @@ impl CustomerStore {
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().slots.len()).sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The store's own accounting of its heap: slabs, indexes and journeys.
+    pub fn heap_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|sh| {
+                let s = sh.lock();
+                s.slots.capacity() * std::mem::size_of::<Customer>()
+                    + s.index.capacity() * (std::mem::size_of::<u32>() + 1)
+                    + s.slots
+                        .iter()
+                        .map(|c| c.journey.heap_bytes())
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     pub fn evicted(&self) -> u64 {
@@ -382,6 +411,8 @@ impl Shard {
         }
     }
 }
+
+const _: () = assert!(std::mem::size_of::<Customer>() <= 96);
 
 #[cfg(test)]
 mod tests {
