@@ -71,7 +71,7 @@ target = "30ms"
     let slow_s = slow.addr.to_string();
     let on_slow: Vec<_> = steps
         .iter()
-        .filter(|s| s["upstream"] == slow_s.as_str())
+        .filter(|s| s["route"] == "checkout" && s["upstream"] == slow_s.as_str())
         .collect();
     assert_eq!(on_slow.len(), 3, "{zoe}");
     assert!(on_slow
