@@ -15,6 +15,7 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use usher::engine::Admission;
 use usher::{Config, Exchange, Usher, UsherHooks};
 
 /// The embedding proxy: its own state, with usher's hooks as one field among others.
@@ -43,7 +44,10 @@ impl ProxyHttp for ShopProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut ShopCtx) -> Result<bool> {
         // usher identifies the customer and classifies the route; this proxy serves every path, so a
         // request outside usher's routes is still proxied (and measured as route "none").
-        self.usher.on_request(session, &mut ctx.usher);
+        if self.usher.on_request(session, &mut ctx.usher) == Admission::HeadTooLarge {
+            session.respond_error(431).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 

@@ -98,6 +98,41 @@ impl Exchange {
     }
 }
 
+/// What to do with a request once its head has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Proxy it on this route.
+    Route(RouteId),
+    /// No route matches: answer 404.
+    NoRoute,
+    /// Request line and headers exceed `server.max_header_bytes`: answer 431, forward nothing.
+    HeadTooLarge,
+}
+
+impl Admission {
+    /// The status to answer with instead of proxying, if any.
+    pub fn refusal(self) -> Option<(u16, &'static str)> {
+        match self {
+            Admission::Route(_) => None,
+            Admission::NoRoute => Some((404, "usher: no route matches this request\n")),
+            Admission::HeadTooLarge => Some((431, "usher: request header fields too large\n")),
+        }
+    }
+}
+
+/// Bytes of the request head as sent on the wire (request line and header lines).
+fn head_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + uri_len(uri) + " HTTP/1.1\r\n".len() + 1;
+    headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn uri_len(uri: &Uri) -> usize {
+    uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+}
+
 /// What the caller supplies when a request ends.
 #[derive(Debug, Clone)]
 pub struct Finish<'a> {
@@ -168,8 +203,7 @@ impl Usher {
         self.config.routes.get(id as usize)
     }
 
-    /// Identifies the customer and finds the route. Returns the route, or `None` when no route
-    /// matches (the caller answers 404).
+    /// Admits the request, identifies the customer and finds the route.
     pub fn begin(
         &self,
         ex: &mut Exchange,
@@ -177,10 +211,16 @@ impl Usher {
         uri: &Uri,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
-    ) -> Option<RouteId> {
+    ) -> Admission {
         ex.identity = Some(self.identity.resolve(uri, headers, peer));
+        if head_size(method, uri, headers) > self.config.server.max_header_bytes {
+            return Admission::HeadTooLarge;
+        }
         ex.route = self.routes.find(method, uri, headers);
-        ex.route
+        match ex.route {
+            Some(r) => Admission::Route(r),
+            None => Admission::NoRoute,
+        }
     }
 
     /// Chooses the upstream for this attempt, preferring one not yet tried by this request.

@@ -442,3 +442,77 @@ async fn admin_api_refuses_bad_requests_cleanly() {
     assert_eq!(post.status().as_u16(), 405);
     running.stop();
 }
+
+/// Writes `raw` on one connection and reads until `want` responses have arrived or the peer closes.
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8], want: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => break,
+        };
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&out).matches("HTTP/1.1 ").count() >= want
+            && String::from_utf8_lossy(&out).ends_with("}\n")
+        {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_all_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start_local("o").await.unwrap();
+    let cfg = config(
+        &format!("[[pools]]\nname = \"w\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"w\"\n", o.addr),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let raw = b"GET /one HTTP/1.1\r\nHost: x\r\nx-customer-id: pipe\r\n\r\n\
+GET /two HTTP/1.1\r\nHost: x\r\nx-customer-id: pipe\r\n\r\n\
+GET /three HTTP/1.1\r\nHost: x\r\nx-customer-id: pipe\r\n\r\n";
+    let out = raw_exchange(running.listen(), raw, 3).await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    let (one, two, three) = (
+        out.find("/one").unwrap(),
+        out.find("/two").unwrap(),
+        out.find("/three").unwrap(),
+    );
+    assert!(one < two && two < three, "{out}");
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_a_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start_local("o").await.unwrap();
+    let cfg = config(
+        &format!("[[pools]]\nname = \"w\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"w\"\n", o.addr),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let garbage = raw_exchange(running.listen(), b"GARBAGE\x01\x02 nonsense\r\n\r\n", 1).await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let out = raw_exchange(running.listen(), big.as_bytes(), 1).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &out[..out.len().min(200)]
+    );
+    // Nothing reached the origin.
+    assert_eq!(o.behavior.requests(), 0);
+    running.stop();
+}

@@ -14,6 +14,7 @@ pub struct ServerFile {
     pub admin: Option<String>,
     pub threads: Option<i64>,
     pub grace_period: Option<String>,
+    pub max_header_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub admin: Option<SocketAddr>,
     pub threads: usize,
     pub grace_period: Duration,
+    /// Largest request head (request line and headers) proxied; larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -292,11 +292,20 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         f.grace_period.as_ref(),
         Duration::from_secs(5),
     );
+    let max_header_bytes = int_in(
+        errs,
+        "server.max_header_bytes",
+        f.max_header_bytes,
+        1024,
+        1 << 20,
+        64 * 1024,
+    ) as usize;
     ServerConfig {
         listen,
         admin,
         threads,
         grace_period,
+        max_header_bytes,
     }
 }
 

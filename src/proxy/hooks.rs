@@ -10,7 +10,7 @@
 
 use super::errors::outcome_of;
 use crate::config::{PoolId, UpstreamId};
-use crate::engine::{wall_ms, Exchange, Finish, Usher};
+use crate::engine::{wall_ms, Admission, Exchange, Finish, Usher};
 use crate::experience::Recorded;
 use crate::measure::Outcome;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -62,9 +62,10 @@ impl UsherHooks {
         &self.usher
     }
 
-    /// request_filter: identifies the customer and finds the route. `false` means no route matched;
-    /// usher's own proxy answers 404 then, an embedder may route the request its own way.
-    pub fn on_request(&self, session: &Session, ex: &mut Exchange) -> bool {
+    /// request_filter: admits the request, identifies the customer and finds the route. On
+    /// [`Admission::NoRoute`] usher's own proxy answers 404, an embedder may route the request its
+    /// own way; [`Admission::HeadTooLarge`] should be refused (431) by everyone.
+    pub fn on_request(&self, session: &Session, ex: &mut Exchange) -> Admission {
         let req = session.req_header();
         let peer = session
             .client_addr()
@@ -72,7 +73,6 @@ impl UsherHooks {
             .map(|a| a.ip());
         self.usher
             .begin(ex, &req.method, &req.uri, &req.headers, peer)
-            .is_some()
     }
 
     /// upstream_peer: usher's choice of upstream for the request's route, a different one on retry.

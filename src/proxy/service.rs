@@ -21,8 +21,6 @@ impl UsherProxy {
     }
 }
 
-const NO_ROUTE_BODY: &[u8] = b"usher: no route matches this request\n";
-
 #[async_trait]
 impl ProxyHttp for UsherProxy {
     type CTX = Exchange;
@@ -31,16 +29,24 @@ impl ProxyHttp for UsherProxy {
         Exchange::new()
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ex: &mut Exchange) -> Result<()> {
+        // RFC 9112 9.3.2: a server must answer pipelined requests in order. Pingora drops the
+        // second and later ones unless told otherwise (it closes after the first); the setting
+        // sticks for the rest of the connection.
+        session.set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ex: &mut Exchange) -> Result<bool> {
-        if self.hooks.on_request(session, ex) {
+        let Some((status, body)) = self.hooks.on_request(session, ex).refusal() else {
             return Ok(false);
-        }
-        let mut resp = ResponseHeader::build(404, Some(2))?;
+        };
+        let mut resp = ResponseHeader::build(status, Some(2))?;
         resp.insert_header("content-type", "text/plain")?;
-        resp.insert_header("content-length", NO_ROUTE_BODY.len().to_string())?;
+        resp.insert_header("content-length", body.len().to_string())?;
         session.write_response_header(Box::new(resp), false).await?;
         session
-            .write_response_body(Some(Bytes::from_static(NO_ROUTE_BODY)), true)
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
             .await?;
         Ok(true)
     }
