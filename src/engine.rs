@@ -316,13 +316,13 @@ impl Usher {
         self.metrics
             .observe_request(m.route, m.upstream, m.outcome, m.total, m.upstream_time());
         if let Some(s) = m.route.and_then(|r| self.route_stats.get(r as usize)) {
-            s.record(m.total, failed, m.now_ms);
+            s.record(m.total, failed, (m.bytes_in, m.bytes_out), m.now_ms);
         }
         if let (Some(s), Some(t)) = (
             m.upstream.and_then(|u| self.upstream_stats.get(u as usize)),
             m.upstream_time(),
         ) {
-            s.record(t, failed, m.now_ms);
+            s.record(t, failed, (m.bytes_in, m.bytes_out), m.now_ms);
         }
         let target = m
             .route

@@ -18,6 +18,8 @@ const MAX_US: u64 = 3_600_000_000;
 pub struct LatencyStats {
     requests: AtomicU64,
     failures: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     window: Mutex<Window>,
 }
 
@@ -33,6 +35,10 @@ pub struct StatsView {
     pub requests: u64,
     pub failures: u64,
     pub failure_rate: f64,
+    /// Request body bytes received from clients.
+    pub bytes_in: u64,
+    /// Response body bytes sent to clients.
+    pub bytes_out: u64,
     /// Requests in the latency window.
     pub recent: u64,
     pub p50_ms: f64,
@@ -50,6 +56,8 @@ impl Default for LatencyStats {
         LatencyStats {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             window: Mutex::new(Window {
                 current: histogram(),
                 previous: histogram(),
@@ -60,8 +68,10 @@ impl Default for LatencyStats {
 }
 
 impl LatencyStats {
-    pub fn record(&self, latency: Duration, failed: bool, now_ms: u64) {
+    pub fn record(&self, latency: Duration, failed: bool, bytes: (u64, u64), now_ms: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes.0, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes.1, Ordering::Relaxed);
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -97,6 +107,8 @@ impl LatencyStats {
             } else {
                 failures as f64 / requests as f64
             },
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
             recent: merged.len(),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
@@ -137,15 +149,21 @@ mod tests {
         let s = LatencyStats::default();
         let t0 = 10 * WINDOW_MS;
         for i in 1..=100 {
-            s.record(Duration::from_millis(i), i > 95, t0);
+            s.record(Duration::from_millis(i), i > 95, (1, 10), t0);
         }
         let v = s.view(t0 + 1);
         assert_eq!((v.requests, v.failures, v.recent), (100, 5, 100));
         assert!((v.p50_ms - 50.0).abs() < 1.0, "{v:?}");
         assert!((v.p99_ms - 99.0).abs() < 1.5, "{v:?}");
         assert!((v.failure_rate - 0.05).abs() < 1e-9);
+        assert_eq!((v.bytes_in, v.bytes_out), (100, 1000));
         // Next minute: still visible, merged with new data.
-        s.record(Duration::from_millis(1000), false, t0 + WINDOW_MS + 5);
+        s.record(
+            Duration::from_millis(1000),
+            false,
+            (0, 0),
+            t0 + WINDOW_MS + 5,
+        );
         let v = s.view(t0 + WINDOW_MS + 6);
         assert_eq!(v.recent, 101);
         assert!(v.max_ms >= 990.0);

@@ -227,6 +227,14 @@ async fn scores_customers_from_real_traffic() {
         .find(|r| r["name"] == "flaky")
         .unwrap();
     assert_eq!(flaky["failure_rate"], 1.0);
+    let site = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "site")
+        .unwrap();
+    // Ten echo bodies of the fast origin went out on route "site".
+    assert!(site["bytes_out"].as_u64().unwrap() > 10 * 60, "{site}");
     let upstreams = json(&c, format!("http://{adm}/upstreams")).await;
     let br = upstreams["upstreams"]
         .as_array()
