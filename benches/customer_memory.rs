@@ -68,6 +68,7 @@ fn main() {
         track_max: n,
         journey_len,
         model: ScoreModel::new(Duration::from_secs(600)),
+        rescue: Some((40.0, Duration::from_secs(600))),
     });
     let path = "/checkout/payment/confirm-and-pay";
     for round in 0..journey_len as u64 {

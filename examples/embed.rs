@@ -1,7 +1,8 @@
 //! A custom Pingora proxy that embeds usher as a plugin.
 //!
 //! The proxy keeps its own `Server`, its own CTX type and its own upstream selection (Pingora's
-//! round-robin `LoadBalancer`); usher only identifies customers, measures every request and serves
+//! round-robin `LoadBalancer`), filtered by usher's passive health; usher identifies customers,
+//! measures every request, chooses the upstream for protected customers, decides retries and serves
 //! its admin API. Run it with a usher config whose pools list the same upstreams:
 //!
 //! ```text
@@ -77,19 +78,44 @@ impl ProxyHttp for ShopProxy {
         req: &mut RequestHeader,
         ctx: &mut ShopCtx,
     ) -> Result<()> {
-        self.usher.on_upstream_request(req, &ctx.usher);
+        self.usher.on_upstream_request(req, &ctx.usher)?;
         req.insert_header("x-shop-proxy", "1")?;
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut ShopCtx,
     ) -> Result<()> {
-        self.usher.on_upstream_response(resp, &mut ctx.usher);
-        Ok(())
+        let method = session.req_header().method.clone();
+        // An Err here is usher granting a retry of a 502/503/504 on another upstream.
+        self.usher
+            .on_upstream_response(resp, &method, &mut ctx.usher)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut ShopCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let method = session.req_header().method.clone();
+        self.usher.fail_to_connect(&method, e, &mut ctx.usher)
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut ShopCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.usher
+            .error_while_proxy(session, e, client_reused, &mut ctx.usher)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ShopCtx) {
@@ -103,7 +129,12 @@ pub fn build_server(config: Config, listen: SocketAddr) -> (Server, Arc<Usher>) 
     let upstreams: Vec<SocketAddr> = config.upstreams.clone();
     let admin = config.server.admin;
     let usher = Usher::new(config);
-    let mut server = Server::new_with_opt_and_conf(None, ServerConf::default());
+    let conf = ServerConf {
+        // usher decides retries: one on another upstream, one on a stale pooled connection.
+        max_retries: 3,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let lb = LoadBalancer::try_from_iter(upstreams).expect("static upstream list");
     let mut proxy = http_proxy_service(
@@ -118,7 +149,7 @@ pub fn build_server(config: Config, listen: SocketAddr) -> (Server, Arc<Usher>) 
     if let Some(admin) = admin {
         server.add_service(usher::admin::admin_service(usher.clone(), admin));
     }
-    server.add_service(usher::admin::summary_service(usher.clone()));
+    server.add_service(usher::tasks::periodic_service(usher.clone()));
     (server, usher)
 }
 

@@ -20,10 +20,12 @@ pub mod identity;
 pub mod measure;
 pub mod metrics;
 pub mod origin;
+pub mod protection;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod stats;
+pub mod tasks;
 pub mod upstream;
 pub mod urlencoded;
 

@@ -10,12 +10,13 @@
 use crate::config::{Config, RouteId, UpstreamId};
 use crate::experience::Summary;
 use crate::measure::Outcome;
+use crate::protection::Protection;
 use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -28,7 +29,15 @@ pub mod names {
     pub const CUSTOMERS_DEGRADED: &str = "usher_customers_degraded";
     pub const CUSTOMER_SCORE: &str = "usher_customer_score";
     pub const CUSTOMERS_EVICTED: &str = "usher_customers_evicted_total";
+    pub const UPSTREAM_STATE: &str = "usher_upstream_state";
+    pub const EJECTIONS: &str = "usher_ejections_total";
+    pub const RETRIES: &str = "usher_retries_total";
+    pub const RETRY_BUDGET_EXHAUSTED: &str = "usher_retry_budget_exhausted_total";
+    pub const PROTECTED_REQUESTS: &str = "usher_protected_requests_total";
 }
+
+/// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
+pub const UPSTREAM_STATES: [&str; 4] = ["healthy", "probing", "ejected", "unhealthy"];
 
 /// Label value for "no route matched" and "no upstream was used".
 pub const NONE_LABEL: &str = "none";
@@ -50,6 +59,14 @@ pub struct Metrics {
     pub customers_degraded: IntGauge,
     pub customers_evicted: IntCounter,
     score: Arc<ScoreDistribution>,
+    /// `[upstream][state]`.
+    upstream_state: Vec<[IntGauge; 4]>,
+    ejections: IntCounterVec,
+    retries_granted: IntCounter,
+    retries_succeeded: IntCounter,
+    retries_failed: IntCounter,
+    pub retry_budget_exhausted: IntCounter,
+    protected: [IntCounter; 4],
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -119,6 +136,55 @@ impl Metrics {
         let score = Arc::new(ScoreDistribution::new());
         must(registry.register(Box::new(ScoreCollectorHandle(score.clone()))));
 
+        let state_vec = must(IntGaugeVec::new(
+            Opts::new(
+                names::UPSTREAM_STATE,
+                "1 for the upstream's current state (healthy, probing, ejected, unhealthy by active checks), else 0.",
+            ),
+            &["upstream", "state"],
+        ));
+        must(registry.register(Box::new(state_vec.clone())));
+        let upstream_state = upstream_labels[..upstream_labels.len() - 1]
+            .iter()
+            .map(|u| {
+                let g =
+                    UPSTREAM_STATES.map(|s| must(state_vec.get_metric_with_label_values(&[u, s])));
+                g[0].set(1);
+                g
+            })
+            .collect();
+        let ejections = must(IntCounterVec::new(
+            Opts::new(
+                names::EJECTIONS,
+                "Upstreams ejected by passive health, by rule.",
+            ),
+            &["upstream", "reason"],
+        ));
+        must(registry.register(Box::new(ejections.clone())));
+        let retries = must(IntCounterVec::new(
+            Opts::new(
+                names::RETRIES,
+                "Retries on another upstream: granted, and how the retried requests ended.",
+            ),
+            &["outcome"],
+        ));
+        must(registry.register(Box::new(retries.clone())));
+        let retry_budget_exhausted = must(IntCounter::new(
+            names::RETRY_BUDGET_EXHAUSTED,
+            "Retries refused because the pool's retry budget was spent.",
+        ));
+        must(registry.register(Box::new(retry_budget_exhausted.clone())));
+        let protected_vec = must(IntCounterVec::new(
+            Opts::new(
+                names::PROTECTED_REQUESTS,
+                "Requests given protected treatment, by why.",
+            ),
+            &["why"],
+        ));
+        must(registry.register(Box::new(protected_vec.clone())));
+        let protected = Protection::ALL
+            .map(|p| must(protected_vec.get_metric_with_label_values(&[p.as_str()])));
+
         let cells = route_labels.len() * upstream_labels.len() * Outcome::ALL.len();
         Metrics {
             registry,
@@ -132,7 +198,49 @@ impl Metrics {
             customers_degraded,
             customers_evicted,
             score,
+            upstream_state,
+            ejections,
+            retries_granted: must(retries.get_metric_with_label_values(&["granted"])),
+            retries_succeeded: must(retries.get_metric_with_label_values(&["succeeded"])),
+            retries_failed: must(retries.get_metric_with_label_values(&["failed"])),
+            retry_budget_exhausted,
+            protected,
         }
+    }
+
+    pub fn set_upstream_state(&self, u: UpstreamId, state: &str) {
+        if let Some(gauges) = self.upstream_state.get(u as usize) {
+            for (g, s) in gauges.iter().zip(UPSTREAM_STATES) {
+                g.set(i64::from(s == state));
+            }
+        }
+    }
+
+    /// Ejections are rare: the labelled handle is looked up when one happens.
+    pub fn ejected(&self, u: UpstreamId, reason: &str) {
+        if let Some(label) = self.upstream_labels.get(u as usize) {
+            must(
+                self.ejections
+                    .get_metric_with_label_values(&[label, reason]),
+            )
+            .inc();
+        }
+    }
+
+    pub fn retry_granted(&self) {
+        self.retries_granted.inc();
+    }
+
+    pub fn retry_finished(&self, succeeded: bool) {
+        if succeeded {
+            self.retries_succeeded.inc();
+        } else {
+            self.retries_failed.inc();
+        }
+    }
+
+    pub fn protected(&self, p: Protection) {
+        self.protected[p as usize].inc();
     }
 
     pub fn observe_request(

@@ -4,10 +4,11 @@
 //! [`run`] is `usher run`: it blocks and stops on SIGINT/SIGTERM. [`spawn`] runs the same server on a
 //! thread of this process and returns a handle that stops it, for the demo and the tests.
 
-use crate::admin::{admin_service, summary_service};
+use crate::admin::admin_service;
 use crate::config::Config;
 use crate::engine::Usher;
 use crate::proxy::{UsherHooks, UsherProxy};
+use crate::tasks::periodic_service;
 use async_trait::async_trait;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
@@ -52,8 +53,9 @@ fn pingora_conf(config: &Config) -> ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
-        // Retries are usher's decision, made per request in the proxy hooks.
-        max_retries: 1,
+        // Retries are usher's decision, made per request in the proxy hooks: at most one on another
+        // upstream and one on a stale pooled connection, so three attempts in all.
+        max_retries: 3,
         ..ServerConf::default()
     }
 }
@@ -75,7 +77,7 @@ pub fn build(usher: Arc<Usher>) -> Server {
     if let Some(addr) = config.server.admin {
         server.add_service(admin_service(usher.clone(), addr));
     }
-    server.add_service(summary_service(usher));
+    server.add_service(periodic_service(usher));
     server
 }
 

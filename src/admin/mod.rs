@@ -7,4 +7,4 @@
 pub mod api;
 mod service;
 
-pub use service::{admin_service, summary_service, AdminApp, SummaryTask};
+pub use service::{admin_service, AdminApp};

@@ -1,7 +1,5 @@
-//! Serving the admin API from inside a Pingora server, plus the periodic store summary.
-//!
-//! Both are ordinary Pingora services, so usher's binary and an embedding proxy add them to their
-//! `Server` the same way.
+//! Serving the admin API from inside a Pingora server: an ordinary Pingora service, so usher's binary
+//! and an embedding proxy add it to their `Server` the same way.
 
 use super::api;
 use crate::engine::{wall_ms, Usher};
@@ -9,8 +7,6 @@ use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,31 +55,4 @@ pub fn admin_service(usher: Arc<Usher>, addr: SocketAddr) -> Service<HttpServer<
     );
     svc.add_tcp(&addr.to_string());
     svc
-}
-
-pub struct SummaryTask {
-    usher: Arc<Usher>,
-}
-
-#[async_trait]
-impl BackgroundService for SummaryTask {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let every = self.usher.config().experience.summary_interval;
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let usher = self.usher.clone();
-                    let _ = tokio::task::spawn_blocking(move || usher.refresh_summary(wall_ms())).await;
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
-/// Recomputes `usher_customers_degraded` and `usher_customer_score` every
-/// `experience.summary_interval`.
-pub fn summary_service(usher: Arc<Usher>) -> GenBackgroundService<SummaryTask> {
-    background_service("usher store summary", SummaryTask { usher })
 }

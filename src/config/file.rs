@@ -48,6 +48,7 @@ pub struct TierSourceFile {
 #[serde(deny_unknown_fields)]
 pub struct TierFile {
     pub name: Option<String>,
+    pub protected: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +71,62 @@ pub struct PoolFile {
     pub read_timeout: Option<String>,
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub health_check: Option<HealthCheckFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    pub consecutive_failures: Option<i64>,
+    pub failure_rate: Option<f64>,
+    pub min_requests: Option<i64>,
+    pub window: Option<String>,
+    pub latency_factor: Option<f64>,
+    pub latency_min_delta: Option<String>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub jitter: Option<f64>,
+    pub max_ejected_share: Option<f64>,
+    pub probe_successes: Option<i64>,
+    pub panic_below: Option<f64>,
+    pub sweep_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesFile {
+    pub enabled: Option<bool>,
+    pub budget_ratio: Option<f64>,
+    pub budget_min_per_sec: Option<f64>,
+    pub budget_window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancingFile {
+    pub decay: Option<String>,
+    pub default_rtt: Option<String>,
+    pub failure_penalty: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectionFile {
+    pub protected_anywhere: Option<bool>,
+    pub critical_for_everyone: Option<bool>,
+    pub rescue_below: Option<f64>,
+    pub rescue_for: Option<String>,
+    pub experience_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +136,7 @@ pub struct RouteFile {
     #[serde(rename = "match")]
     pub matcher: Option<MatchFile>,
     pub pool: Option<String>,
+    pub reserved_pool: Option<String>,
     pub critical: Option<bool>,
     pub target: Option<String>,
 }

@@ -5,6 +5,9 @@
 //! reason to panic on a value from here. Deliberately independent of the file format (`file.rs`), so
 //! the TOML can change shape without touching the request path.
 
+use crate::upstream::budget::BudgetSettings;
+use crate::upstream::ewma::EwmaSettings;
+use crate::upstream::outlier::OutlierSettings;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -31,6 +34,31 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Every distinct upstream address named by any pool, in order of first appearance.
     pub upstreams: Vec<SocketAddr>,
+    pub outlier: OutlierSettings,
+    /// How often ejections are reviewed and the windowed rules applied.
+    pub sweep_interval: Duration,
+    pub retries: RetriesConfig,
+    pub balancing: EwmaSettings,
+    pub protection: ProtectionConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetriesConfig {
+    pub enabled: bool,
+    pub budget: BudgetSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProtectionConfig {
+    /// Protected tiers get protected treatment on every route, not only critical ones.
+    pub protected_anywhere: bool,
+    /// Everyone gets protected treatment on critical routes.
+    pub critical_for_everyone: bool,
+    /// A customer whose score falls below this is protected for `rescue_for`.
+    pub rescue_below: Option<f64>,
+    pub rescue_for: Duration,
+    /// When set, the customer's experience is forwarded to the upstream in this header.
+    pub experience_header: Option<HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +103,8 @@ pub enum TierSource {
 #[derive(Debug, Clone)]
 pub struct Tier {
     pub name: String,
+    /// Customers the business can least afford to lose: served by the healthiest upstream.
+    pub protected: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +128,16 @@ pub struct PoolConfig {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +145,8 @@ pub struct RouteConfig {
     pub name: String,
     pub matcher: RouteMatch,
     pub pool: PoolId,
+    /// Protected traffic tries this pool first, and falls back to `pool`.
+    pub reserved_pool: Option<PoolId>,
     pub critical: bool,
     /// The Apdex target T: at or under it a request satisfies, up to 4T it is tolerated.
     pub target: Duration,

@@ -8,6 +8,9 @@
 use super::file::*;
 use super::model::*;
 use super::{ConfigError, ConfigErrors};
+use crate::upstream::budget::BudgetSettings;
+use crate::upstream::ewma::EwmaSettings;
+use crate::upstream::outlier::OutlierSettings;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -23,6 +26,10 @@ const SECTIONS: &[&str] = &[
     "experience",
     "pools",
     "routes",
+    "outlier",
+    "retries",
+    "balancing",
+    "protection",
 ];
 
 /// Upper bounds that keep per-customer state and index types in range.
@@ -70,6 +77,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let tiers: Vec<Option<TierFile>> = array(&mut errs, &table, "tiers");
     let pools: Vec<Option<PoolFile>> = array(&mut errs, &table, "pools");
     let routes: Vec<Option<RouteFile>> = array(&mut errs, &table, "routes");
+    let outlier: OutlierFile = section(&mut errs, &table, "outlier").unwrap_or_default();
+    let retries: RetriesFile = section(&mut errs, &table, "retries").unwrap_or_default();
+    let balancing: BalancingFile = section(&mut errs, &table, "balancing").unwrap_or_default();
+    let protection: ProtectionFile = section(&mut errs, &table, "protection").unwrap_or_default();
 
     let server = server_config(&mut errs, server);
     let tiers = tier_list(&mut errs, &tiers);
@@ -77,6 +88,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let experience = experience_config(&mut errs, experience);
     let (pools, upstreams) = pool_list(&mut errs, &pools);
     let routes = route_list(&mut errs, &routes, &pools);
+    let (outlier, sweep_interval) = outlier_config(&mut errs, outlier);
+    let retries = retries_config(&mut errs, retries);
+    let balancing = balancing_config(&mut errs, balancing);
+    let protection = protection_config(&mut errs, protection);
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -87,6 +102,11 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
             pools,
             routes,
             upstreams,
+            outlier,
+            sweep_interval,
+            retries,
+            balancing,
+            protection,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -321,12 +341,14 @@ fn tier_list(errs: &mut Errors, tiers: &[Option<TierFile>]) -> Vec<Tier> {
             }
             Some(n) => out.push(Tier {
                 name: n.to_string(),
+                protected: t.protected.unwrap_or(false),
             }),
         }
     }
     if out.is_empty() {
         out.push(Tier {
             name: "standard".to_string(),
+            protected: false,
         });
     }
     if out.len() > MAX_TIERS {
@@ -651,6 +673,10 @@ fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>,
                 p.idle_timeout.as_ref(),
                 Duration::from_secs(60),
             ),
+            health_check: p
+                .health_check
+                .as_ref()
+                .map(|h| health_check(errs, &format!("{path}.health_check"), h)),
         });
     }
     if upstreams.len() > UpstreamId::MAX as usize {
@@ -667,6 +693,234 @@ fn placeholder_pool() -> PoolConfig {
         read_timeout: Duration::from_secs(1),
         write_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
+        health_check: None,
+    }
+}
+
+fn health_check(errs: &mut Errors, path: &str, h: &HealthCheckFile) -> HealthCheck {
+    let check_path = h.path.clone().unwrap_or_else(|| "/healthz".to_string());
+    if !check_path.starts_with('/') {
+        errs.push(
+            format!("{path}.path"),
+            format!("{check_path:?} must start with '/'"),
+        );
+    }
+    let interval = duration(
+        errs,
+        &format!("{path}.interval"),
+        h.interval.as_ref(),
+        Duration::from_secs(2),
+    );
+    let timeout = duration(
+        errs,
+        &format!("{path}.timeout"),
+        h.timeout.as_ref(),
+        Duration::from_secs(1),
+    );
+    if timeout > interval {
+        errs.push(
+            format!("{path}.timeout"),
+            "must not be longer than the interval",
+        );
+    }
+    HealthCheck {
+        path: check_path,
+        interval,
+        timeout,
+        rise: int_in(errs, &format!("{path}.rise"), h.rise, 1, 100, 2) as u32,
+        fall: int_in(errs, &format!("{path}.fall"), h.fall, 1, 100, 3) as u32,
+    }
+}
+
+fn share(errs: &mut Errors, path: &str, v: Option<f64>, default: f64) -> f64 {
+    match v {
+        None => default,
+        Some(x) if (0.0..=1.0).contains(&x) => x,
+        Some(x) => {
+            errs.push(
+                path,
+                format!("{x} is out of range; a share runs from 0.0 to 1.0"),
+            );
+            default
+        }
+    }
+}
+
+fn outlier_config(errs: &mut Errors, f: OutlierFile) -> (OutlierSettings, Duration) {
+    let d = OutlierSettings::default();
+    let s = OutlierSettings {
+        consecutive_failures: int_in(
+            errs,
+            "outlier.consecutive_failures",
+            f.consecutive_failures,
+            1,
+            1000,
+            d.consecutive_failures as i64,
+        ) as u32,
+        failure_rate: share(errs, "outlier.failure_rate", f.failure_rate, d.failure_rate),
+        min_requests: int_in(
+            errs,
+            "outlier.min_requests",
+            f.min_requests,
+            1,
+            1_000_000,
+            d.min_requests as i64,
+        ) as u32,
+        window: duration(errs, "outlier.window", f.window.as_ref(), d.window),
+        latency_factor: match f.latency_factor {
+            None => d.latency_factor,
+            Some(x) if x >= 1.0 && x.is_finite() => x,
+            Some(x) => {
+                errs.push(
+                    "outlier.latency_factor",
+                    format!("{x} must be at least 1.0"),
+                );
+                d.latency_factor
+            }
+        },
+        latency_min_delta: duration(
+            errs,
+            "outlier.latency_min_delta",
+            f.latency_min_delta.as_ref(),
+            d.latency_min_delta,
+        ),
+        base_ejection: duration(
+            errs,
+            "outlier.base_ejection",
+            f.base_ejection.as_ref(),
+            d.base_ejection,
+        ),
+        max_ejection: duration(
+            errs,
+            "outlier.max_ejection",
+            f.max_ejection.as_ref(),
+            d.max_ejection,
+        ),
+        jitter: share(errs, "outlier.jitter", f.jitter, d.jitter),
+        max_ejected_share: share(
+            errs,
+            "outlier.max_ejected_share",
+            f.max_ejected_share,
+            d.max_ejected_share,
+        ),
+        probe_successes: int_in(
+            errs,
+            "outlier.probe_successes",
+            f.probe_successes,
+            1,
+            1000,
+            d.probe_successes as i64,
+        ) as u32,
+        panic_below: share(errs, "outlier.panic_below", f.panic_below, d.panic_below),
+    };
+    if s.window < Duration::from_secs(1) {
+        errs.push("outlier.window", "must be at least 1s");
+    }
+    if s.max_ejection < s.base_ejection {
+        errs.push(
+            "outlier.max_ejection",
+            "must not be shorter than base_ejection",
+        );
+    }
+    let sweep = duration(
+        errs,
+        "outlier.sweep_interval",
+        f.sweep_interval.as_ref(),
+        Duration::from_millis(250),
+    );
+    (s, sweep)
+}
+
+fn retries_config(errs: &mut Errors, f: RetriesFile) -> RetriesConfig {
+    let d = BudgetSettings::default();
+    let min_per_sec = match f.budget_min_per_sec {
+        None => d.min_per_sec,
+        Some(x) if x >= 0.0 && x.is_finite() => x,
+        Some(x) => {
+            errs.push(
+                "retries.budget_min_per_sec",
+                format!("{x} must be zero or more"),
+            );
+            d.min_per_sec
+        }
+    };
+    let budget = BudgetSettings {
+        ratio: share(errs, "retries.budget_ratio", f.budget_ratio, d.ratio),
+        min_per_sec,
+        window: duration(
+            errs,
+            "retries.budget_window",
+            f.budget_window.as_ref(),
+            d.window,
+        ),
+    };
+    if budget.window < Duration::from_secs(1) {
+        errs.push("retries.budget_window", "must be at least 1s");
+    }
+    RetriesConfig {
+        enabled: f.enabled.unwrap_or(true),
+        budget,
+    }
+}
+
+fn balancing_config(errs: &mut Errors, f: BalancingFile) -> EwmaSettings {
+    let d = EwmaSettings::default();
+    EwmaSettings {
+        decay: duration(errs, "balancing.decay", f.decay.as_ref(), d.decay),
+        default_rtt: duration(
+            errs,
+            "balancing.default_rtt",
+            f.default_rtt.as_ref(),
+            d.default_rtt,
+        ),
+        failure_penalty: duration(
+            errs,
+            "balancing.failure_penalty",
+            f.failure_penalty.as_ref(),
+            d.failure_penalty,
+        ),
+    }
+}
+
+fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
+    let rescue_below = match f.rescue_below {
+        None => None,
+        Some(x) if (0.0..=100.0).contains(&x) => Some(x),
+        Some(x) => {
+            errs.push(
+                "protection.rescue_below",
+                format!("{x} is out of range; scores run from 0 to 100"),
+            );
+            None
+        }
+    };
+    let experience_header = f
+        .experience_header
+        .as_deref()
+        .and_then(|h| header_name(errs, "protection.experience_header", h));
+    if let Some(h) = &experience_header {
+        if !h.as_str().starts_with("x-usher-") {
+            // Only x-usher-* headers are stripped from clients; any other name could be forged.
+            errs.push(
+                "protection.experience_header",
+                format!(
+                    "{:?} must start with \"x-usher-\" so that clients cannot forge it",
+                    h.as_str()
+                ),
+            );
+        }
+    }
+    ProtectionConfig {
+        protected_anywhere: f.protected_anywhere.unwrap_or(false),
+        critical_for_everyone: f.critical_for_everyone.unwrap_or(false),
+        rescue_below,
+        rescue_for: duration(
+            errs,
+            "protection.rescue_for",
+            f.rescue_for.as_ref(),
+            Duration::from_secs(600),
+        ),
+        experience_header,
     }
 }
 
@@ -706,22 +960,15 @@ fn route_list(
                 errs.push(format!("{path}.pool"), "every route needs a pool");
                 0
             }
-            Some(p) => match pools.iter().position(|x| x.name == p && !p.is_empty()) {
-                Some(id) => id as PoolId,
-                None => {
-                    let known: Vec<String> = pools
-                        .iter()
-                        .filter(|x| !x.name.is_empty())
-                        .map(|x| format!("{:?}", x.name))
-                        .collect();
-                    errs.push(
-                        format!("{path}.pool"),
-                        format!("no pool named {p:?}; pools are {}", known.join(", ")),
-                    );
-                    0
-                }
-            },
+            Some(p) => pool_by_name(errs, &format!("{path}.pool"), p, pools).unwrap_or(0),
         };
+        let reserved_pool = r
+            .reserved_pool
+            .as_deref()
+            .and_then(|p| pool_by_name(errs, &format!("{path}.reserved_pool"), p, pools));
+        if reserved_pool.is_some() && reserved_pool == Some(pool) {
+            errs.push(format!("{path}.reserved_pool"), "is the route's own pool");
+        }
         let matcher = route_match(errs, &format!("{path}.match"), r.matcher.as_ref());
         let target = duration(
             errs,
@@ -733,6 +980,7 @@ fn route_list(
             name,
             matcher,
             pool,
+            reserved_pool,
             critical: r.critical.unwrap_or(false),
             target,
         });
@@ -741,6 +989,27 @@ fn route_list(
         errs.push("routes", "too many routes");
     }
     out
+}
+
+fn pool_by_name(errs: &mut Errors, path: &str, name: &str, pools: &[PoolConfig]) -> Option<PoolId> {
+    match pools
+        .iter()
+        .position(|x| x.name == name && !name.is_empty())
+    {
+        Some(id) => Some(id as PoolId),
+        None => {
+            let known: Vec<String> = pools
+                .iter()
+                .filter(|x| !x.name.is_empty())
+                .map(|x| format!("{:?}", x.name))
+                .collect();
+            errs.push(
+                path,
+                format!("no pool named {name:?}; pools are {}", known.join(", ")),
+            );
+            None
+        }
+    }
 }
 
 fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMatch {

@@ -9,4 +9,6 @@ pub mod store;
 
 pub use journey::{Journey, Step};
 pub use score::{Judgement, Score, ScoreModel};
-pub use store::{CustomerSnapshot, CustomerStore, Observation, Recorded, StoreSettings, Summary};
+pub use store::{
+    CustomerSnapshot, CustomerStore, Observation, Peek, Recorded, StoreSettings, Summary,
+};

@@ -30,6 +30,16 @@ pub struct StoreSettings {
     pub track_max: usize,
     pub journey_len: usize,
     pub model: ScoreModel,
+    /// (rescue_below, rescue_for): a customer whose score falls below the first is marked rescued
+    /// for the second.
+    pub rescue: Option<(f64, std::time::Duration)>,
+}
+
+/// What the request path needs to know about a customer before proxying.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Peek {
+    pub score: f64,
+    pub rescued: bool,
 }
 
 /// What one request contributes to its customer.
@@ -63,6 +73,8 @@ pub struct CustomerSnapshot {
     pub frustrated: u32,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
+    /// Until when (Unix seconds) the customer gets rescue protection; 0 when never.
+    pub rescued_until_s: u32,
     /// Oldest first.
     pub journey: Vec<Step>,
 }
@@ -77,7 +89,7 @@ pub struct Summary {
     pub sum: f64,
 }
 
-/// 96 bytes: ids up to 24 bytes are stored inline; the journey is the only other allocation.
+/// 104 bytes: ids up to 24 bytes are stored inline; the journey is the only other allocation.
 #[derive(Debug)]
 struct Customer {
     id: CompactString,
@@ -90,6 +102,8 @@ struct Customer {
     frustrated: u32,
     prev: u32,
     next: u32,
+    /// Unix seconds; 0 when never rescued.
+    rescued_until_s: u32,
     tier: TierId,
 }
 
@@ -182,6 +196,7 @@ impl CustomerStore {
                     frustrated: 0,
                     prev: NIL,
                     next: NIL,
+                    rescued_until_s: 0,
                     tier: obs.tier,
                 };
                 let admitted = self.admit();
@@ -225,9 +240,16 @@ impl CustomerStore {
             .frustrated
             .saturating_add(u32::from(obs.judgement == Judgement::Frustrated));
         c.journey.push(obs.step, self.settings.journey_len);
+        let score = c.score.value(now_ms, model);
+        if let Some((below, duration)) = self.settings.rescue {
+            if score < below {
+                let until = (now_ms + duration.as_millis() as u64) / 1000;
+                c.rescued_until_s = until.min(u32::MAX as u64) as u32;
+            }
+        }
         Recorded {
             score_before,
-            score: c.score.value(now_ms, model),
+            score,
             requests: c.requests,
             new_customer,
             evicted,
@@ -250,16 +272,16 @@ impl CustomerStore {
         Some(self.snapshot(&s.slots[i as usize], now_ms))
     }
 
-    /// The current score of `id`, or `None` when not tracked.
-    pub fn score(&self, id: &str, now_ms: u64) -> Option<f64> {
+    /// The current score of `id` and whether it is being rescued; `None` when not tracked.
+    pub fn peek(&self, id: &str, now_ms: u64) -> Option<Peek> {
         let (hash, shard) = self.shard_of(id);
         let s = shard.lock();
         let i = *s.index.find(hash, |&i| s.slots[i as usize].id == id)?;
-        Some(
-            s.slots[i as usize]
-                .score
-                .value(now_ms, &self.settings.model),
-        )
+        let c = &s.slots[i as usize];
+        Some(Peek {
+            score: c.score.value(now_ms, &self.settings.model),
+            rescued: u64::from(c.rescued_until_s) * 1000 > now_ms,
+        })
     }
 
     fn snapshot(&self, c: &Customer, now_ms: u64) -> CustomerSnapshot {
@@ -272,6 +294,7 @@ impl CustomerStore {
             frustrated: c.frustrated,
             first_seen_ms: c.first_seen_ms,
             last_seen_ms: c.score.last_ms(),
+            rescued_until_s: c.rescued_until_s,
             journey: c.journey.iter().copied().collect(),
         }
     }
@@ -412,7 +435,7 @@ impl Shard {
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Customer>() <= 96);
+const _: () = assert!(std::mem::size_of::<Customer>() <= 104);
 
 #[cfg(test)]
 mod tests {
@@ -426,6 +449,7 @@ mod tests {
             track_max,
             journey_len: 4,
             model: ScoreModel::new(Duration::from_secs(600)),
+            rescue: Some((40.0, Duration::from_secs(60))),
         })
     }
 
@@ -464,6 +488,27 @@ mod tests {
         let paths: Vec<&str> = c.journey.iter().map(|s| s.path().0).collect();
         assert_eq!(paths, ["/a", "/b", "/c"]);
         assert!(st.get("bob", 3).is_none());
+    }
+
+    #[test]
+    fn a_customer_who_falls_below_rescue_is_rescued_for_a_while() {
+        let st = store(10);
+        st.record("r", &obs(Judgement::Satisfied, "/", 1_000), 1_000);
+        assert_eq!(st.peek("r", 1_000).map(|p| p.rescued), Some(false));
+        for _ in 0..4 {
+            st.record("r", &obs(Judgement::Frustrated, "/", 2_000), 2_000);
+        }
+        // (1 + 2) / (5 + 2) = 43: not yet under 40.
+        assert_eq!(st.peek("r", 2_000).map(|p| p.rescued), Some(false));
+        st.record("r", &obs(Judgement::Frustrated, "/", 2_000), 2_000);
+        let p = st.peek("r", 2_000).unwrap();
+        assert!(p.rescued && p.score < 40.0);
+        assert!(st.peek("r", 61_000).unwrap().rescued);
+        assert!(
+            !st.peek("r", 62_000).unwrap().rescued,
+            "rescue lasts rescue_for"
+        );
+        assert!(st.peek("nobody", 0).is_none());
     }
 
     #[test]

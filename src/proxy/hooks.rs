@@ -1,22 +1,25 @@
 //! The plugin API: usher's work at each Pingora phase, callable from any `ProxyHttp`.
 //!
 //! The embedding proxy keeps an [`Exchange`] in its own CTX and calls, in order:
-//! [`UsherHooks::on_request`] (request_filter), then either [`UsherHooks::upstream_peer`] (usher picks
-//! the upstream) or [`UsherHooks::attribute_upstream`] (the embedder picks, usher is told),
-//! [`UsherHooks::on_upstream_request`] (upstream_request_filter), [`UsherHooks::on_connected`]
-//! (connected_to_upstream), [`UsherHooks::on_upstream_response`] (upstream_response_filter) and
-//! [`UsherHooks::on_logging`] (logging). Every hook is optional but `on_request` and `on_logging`:
-//! what is skipped is simply not measured.
+//! [`UsherHooks::on_request`] (request_filter), then either [`UsherHooks::upstream_peer`] (usher
+//! chooses: peak-EWMA power of two choices, protected routing, passive health) or
+//! [`UsherHooks::attribute_upstream`] (the embedder chooses, optionally filtering its balancer with
+//! [`UsherHooks::accepts`], and usher is told), [`UsherHooks::on_upstream_request`]
+//! (upstream_request_filter), [`UsherHooks::on_connected`] (connected_to_upstream),
+//! [`UsherHooks::on_upstream_response`] (upstream_response_filter), [`UsherHooks::fail_to_connect`]
+//! and [`UsherHooks::error_while_proxy`] (the hooks of the same names: retries) and
+//! [`UsherHooks::on_logging`] (logging). Only `on_request` and `on_logging` are required: what is
+//! skipped is simply not measured or not done.
 
 use super::errors::outcome_of;
-use crate::config::{PoolId, UpstreamId};
-use crate::engine::{wall_ms, Admission, Exchange, Finish, Usher};
+use crate::config::UpstreamId;
+use crate::engine::{wall_ms, Admission, Exchange, Finish, RequestHead, RetryVerdict, Usher};
 use crate::experience::Recorded;
 use crate::measure::Outcome;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +30,7 @@ pub const RESERVED_PREFIX: &str = "x-usher-";
 #[derive(Clone)]
 pub struct UsherHooks {
     usher: Arc<Usher>,
-    /// Peer templates per pool, with that pool's timeouts, cloned per request.
+    /// A peer template per upstream and pool, with that pool's timeouts, cloned per request.
     peers: Arc<Vec<Vec<(UpstreamId, HttpPeer)>>>,
 }
 
@@ -62,27 +65,39 @@ impl UsherHooks {
         &self.usher
     }
 
-    /// request_filter: admits the request, identifies the customer and finds the route. On
-    /// [`Admission::NoRoute`] usher's own proxy answers 404, an embedder may route the request its
-    /// own way; [`Admission::HeadTooLarge`] should be refused (431) by everyone.
-    pub fn on_request(&self, session: &Session, ex: &mut Exchange) -> Admission {
+    /// request_filter: admits the request, identifies the customer, finds the route and decides on
+    /// protection. On [`Admission::NoRoute`] usher's own proxy answers 404, an embedder may route the
+    /// request its own way; [`Admission::HeadTooLarge`] should be refused (431) by everyone.
+    pub fn on_request(&self, session: &mut Session, ex: &mut Exchange) -> Admission {
         let req = session.req_header();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        self.usher
-            .begin(ex, &req.method, &req.uri, &req.headers, peer)
+        let head = RequestHead {
+            method: &req.method,
+            uri: &req.uri,
+            headers: &req.headers,
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        };
+        let admission = self.usher.begin(ex, &head, wall_ms());
+        if req.method.is_idempotent() && !session.is_body_empty() {
+            // A retry of an idempotent request with a body needs the body again.
+            session.enable_retry_buffering();
+        }
+        admission
     }
 
-    /// upstream_peer: usher's choice of upstream for the request's route, a different one on retry.
+    /// upstream_peer: usher's choice of upstream for the request's route, another one on retry.
     pub fn upstream_peer(&self, ex: &mut Exchange) -> Result<Box<HttpPeer>> {
         let route = ex
             .route()
             .and_then(|r| self.usher.route_config(r))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
-        let pool: PoolId = route.pool;
-        let Some((up, _)) = self.usher.choose_upstream(ex, Instant::now()) else {
+        let (main, reserved) = (route.pool, route.reserved_pool);
+        let Some(up) = self
+            .usher
+            .choose_upstream(ex, Instant::now(), &mut rand::thread_rng())
+        else {
             return Err(Error::create(
                 ErrorType::ConnectNoRoute,
                 ErrorSource::Upstream,
@@ -90,21 +105,30 @@ impl UsherHooks {
                 None,
             ));
         };
-        self.peers
-            .get(pool as usize)
-            .and_then(|ps| ps.iter().find(|(u, _)| *u == up))
+        [Some(main), reserved]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| self.peers.get(p as usize))
+            .find_map(|ps| ps.iter().find(|(u, _)| *u == up))
             .map(|(_, p)| Box::new(p.clone()))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not in pool"))
     }
 
-    /// For embedders that choose upstreams themselves: attributes the request to `addr`.
+    /// For embedders that choose upstreams themselves: attributes the attempt to `addr`, so it is
+    /// measured against that upstream and feeds its passive health.
     pub fn attribute_upstream(&self, ex: &mut Exchange, addr: SocketAddr) {
         self.usher.attribute_upstream(ex, addr, Instant::now());
     }
 
-    /// upstream_request_filter: removes `x-usher-*` headers the client sent, and tier claims the
-    /// client was not trusted to make.
-    pub fn on_upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) {
+    /// For an embedder's balancer (`LoadBalancer::select_with`): false for an upstream that passive
+    /// health has ejected, that fails its checks, or that this request already tried.
+    pub fn accepts(&self, ex: &Exchange, addr: SocketAddr) -> bool {
+        self.usher.accepts(ex, addr)
+    }
+
+    /// upstream_request_filter: removes `x-usher-*` headers the client sent and tier claims the
+    /// client was not trusted to make; adds the experience header when configured.
+    pub fn on_upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) -> Result<()> {
         let reserved = |n: &str| {
             n.len() > RESERVED_PREFIX.len()
                 && n[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
@@ -125,6 +149,10 @@ impl UsherHooks {
                 req.remove_header(n);
             }
         }
+        if let Some((name, value)) = self.usher.experience_header(ex) {
+            req.insert_header(name.clone(), value)?;
+        }
+        Ok(())
     }
 
     /// connected_to_upstream: marks the end of connection setup (or reuse).
@@ -132,14 +160,79 @@ impl UsherHooks {
         self.usher.connected(ex, Instant::now());
     }
 
-    /// upstream_response_filter: marks the upstream's first byte.
-    pub fn on_upstream_response(&self, resp: &ResponseHeader, ex: &mut Exchange) {
-        if ex.connected.is_none() {
-            // Not every embedder calls on_connected: then connect time is folded into ttfb.
-            ex.connected = ex.peer_chosen;
+    /// upstream_response_filter: marks the upstream's first byte and feeds its health. For an
+    /// idempotent request answered 502, 503 or 504, returns an error when a retry on another
+    /// upstream is granted: the proxy must return it so that Pingora retries (nothing has reached
+    /// the client yet). Otherwise the upstream's answer goes to the client as it is.
+    pub fn on_upstream_response(
+        &self,
+        resp: &ResponseHeader,
+        method: &http::Method,
+        ex: &mut Exchange,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let now = Instant::now();
+        self.usher.response_head(ex, status, now);
+        if matches!(status, 502..=504)
+            && self.usher.retry(ex, method.is_idempotent(), true, now) == RetryVerdict::Retry
+        {
+            ex.status_retry = true;
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "retrying on another upstream",
+            );
+            e.set_retry(true);
+            return Err(e.into_up());
         }
-        self.usher
-            .response_head(ex, resp.status.as_u16(), Instant::now());
+        Ok(())
+    }
+
+    /// fail_to_connect: the request never reached the upstream, so any method may be retried on
+    /// another one, within the budget.
+    pub fn fail_to_connect(
+        &self,
+        method: &http::Method,
+        mut e: Box<Error>,
+        ex: &mut Exchange,
+    ) -> Box<Error> {
+        let now = Instant::now();
+        self.usher.attempt_failed(ex, outcome_of(&e), now);
+        let retry = self.usher.retry(ex, method.is_idempotent(), false, now) == RetryVerdict::Retry;
+        e.set_retry(retry);
+        e
+    }
+
+    /// error_while_proxy: the attempt failed after connecting. A stale pooled connection is retried
+    /// as Pingora would; an upstream that failed is retried on another one only for idempotent
+    /// requests, within the budget, and only while nothing has been sent to the client.
+    pub fn error_while_proxy(
+        &self,
+        session: &mut Session,
+        mut e: Box<Error>,
+        client_reused: bool,
+        ex: &mut Exchange,
+    ) -> Box<Error> {
+        if std::mem::take(&mut ex.status_retry) {
+            // on_upstream_response granted this retry already.
+            e.set_retry(true);
+            return e;
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        let replayable =
+            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            let retry = replayable && self.usher.retry_stale_connection(ex, idempotent);
+            e.set_retry(retry);
+            return e;
+        }
+        let now = Instant::now();
+        let outcome = outcome_of(&e);
+        self.usher.attempt_failed(ex, outcome, now);
+        let retry = replayable
+            && outcome != Outcome::ClientGone
+            && self.usher.retry(ex, idempotent, true, now) == RetryVerdict::Retry;
+        e.set_retry(retry);
+        e
     }
 
     /// logging: records the finished request. Returns what it did to the customer's score.

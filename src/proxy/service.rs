@@ -79,18 +79,40 @@ impl ProxyHttp for UsherProxy {
         req: &mut RequestHeader,
         ex: &mut Exchange,
     ) -> Result<()> {
-        self.hooks.on_upstream_request(req, ex);
-        Ok(())
+        self.hooks.on_upstream_request(req, ex)
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ex: &mut Exchange,
     ) -> Result<()> {
-        self.hooks.on_upstream_response(resp, ex);
-        Ok(())
+        let method = session.req_header().method.clone();
+        self.hooks.on_upstream_response(resp, &method, ex)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ex: &mut Exchange,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let method = session.req_header().method.clone();
+        self.hooks.fail_to_connect(&method, e, ex)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ex: &mut Exchange,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        self.hooks.error_while_proxy(session, e, client_reused, ex)
     }
 
     async fn fail_to_proxy(

@@ -1,81 +1,479 @@
-//! Upstream pools and the choice of an upstream for a request.
+//! Upstreams: their live state (load, passive and active health) and the choice of one for a request.
 //!
 //! Deliberately free of Pingora types: a choice is an [`UpstreamId`], and the proxy turns it into a
-//! peer. Round robin for now; health and latency-aware selection build on the same `pick`.
+//! peer. Selection, after tower's `p2c` balancer and linkerd2-proxy: everyone gets power-of-two-choices
+//! over the peak-EWMA cost (`estimate x (in_flight + 1)`); protected traffic gets the single cheapest
+//! healthy upstream; probing upstreams get one ordinary request at a time; when fewer than
+//! `panic_below` of a pool are healthy, the whole pool is used (Envoy's panic mode), because sending
+//! traffic to a doubtful upstream beats sending it nowhere. Randomness comes from the caller, so tests
+//! are deterministic.
+
+pub mod active;
+pub mod budget;
+pub mod checker;
+
+pub mod ewma;
+pub mod outlier;
 
 use crate::config::{Config, PoolId, UpstreamId};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use active::ActiveState;
+use budget::{BudgetSettings, RetryBudget};
+use ewma::{cost, EwmaSettings, PeakEwma};
+use outlier::{is_latency_outlier, Change, OutlierSettings, Passive, Reason, State};
+use parking_lot::Mutex;
+use rand::Rng;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub struct Pool {
-    members: Vec<UpstreamId>,
-    next: AtomicUsize,
+const HEALTHY: u8 = 0;
+const PROBING: u8 = 1;
+const EJECTED: u8 = 2;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    pub outlier: OutlierSettings,
+    pub ewma: EwmaSettings,
+    pub budget: BudgetSettings,
 }
 
-impl Pool {
-    pub fn new(members: Vec<UpstreamId>) -> Self {
-        Pool {
-            members,
-            next: AtomicUsize::new(0),
+/// What an observation or sweep did to an upstream, for metrics, logs and events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HealthEvent {
+    Ejected {
+        upstream: UpstreamId,
+        reason: Reason,
+        until: Instant,
+    },
+    Probing {
+        upstream: UpstreamId,
+    },
+    Restored {
+        upstream: UpstreamId,
+    },
+    /// The rules wanted it out but the pool could not spare it (`max_ejected_share`).
+    EjectionSuppressed {
+        upstream: UpstreamId,
+        reason: Reason,
+    },
+    ActiveDown {
+        upstream: UpstreamId,
+    },
+    ActiveUp {
+        upstream: UpstreamId,
+    },
+}
+
+struct Node {
+    in_flight: Arc<AtomicU32>,
+    state: AtomicU8,
+    probe_busy: Arc<AtomicBool>,
+    /// Health checks (one per pool that checks this upstream) currently failing.
+    checks_down: AtomicU32,
+    inner: Mutex<NodeInner>,
+}
+
+struct NodeInner {
+    ewma: PeakEwma,
+    passive: Passive,
+}
+
+struct PoolState {
+    members: Vec<UpstreamId>,
+    budget: Mutex<RetryBudget>,
+    /// Active check state per member, in member order.
+    active: Mutex<Vec<ActiveState>>,
+}
+
+pub struct Upstreams {
+    settings: Settings,
+    nodes: Vec<Node>,
+    pools: Vec<PoolState>,
+    /// For each upstream, the pools it is in.
+    pools_of: Vec<Vec<PoolId>>,
+}
+
+/// The upstream chosen for one attempt. Holds its in-flight count (and probe slot) until dropped.
+#[derive(Debug)]
+pub struct Pick {
+    pub upstream: UpstreamId,
+    pub pool: PoolId,
+    pub probe: bool,
+    pub panic: bool,
+    in_flight: Arc<AtomicU32>,
+    probe_slot: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = &self.probe_slot {
+            slot.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// A read-out of one upstream for the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamView {
+    pub state: &'static str,
+    pub active_up: bool,
+    pub reason: Option<Reason>,
+    pub ejected_until: Option<Instant>,
+    pub ejections: u32,
+    pub in_flight: u32,
+    pub estimate: Duration,
+    pub window: outlier::WindowStats,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config, settings: Settings, now: Instant) -> Self {
+        let nodes = config
+            .upstreams
+            .iter()
+            .map(|_| Node {
+                in_flight: Arc::new(AtomicU32::new(0)),
+                state: AtomicU8::new(HEALTHY),
+                probe_busy: Arc::new(AtomicBool::new(false)),
+                checks_down: AtomicU32::new(0),
+                inner: Mutex::new(NodeInner {
+                    ewma: PeakEwma::new(now),
+                    passive: Passive::new(now, &settings.outlier),
+                }),
+            })
+            .collect();
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| PoolState {
+                members: p.upstreams.clone(),
+                budget: Mutex::new(RetryBudget::new(settings.budget, now)),
+                active: Mutex::new(vec![ActiveState::default(); p.upstreams.len()]),
+            })
+            .collect();
+        let mut pools_of = vec![Vec::new(); config.upstreams.len()];
+        for (pi, p) in config.pools.iter().enumerate() {
+            for &u in &p.upstreams {
+                pools_of[u as usize].push(pi as PoolId);
+            }
+        }
+        Upstreams {
+            settings,
+            nodes,
+            pools,
+            pools_of,
         }
     }
 
-    /// The next upstream in turn, skipping those in `exclude` (already tried for this request) when
-    /// any other is left.
-    pub fn pick(&self, exclude: &[UpstreamId]) -> Option<UpstreamId> {
-        let n = self.members.len();
-        if n == 0 {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn members(&self, pool: PoolId) -> &[UpstreamId] {
+        self.pools.get(pool as usize).map_or(&[], |p| &p.members)
+    }
+
+    fn node(&self, u: UpstreamId) -> &Node {
+        &self.nodes[u as usize]
+    }
+
+    fn active_up(&self, u: UpstreamId) -> bool {
+        self.node(u).checks_down.load(Ordering::Relaxed) == 0
+    }
+
+    /// Healthy by both active checks and passive health.
+    pub fn serving(&self, u: UpstreamId) -> bool {
+        self.active_up(u) && self.node(u).state.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    /// The current cost of sending one more request to `u`.
+    pub fn cost(&self, u: UpstreamId, now: Instant) -> f64 {
+        let n = self.node(u);
+        let est = n.inner.lock().ewma.estimate(now, &self.settings.ewma);
+        cost(est, n.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Chooses an upstream of `pool` for one attempt, avoiding `exclude` (tried already). `None` when
+    /// the pool has no upstream outside `exclude`.
+    pub fn pick<R: Rng + ?Sized>(
+        &self,
+        pool: PoolId,
+        protected: bool,
+        exclude: &[UpstreamId],
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<Pick> {
+        let p = self.pools.get(pool as usize)?;
+        let allowed = |u: &UpstreamId| !exclude.contains(u);
+
+        // An upstream on probation gets ordinary traffic, one request at a time; never protected.
+        if !protected {
+            for &u in p.members.iter().filter(|u| allowed(u)) {
+                let n = self.node(u);
+                if n.state.load(Ordering::Relaxed) == PROBING
+                    && self.active_up(u)
+                    && n.probe_busy
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return Some(self.take(u, pool, true, false));
+                }
+            }
+        }
+
+        let healthy = p.members.iter().filter(|u| self.serving(**u)).count();
+        let panic = (healthy as f64) < self.settings.outlier.panic_below * p.members.len() as f64;
+        let candidate = |u: &UpstreamId| allowed(u) && (panic || self.serving(*u));
+        let count = p.members.iter().filter(|u| candidate(u)).count();
+        let nth = |k: usize| p.members.iter().copied().filter(|u| candidate(u)).nth(k);
+        let chosen = match count {
+            0 => return None,
+            1 => nth(0)?,
+            _ if protected => {
+                p.members
+                    .iter()
+                    .copied()
+                    .filter(|u| candidate(u))
+                    .map(|u| (u, self.cost(u, now)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))?
+                    .0
+            }
+            _ => {
+                let i = rng.gen_range(0..count);
+                let mut j = rng.gen_range(0..count - 1);
+                if j >= i {
+                    j += 1;
+                }
+                let (a, b) = (nth(i)?, nth(j)?);
+                if self.cost(b, now) < self.cost(a, now) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(self.take(chosen, pool, false, panic))
+    }
+
+    fn take(&self, u: UpstreamId, pool: PoolId, probe: bool, panic: bool) -> Pick {
+        let n = self.node(u);
+        n.in_flight.fetch_add(1, Ordering::Relaxed);
+        Pick {
+            upstream: u,
+            pool,
+            probe,
+            panic,
+            in_flight: n.in_flight.clone(),
+            probe_slot: probe.then(|| n.probe_busy.clone()),
+        }
+    }
+
+    /// Median of the mean latencies of the other serving members of `u`'s pools, over the window.
+    fn peers_latency(&self, u: UpstreamId, now: Instant) -> Option<Duration> {
+        let mut means: Vec<Duration> = self.pools_of[u as usize]
+            .iter()
+            .flat_map(|p| self.pools[*p as usize].members.iter().copied())
+            .filter(|&v| v != u && self.serving(v))
+            .filter_map(|v| {
+                let w = self.node(v).inner.lock().passive.window(now);
+                (w.ok >= u64::from(self.settings.outlier.min_requests / 2).max(1))
+                    .then_some(w.mean_latency)
+                    .flatten()
+            })
+            .collect();
+        if means.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| self.members[(start + k) % n])
-            .find(|u| !exclude.contains(u))
-            .or(Some(self.members[start % n]))
+        means.sort();
+        Some(means[means.len() / 2])
     }
 
-    pub fn members(&self) -> &[UpstreamId] {
-        &self.members
+    /// Records the result of one attempt on `u`. `latency` is the time to the upstream's answer (or
+    /// failure).
+    pub fn observe<R: Rng + ?Sized>(
+        &self,
+        u: UpstreamId,
+        failed: bool,
+        latency: Duration,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<HealthEvent> {
+        let node = self.node(u);
+        // Peers are read before taking this node's lock: two locks are never held at once.
+        let outlier = if node.state.load(Ordering::Relaxed) == PROBING && !failed {
+            self.peers_latency(u, now)
+                .is_some_and(|peers| is_latency_outlier(latency, peers, &self.settings.outlier))
+        } else {
+            false
+        };
+        let change = {
+            let mut inner = node.inner.lock();
+            if failed {
+                inner.ewma.observe_failure(now, &self.settings.ewma);
+            } else {
+                inner.ewma.observe(latency, now, &self.settings.ewma);
+            }
+            inner
+                .passive
+                .observe(failed, latency, outlier, now, &self.settings.outlier)
+        };
+        self.apply(u, change?, now, rng)
     }
-}
 
-pub struct Pools {
-    pools: Vec<Pool>,
-}
-
-impl Pools {
-    pub fn new(config: &Config) -> Self {
-        Pools {
-            pools: config
-                .pools
-                .iter()
-                .map(|p| Pool::new(p.upstreams.clone()))
-                .collect(),
+    fn apply<R: Rng + ?Sized>(
+        &self,
+        u: UpstreamId,
+        change: Change,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<HealthEvent> {
+        let node = self.node(u);
+        match change {
+            Change::Eject(reason) => {
+                // A failed probe is already out of service: re-ejecting takes nobody's place.
+                let probing = node.state.load(Ordering::Relaxed) == PROBING;
+                if !probing && !self.can_spare(u) {
+                    return Some(HealthEvent::EjectionSuppressed {
+                        upstream: u,
+                        reason,
+                    });
+                }
+                let until = node.inner.lock().passive.eject(
+                    reason,
+                    now,
+                    rng.gen::<f64>(),
+                    &self.settings.outlier,
+                );
+                node.state.store(EJECTED, Ordering::Relaxed);
+                Some(HealthEvent::Ejected {
+                    upstream: u,
+                    reason,
+                    until,
+                })
+            }
+            Change::Probing => {
+                node.state.store(PROBING, Ordering::Relaxed);
+                Some(HealthEvent::Probing { upstream: u })
+            }
+            Change::Restored => {
+                node.state.store(HEALTHY, Ordering::Relaxed);
+                Some(HealthEvent::Restored { upstream: u })
+            }
         }
     }
 
-    pub fn get(&self, id: PoolId) -> Option<&Pool> {
-        self.pools.get(id as usize)
+    /// Whether every pool of `u` can lose it without exceeding `max_ejected_share` (at least one
+    /// upstream of a pool may always be ejected, as in Envoy).
+    fn can_spare(&self, u: UpstreamId) -> bool {
+        self.pools_of[u as usize].iter().all(|p| {
+            let members = &self.pools[*p as usize].members;
+            let out = members
+                .iter()
+                .filter(|v| self.node(**v).state.load(Ordering::Relaxed) != HEALTHY)
+                .count();
+            let allowed = ((self.settings.outlier.max_ejected_share * members.len() as f64).floor()
+                as usize)
+                .max(1);
+            out < allowed
+        })
+    }
+
+    /// Periodic work: ends ejections whose time is up and applies the windowed rules (failure rate,
+    /// latency outliers). Call every few hundred milliseconds.
+    pub fn sweep<R: Rng + ?Sized>(&self, now: Instant, rng: &mut R) -> Vec<HealthEvent> {
+        let mut events = Vec::new();
+        for u in 0..self.nodes.len() as UpstreamId {
+            let change = self
+                .node(u)
+                .inner
+                .lock()
+                .passive
+                .sweep(now, &self.settings.outlier);
+            if let Some(e) = change.and_then(|c| self.apply(u, c, now, rng)) {
+                events.push(e);
+            }
+        }
+        let s = &self.settings.outlier;
+        for u in 0..self.nodes.len() as UpstreamId {
+            if !self.serving(u) {
+                continue;
+            }
+            let w = self.node(u).inner.lock().passive.window(now);
+            let (Some(mean), true) = (w.mean_latency, w.ok >= u64::from(s.min_requests / 2).max(1))
+            else {
+                continue;
+            };
+            if let Some(peers) = self.peers_latency(u, now) {
+                if is_latency_outlier(mean, peers, s) {
+                    let reason = Reason::Latency {
+                        mean_ms: mean.as_secs_f64() * 1000.0,
+                        peers_ms: peers.as_secs_f64() * 1000.0,
+                    };
+                    if let Some(e) = self.apply(u, Change::Eject(reason), now, rng) {
+                        events.push(e);
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// Records one active check of member `index` of `pool`.
+    pub fn record_check(
+        &self,
+        pool: PoolId,
+        index: usize,
+        ok: bool,
+        rise: u32,
+        fall: u32,
+    ) -> Option<HealthEvent> {
+        let p = self.pools.get(pool as usize)?;
+        let u = *p.members.get(index)?;
+        let changed = p.active.lock().get_mut(index)?.record(ok, rise, fall)?;
+        let node = self.node(u);
+        if changed {
+            node.checks_down.fetch_sub(1, Ordering::Relaxed);
+            Some(HealthEvent::ActiveUp { upstream: u })
+        } else {
+            node.checks_down.fetch_add(1, Ordering::Relaxed);
+            Some(HealthEvent::ActiveDown { upstream: u })
+        }
+    }
+
+    /// Counts an original request against `pool`'s retry budget.
+    pub fn count_request(&self, pool: PoolId, now: Instant) {
+        if let Some(p) = self.pools.get(pool as usize) {
+            p.budget.lock().request(now);
+        }
+    }
+
+    /// Takes one retry from `pool`'s budget; false when the budget is spent.
+    pub fn try_retry(&self, pool: PoolId, now: Instant) -> bool {
+        self.pools
+            .get(pool as usize)
+            .is_some_and(|p| p.budget.lock().try_retry(now))
+    }
+
+    pub fn view(&self, u: UpstreamId, now: Instant) -> UpstreamView {
+        let n = self.node(u);
+        let inner = n.inner.lock();
+        let (state, reason, until) = match inner.passive.state() {
+            State::Healthy => ("healthy", None, None),
+            State::Ejected { until, reason } => ("ejected", Some(reason), Some(until)),
+            State::Probing { reason, .. } => ("probing", Some(reason), None),
+        };
+        UpstreamView {
+            state,
+            active_up: self.active_up(u),
+            reason,
+            ejected_until: until,
+            ejections: inner.passive.ejections(),
+            in_flight: n.in_flight.load(Ordering::Relaxed),
+            estimate: Duration::from_secs_f64(inner.ewma.estimate(now, &self.settings.ewma)),
+            window: inner.passive.window(now),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_robin_visits_every_member_in_turn() {
-        let p = Pool::new(vec![0, 1, 2]);
-        let picks: Vec<_> = (0..6).map(|_| p.pick(&[]).unwrap()).collect();
-        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
-    }
-
-    #[test]
-    fn skips_excluded_unless_nothing_else_is_left() {
-        let p = Pool::new(vec![0, 1]);
-        for _ in 0..4 {
-            assert_eq!(p.pick(&[0]), Some(1));
-        }
-        assert!(p.pick(&[0, 1]).is_some());
-        assert_eq!(Pool::new(vec![]).pick(&[]), None);
-    }
-}
+mod tests;

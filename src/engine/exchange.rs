@@ -1,0 +1,198 @@
+//! Per-request state, and the small types the engine's callers exchange with it.
+
+use crate::config::{RouteId, UpstreamId};
+use crate::identity::Identity;
+use crate::measure::Outcome;
+use crate::protection::Protection;
+use crate::upstream::Pick;
+use http::{HeaderMap, Method, Uri};
+use std::time::Instant;
+
+/// Upstreams already tried by one request; a request tries at most a handful, so no allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tried {
+    ids: [UpstreamId; 4],
+    len: u8,
+}
+
+impl Tried {
+    pub(crate) fn push(&mut self, u: UpstreamId) {
+        if (self.len as usize) < self.ids.len() {
+            self.ids[self.len as usize] = u;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    pub(crate) fn as_slice(&self) -> &[UpstreamId] {
+        &self.ids[..self.len as usize]
+    }
+}
+
+/// One try at one upstream.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub(crate) upstream: Option<UpstreamId>,
+    /// usher's own choice: holds the upstream's in-flight count (and probe slot) until dropped.
+    pub(crate) _pick: Option<Pick>,
+    pub(crate) started: Instant,
+    /// Its result has been fed to passive health.
+    pub(crate) observed: bool,
+}
+
+/// Per-request state. Create it when the request head has been read; keep it in the proxy's context.
+#[derive(Debug)]
+pub struct Exchange {
+    pub(crate) started: Instant,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) route: Option<RouteId>,
+    pub(crate) protection: Option<Protection>,
+    /// The customer's score when the request arrived, if tracked and asked for.
+    pub(crate) score: Option<f64>,
+    pub(crate) attempt: Option<Attempt>,
+    pub(crate) tried: Tried,
+    pub(crate) upstream: Option<UpstreamId>,
+    pub(crate) connected: Option<Instant>,
+    pub(crate) response_head: Option<Instant>,
+    pub(crate) upstream_status: Option<u16>,
+    /// Retries on another upstream so far (at most one).
+    pub(crate) retries: u8,
+    /// Retries of a stale pooled connection so far (at most one; not the upstream's fault).
+    pub(crate) stale_retries: u8,
+    /// A retry was granted on the upstream's status; the proxy's error hook must carry it out.
+    pub(crate) status_retry: bool,
+    pub(crate) recorded: bool,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exchange {
+    pub fn new() -> Self {
+        Self::starting_at(Instant::now())
+    }
+
+    pub fn starting_at(started: Instant) -> Self {
+        Exchange {
+            started,
+            identity: None,
+            route: None,
+            protection: None,
+            score: None,
+            attempt: None,
+            tried: Tried::default(),
+            upstream: None,
+            connected: None,
+            response_head: None,
+            upstream_status: None,
+            retries: 0,
+            stale_retries: 0,
+            status_retry: false,
+            recorded: false,
+        }
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    pub fn route(&self) -> Option<RouteId> {
+        self.route
+    }
+
+    pub fn upstream(&self) -> Option<UpstreamId> {
+        self.upstream
+    }
+
+    pub fn protection(&self) -> Option<Protection> {
+        self.protection
+    }
+
+    pub fn score(&self) -> Option<f64> {
+        self.score
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn retries(&self) -> u8 {
+        self.retries
+    }
+}
+
+/// What to do with a request once its head has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Proxy it on this route.
+    Route(RouteId),
+    /// No route matches: answer 404.
+    NoRoute,
+    /// Request line and headers exceed `server.max_header_bytes`: answer 431, forward nothing.
+    HeadTooLarge,
+}
+
+impl Admission {
+    /// The status to answer with instead of proxying, if any.
+    pub fn refusal(self) -> Option<(u16, &'static str)> {
+        match self {
+            Admission::Route(_) => None,
+            Admission::NoRoute => Some((404, "usher: no route matches this request\n")),
+            Admission::HeadTooLarge => Some((431, "usher: request header fields too large\n")),
+        }
+    }
+}
+
+/// The request as usher sees it on admission.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub peer: Option<std::net::IpAddr>,
+}
+
+/// Bytes of the request head as sent on the wire (request line and header lines).
+pub(crate) fn head_size(h: &RequestHead<'_>) -> usize {
+    let uri = h.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + h.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = h.method.as_str().len() + uri + " HTTP/1.1\r\n".len() + 1;
+    h.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Why a failed attempt will or will not be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryVerdict {
+    Retry,
+    /// Retries are off, or this request already had its retry.
+    NotAllowed,
+    /// The request reached an upstream and its method is not idempotent.
+    NotIdempotent,
+    /// No other upstream is left to try.
+    NoAlternative,
+    /// The pool's retry budget is spent.
+    BudgetExhausted,
+}
+
+/// What the caller supplies when a request ends.
+#[derive(Debug, Clone)]
+pub struct Finish<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// Status sent to the client, 0 when none was.
+    pub status: u16,
+    /// The failure that ended the request, if it did not end with a delivered response.
+    pub failure: Option<Outcome>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub now: Instant,
+    pub now_ms: u64,
+}

@@ -1,0 +1,527 @@
+//! The usher engine: identity, routing, protection, upstream choice and health, measurement and the
+//! experience store, wired together as plain Rust.
+//!
+//! One [`Usher`] per configuration, shared by every request. Each request carries an [`Exchange`]: the
+//! per-request state that the proxy (or an embedding proxy) keeps in its own context and hands back at
+//! each step. Data flows one way: request -> identity -> route -> protection -> upstream -> measured
+//! response -> upstream health and customer experience. Nothing here knows Pingora; `crate::proxy`
+//! adapts its phases to these calls. Time is passed in by the caller.
+
+mod exchange;
+
+pub use exchange::{Admission, Exchange, Finish, RequestHead, RetryVerdict};
+
+use crate::config::{Config, PoolId, RouteConfig, RouteId, UpstreamId};
+use crate::experience::{
+    CustomerStore, Judgement, Observation, Recorded, ScoreModel, Step, StoreSettings,
+};
+use crate::identity::{Identity, IdentityResolver};
+use crate::measure::{Measurement, Outcome};
+use crate::metrics::Metrics;
+use crate::protection;
+use crate::routing::RouteTable;
+use crate::stats::LatencyStats;
+use crate::upstream::{HealthEvent, Settings, Upstreams};
+use exchange::Attempt;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Wall-clock milliseconds since the Unix epoch: the time base of customer state.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct Usher {
+    config: Config,
+    identity: IdentityResolver,
+    routes: RouteTable,
+    upstreams: Upstreams,
+    store: CustomerStore,
+    route_stats: Vec<LatencyStats>,
+    upstream_stats: Vec<LatencyStats>,
+    metrics: Metrics,
+    /// Whether admission needs the customer's current score (rescue or the experience header).
+    peek_customer: bool,
+}
+
+impl Usher {
+    pub fn new(config: Config) -> Arc<Usher> {
+        Self::starting_at(config, Instant::now())
+    }
+
+    pub fn starting_at(config: Config, now: Instant) -> Arc<Usher> {
+        let prot = &config.protection;
+        let store = CustomerStore::new(StoreSettings {
+            track_max: config.experience.track_max,
+            journey_len: config.experience.journey_len,
+            model: ScoreModel::new(config.experience.half_life),
+            rescue: prot.rescue_below.map(|b| (b, prot.rescue_for)),
+        });
+        let settings = Settings {
+            outlier: config.outlier,
+            ewma: config.balancing,
+            budget: config.retries.budget,
+        };
+        Arc::new(Usher {
+            identity: IdentityResolver::new(&config.identity, &config.tiers),
+            routes: RouteTable::new(&config.routes),
+            upstreams: Upstreams::new(&config, settings, now),
+            store,
+            route_stats: config
+                .routes
+                .iter()
+                .map(|_| LatencyStats::default())
+                .collect(),
+            upstream_stats: config
+                .upstreams
+                .iter()
+                .map(|_| LatencyStats::default())
+                .collect(),
+            metrics: Metrics::new(&config),
+            peek_customer: prot.rescue_below.is_some() || prot.experience_header.is_some(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &CustomerStore {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    pub fn identity_resolver(&self) -> &IdentityResolver {
+        &self.identity
+    }
+
+    pub fn route_stats(&self, id: RouteId) -> Option<&LatencyStats> {
+        self.route_stats.get(id as usize)
+    }
+
+    pub fn upstream_stats(&self, id: UpstreamId) -> Option<&LatencyStats> {
+        self.upstream_stats.get(id as usize)
+    }
+
+    pub fn route_config(&self, id: RouteId) -> Option<&RouteConfig> {
+        self.config.routes.get(id as usize)
+    }
+
+    pub fn upstream_addr(&self, id: UpstreamId) -> Option<SocketAddr> {
+        self.config.upstreams.get(id as usize).copied()
+    }
+
+    pub fn is_degraded(&self, score: f64) -> bool {
+        score < self.config.experience.degraded_below
+    }
+
+    /// Admits the request, identifies the customer, finds the route and decides on protection.
+    pub fn begin(&self, ex: &mut Exchange, req: &RequestHead<'_>, now_ms: u64) -> Admission {
+        let identity = self.identity.resolve(req.uri, req.headers, req.peer);
+        if exchange::head_size(req) > self.config.server.max_header_bytes {
+            ex.identity = Some(identity);
+            return Admission::HeadTooLarge;
+        }
+        ex.route = self.routes.find(req.method, req.uri, req.headers);
+        let peek = if self.peek_customer {
+            self.store.peek(&identity.id, now_ms)
+        } else {
+            None
+        };
+        ex.score = peek.map(|p| p.score);
+        let tier_protected = self
+            .config
+            .tiers
+            .get(identity.tier as usize)
+            .is_some_and(|t| t.protected);
+        let critical = ex
+            .route
+            .and_then(|r| self.route_config(r))
+            .is_some_and(|r| r.critical);
+        ex.protection = protection::decide(
+            &self.config.protection,
+            tier_protected,
+            critical,
+            peek.is_some_and(|p| p.rescued),
+        );
+        ex.identity = Some(identity);
+        match ex.route {
+            Some(r) => Admission::Route(r),
+            None => Admission::NoRoute,
+        }
+    }
+
+    /// Chooses the upstream for the next attempt: protected traffic tries the route's reserved pool
+    /// first, and a retry goes to an upstream this request has not tried. `None` when there is none.
+    pub fn choose_upstream<R: Rng + ?Sized>(
+        &self,
+        ex: &mut Exchange,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<UpstreamId> {
+        let route = self.route_config(ex.route?)?;
+        let protected = ex.protection.is_some();
+        let first = ex.attempt.is_none() && ex.tried.as_slice().is_empty();
+        if first {
+            self.upstreams.count_request(route.pool, now);
+        }
+        // End the previous attempt (its in-flight count) before starting the next.
+        ex.attempt = None;
+        let reserved = if protected {
+            route
+                .reserved_pool
+                .and_then(|p| self.upstreams.pick(p, true, ex.tried.as_slice(), now, rng))
+        } else {
+            None
+        };
+        let pick = reserved.or_else(|| {
+            self.upstreams
+                .pick(route.pool, protected, ex.tried.as_slice(), now, rng)
+        })?;
+        let up = pick.upstream;
+        ex.attempt = Some(Attempt {
+            upstream: Some(up),
+            _pick: Some(pick),
+            started: now,
+            observed: false,
+        });
+        ex.tried.push(up);
+        ex.upstream = Some(up);
+        ex.connected = None;
+        ex.response_head = None;
+        ex.upstream_status = None;
+        Some(up)
+    }
+
+    /// Tells usher which upstream an embedding proxy chose by itself, so the request is attributed
+    /// to it and its result feeds that upstream's health. Addresses usher does not know are recorded
+    /// as no upstream.
+    pub fn attribute_upstream(&self, ex: &mut Exchange, addr: SocketAddr, now: Instant) {
+        let up = self.config.upstream_id(addr);
+        ex.attempt = Some(Attempt {
+            upstream: up,
+            _pick: None,
+            started: now,
+            observed: false,
+        });
+        if let Some(u) = up {
+            ex.tried.push(u);
+        }
+        ex.upstream = up;
+        ex.connected = None;
+        ex.response_head = None;
+        ex.upstream_status = None;
+    }
+
+    /// Whether an embedding proxy's own balancer should accept upstream `addr` for this request
+    /// (for `LoadBalancer::select_with`): not ejected, not failing its checks, not tried already.
+    pub fn accepts(&self, ex: &Exchange, addr: SocketAddr) -> bool {
+        match self.config.upstream_id(addr) {
+            Some(u) => !ex.tried.as_slice().contains(&u) && self.upstreams.serving(u),
+            None => true,
+        }
+    }
+
+    pub fn connected(&self, ex: &mut Exchange, now: Instant) {
+        ex.connected = Some(now);
+    }
+
+    /// The upstream's response head arrived: its status and latency feed the upstream's health.
+    pub fn response_head(&self, ex: &mut Exchange, status: u16, now: Instant) {
+        if ex.connected.is_none() {
+            // Not every embedder reports the connection: connect time is then folded into ttfb.
+            ex.connected = ex.attempt.as_ref().map(|a| a.started);
+        }
+        ex.response_head = Some(now);
+        ex.upstream_status = Some(status);
+        self.observe_attempt(ex, status >= 500, now);
+    }
+
+    /// An attempt failed before a usable response (connect failure, timeout, broken response).
+    pub fn attempt_failed(&self, ex: &mut Exchange, outcome: Outcome, now: Instant) {
+        if outcome != Outcome::ClientGone {
+            self.observe_attempt(ex, true, now);
+        }
+    }
+
+    fn observe_attempt(&self, ex: &mut Exchange, failed: bool, now: Instant) {
+        let Some(a) = ex.attempt.as_mut() else { return };
+        if a.observed {
+            return;
+        }
+        a.observed = true;
+        if let Some(u) = a.upstream {
+            let latency = now.saturating_duration_since(a.started);
+            if let Some(e) =
+                self.upstreams
+                    .observe(u, failed, latency, now, &mut rand::thread_rng())
+            {
+                self.health_event(e);
+            }
+        }
+    }
+
+    /// Decides whether a failed attempt is retried on another upstream. `reached_upstream`: the
+    /// request may have been seen by the upstream (anything but a failed connect), so only idempotent
+    /// methods may be retried. Takes the retry from the pool's budget when granting it.
+    pub fn retry(
+        &self,
+        ex: &mut Exchange,
+        idempotent: bool,
+        reached_upstream: bool,
+        now: Instant,
+    ) -> RetryVerdict {
+        let verdict = self.retry_verdict(ex, idempotent, reached_upstream, now);
+        match verdict {
+            RetryVerdict::Retry => {
+                ex.retries += 1;
+                self.metrics.retry_granted();
+            }
+            RetryVerdict::BudgetExhausted => self.metrics.retry_budget_exhausted.inc(),
+            _ => {}
+        }
+        verdict
+    }
+
+    fn retry_verdict(
+        &self,
+        ex: &Exchange,
+        idempotent: bool,
+        reached: bool,
+        now: Instant,
+    ) -> RetryVerdict {
+        if !self.config.retries.enabled || ex.retries >= 1 {
+            return RetryVerdict::NotAllowed;
+        }
+        if reached && !idempotent {
+            return RetryVerdict::NotIdempotent;
+        }
+        let Some(route) = ex.route.and_then(|r| self.route_config(r)) else {
+            return RetryVerdict::NoAlternative;
+        };
+        let tried = ex.tried.as_slice();
+        let untried = |p: PoolId| self.upstreams.members(p).iter().any(|u| !tried.contains(u));
+        if !untried(route.pool) && !route.reserved_pool.is_some_and(untried) {
+            return RetryVerdict::NoAlternative;
+        }
+        if !self.upstreams.try_retry(route.pool, now) {
+            return RetryVerdict::BudgetExhausted;
+        }
+        RetryVerdict::Retry
+    }
+
+    /// A pooled keep-alive connection turned out to be closed: retry on the same upstream, once,
+    /// without blaming it or charging the budget. Returns whether to retry.
+    pub fn retry_stale_connection(&self, ex: &mut Exchange, idempotent: bool) -> bool {
+        if !idempotent || ex.stale_retries >= 1 {
+            return false;
+        }
+        ex.stale_retries += 1;
+        if let Some(a) = ex.attempt.as_mut() {
+            a.observed = true;
+        }
+        ex.tried.pop();
+        true
+    }
+
+    /// Applies one health change: metrics and a log line.
+    pub fn health_event(&self, e: HealthEvent) {
+        let addr = |u: UpstreamId| {
+            self.upstream_addr(u)
+                .map_or_else(|| "?".to_string(), |a| a.to_string())
+        };
+        match e {
+            HealthEvent::Ejected {
+                upstream,
+                reason,
+                until,
+            } => {
+                self.metrics.ejected(upstream, reason.as_str());
+                tracing::warn!(
+                    upstream = %addr(upstream),
+                    reason = reason.as_str(),
+                    for_secs = until.saturating_duration_since(Instant::now()).as_secs(),
+                    "upstream ejected: {}",
+                    reason.describe(&self.config.outlier)
+                );
+            }
+            HealthEvent::EjectionSuppressed { upstream, reason } => {
+                tracing::warn!(upstream = %addr(upstream), reason = reason.as_str(),
+                    "upstream would be ejected, but its pool cannot spare it (outlier.max_ejected_share)");
+            }
+            HealthEvent::Probing { upstream } => {
+                tracing::info!(upstream = %addr(upstream), "ejection over: probing upstream");
+            }
+            HealthEvent::Restored { upstream } => {
+                tracing::info!(upstream = %addr(upstream), "upstream restored after successful probes");
+            }
+            HealthEvent::ActiveDown { upstream } => {
+                tracing::warn!(upstream = %addr(upstream), "upstream failed its health checks");
+            }
+            HealthEvent::ActiveUp { upstream } => {
+                tracing::info!(upstream = %addr(upstream), "upstream passes its health checks again");
+            }
+        }
+        self.refresh_upstream_states(Instant::now());
+    }
+
+    /// Periodic: ends ejections that are over and applies the windowed outlier rules.
+    pub fn sweep(&self, now: Instant) {
+        for e in self.upstreams.sweep(now, &mut rand::thread_rng()) {
+            self.health_event(e);
+        }
+    }
+
+    fn refresh_upstream_states(&self, now: Instant) {
+        for u in 0..self.config.upstreams.len() as UpstreamId {
+            let v = self.upstreams.view(u, now);
+            let state = if !v.active_up { "unhealthy" } else { v.state };
+            self.metrics.set_upstream_state(u, state);
+        }
+    }
+
+    /// Records the finished request everywhere it counts. Idempotent per exchange.
+    pub fn finish(&self, ex: &mut Exchange, f: &Finish<'_>) -> Option<Recorded> {
+        if ex.recorded {
+            return None;
+        }
+        ex.recorded = true;
+        let anonymous;
+        let identity = match &ex.identity {
+            Some(i) => i,
+            None => {
+                // The request failed before identification (e.g. a malformed head): count it, but
+                // against nobody in particular.
+                anonymous = Identity {
+                    id: "anon:unknown".into(),
+                    tier: self.config.identity.default_tier,
+                    untrusted_tier_header: false,
+                };
+                &anonymous
+            }
+        };
+        let outcome = f.failure.unwrap_or_else(|| Outcome::of_status(f.status));
+        let connect = match (ex.attempt.as_ref().map(|a| a.started), ex.connected) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        let ttfb = match (ex.connected, ex.response_head) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        if let Some(a) = ex.attempt.take() {
+            if !a.observed && outcome.is_failure() {
+                if let Some(u) = a.upstream {
+                    let latency = f.now.saturating_duration_since(a.started);
+                    if let Some(e) =
+                        self.upstreams
+                            .observe(u, true, latency, f.now, &mut rand::thread_rng())
+                    {
+                        self.health_event(e);
+                    }
+                }
+            }
+            // Dropping the attempt releases the upstream's in-flight count.
+        }
+        if let Some(p) = ex.protection {
+            self.metrics.protected(p);
+        }
+        if ex.retries > 0 {
+            self.metrics.retry_finished(!outcome.is_failure());
+        }
+        let m = Measurement {
+            identity,
+            route: ex.route,
+            upstream: ex.upstream,
+            method: f.method,
+            path: f.path,
+            status: f.status,
+            outcome,
+            total: f.now.saturating_duration_since(ex.started),
+            connect,
+            ttfb,
+            bytes_in: f.bytes_in,
+            bytes_out: f.bytes_out,
+            now_ms: f.now_ms,
+        };
+        Some(self.record(&m))
+    }
+
+    /// Records one measurement: metrics, aggregates and the customer's experience.
+    pub fn record(&self, m: &Measurement<'_>) -> Recorded {
+        let failed = m.outcome.is_failure();
+        self.metrics
+            .observe_request(m.route, m.upstream, m.outcome, m.total, m.upstream_time());
+        let bytes = (m.bytes_in, m.bytes_out);
+        if let Some(s) = m.route.and_then(|r| self.route_stats.get(r as usize)) {
+            s.record(m.total, failed, bytes, m.now_ms);
+        }
+        if let (Some(s), Some(t)) = (
+            m.upstream.and_then(|u| self.upstream_stats.get(u as usize)),
+            m.upstream_time(),
+        ) {
+            s.record(t, failed, bytes, m.now_ms);
+        }
+        let target = m
+            .route
+            .and_then(|r| self.route_config(r))
+            .map_or(Duration::from_millis(500), |r| r.target);
+        let judgement = Judgement::of(m.total, target, failed);
+        let step = Step::new(
+            m.now_ms,
+            m.route,
+            m.method,
+            m.path,
+            m.status,
+            m.total.as_micros().min(u32::MAX as u128) as u32,
+            m.upstream,
+            m.outcome,
+        );
+        let rec = self.store.record(
+            &m.identity.id,
+            &Observation {
+                tier: m.identity.tier,
+                judgement,
+                failed,
+                step,
+            },
+            m.now_ms,
+        );
+        if rec.evicted {
+            self.metrics.customers_evicted.inc();
+        }
+        rec
+    }
+
+    /// Rescans the store for the periodic gauges and score distribution.
+    pub fn refresh_summary(&self, now_ms: u64) {
+        let s = self
+            .store
+            .summary(self.config.experience.degraded_below, now_ms);
+        self.metrics.set_summary(&s);
+    }
+
+    /// The value of the experience header for this request, if configured and the customer is known.
+    pub fn experience_header(&self, ex: &Exchange) -> Option<(&http::HeaderName, String)> {
+        let name = self.config.protection.experience_header.as_ref()?;
+        let score = ex.score?;
+        let state = if self.is_degraded(score) {
+            "degraded"
+        } else {
+            "ok"
+        };
+        Some((name, format!("score={score:.0}; state={state}")))
+    }
+}

@@ -1,0 +1,167 @@
+//! Peak-EWMA latency estimate: the load metric behind usher's upstream choice.
+//!
+//! After Finagle's and tower's `PeakEwma` (`tower/src/load/peak_ewma.rs`) and linkerd2-proxy's
+//! `ewma`: a slower observation replaces the estimate at once (an upstream that just got slow must stop
+//! looking fast immediately), a faster one pulls it down gradually with time constant `decay`, and with
+//! no observations the estimate decays toward zero, so an idle upstream is tried again eventually. A
+//! failure is observed as a penalty that is never below the current estimate (linkerd's load-biaser
+//! rule: a failing target must never look healthier than it is). The caller passes `now`; reading
+//! never mutates.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct PeakEwma {
+    /// Seconds.
+    estimate: f64,
+    at: Instant,
+    observed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EwmaSettings {
+    /// Time constant of the decay.
+    pub decay: Duration,
+    /// The estimate before any observation.
+    pub default_rtt: Duration,
+    /// What a failure counts as, at least.
+    pub failure_penalty: Duration,
+}
+
+impl Default for EwmaSettings {
+    fn default() -> Self {
+        // linkerd2-proxy's defaults: 10 s decay, 30 ms default RTT.
+        EwmaSettings {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            failure_penalty: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PeakEwma {
+    pub fn new(now: Instant) -> Self {
+        PeakEwma {
+            estimate: 0.0,
+            at: now,
+            observed: false,
+        }
+    }
+
+    fn decayed(&self, now: Instant, settings: &EwmaSettings) -> f64 {
+        if !self.observed {
+            return settings.default_rtt.as_secs_f64();
+        }
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        let tau = settings.decay.as_secs_f64().max(1e-3);
+        self.estimate * (-dt / tau).exp()
+    }
+
+    /// The estimate at `now`, in seconds.
+    pub fn estimate(&self, now: Instant, settings: &EwmaSettings) -> f64 {
+        self.decayed(now, settings)
+    }
+
+    pub fn observe(&mut self, rtt: Duration, now: Instant, settings: &EwmaSettings) {
+        let rtt = rtt.as_secs_f64();
+        let current = self.decayed(now, settings);
+        let next = if !self.observed || rtt > current {
+            rtt
+        } else {
+            let dt = now.saturating_duration_since(self.at).as_secs_f64();
+            let tau = settings.decay.as_secs_f64().max(1e-3);
+            let w = (-dt / tau).exp();
+            current * w + rtt * (1.0 - w)
+        };
+        debug_assert!(next.is_finite() && next >= 0.0);
+        self.estimate = next;
+        self.at = self.at.max(now);
+        self.observed = true;
+    }
+
+    /// A failure: the estimate jumps to the penalty, or stays where it is if already worse.
+    pub fn observe_failure(&mut self, now: Instant, settings: &EwmaSettings) {
+        let current = self.decayed(now, settings);
+        let penalty = settings.failure_penalty.as_secs_f64().max(current);
+        self.observe(Duration::from_secs_f64(penalty), now, settings);
+    }
+}
+
+/// The comparable load of an upstream: estimated latency times the requests it would be serving.
+pub fn cost(estimate_secs: f64, in_flight: u32) -> f64 {
+    estimate_secs * (f64::from(in_flight) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn starts_at_default_and_jumps_up_at_once() {
+        let s = EwmaSettings::default();
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(t0);
+        assert!((e.estimate(t0, &s) - 0.030).abs() < 1e-9);
+        e.observe(ms(5), t0, &s);
+        assert!((e.estimate(t0, &s) - 0.005).abs() < 1e-9);
+        e.observe(ms(300), t0 + ms(1), &s);
+        assert!(
+            (e.estimate(t0 + ms(1), &s) - 0.300).abs() < 1e-6,
+            "a slower sample is taken at once"
+        );
+    }
+
+    #[test]
+    fn faster_samples_pull_down_gradually() {
+        let s = EwmaSettings::default();
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(t0);
+        e.observe(ms(300), t0, &s);
+        e.observe(ms(1), t0 + ms(100), &s);
+        let v = e.estimate(t0 + ms(100), &s);
+        // 100 ms of a 10 s time constant: about 1% of the way down.
+        assert!(v > 0.29 && v < 0.30, "{v}");
+        for i in 2..=300 {
+            e.observe(ms(1), t0 + ms(100 * i), &s);
+        }
+        assert!(e.estimate(t0 + ms(30_000), &s) < 0.02);
+    }
+
+    #[test]
+    fn idle_estimate_decays_toward_zero() {
+        let s = EwmaSettings::default();
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(t0);
+        e.observe(ms(1000), t0, &s);
+        let later = e.estimate(t0 + Duration::from_secs(10), &s);
+        assert!((later - 1.0 / std::f64::consts::E).abs() < 1e-6, "{later}");
+        // Reading did not change it.
+        assert!((e.estimate(t0, &s) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_failure_never_looks_better_than_the_estimate() {
+        let s = EwmaSettings::default();
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(t0);
+        e.observe_failure(t0, &s);
+        assert!((e.estimate(t0, &s) - 1.0).abs() < 1e-9, "penalty applies");
+        let mut slow = PeakEwma::new(t0);
+        slow.observe(Duration::from_secs(5), t0, &s);
+        slow.observe_failure(t0, &s);
+        assert!(
+            (slow.estimate(t0, &s) - 5.0).abs() < 1e-9,
+            "never below the estimate"
+        );
+    }
+
+    #[test]
+    fn cost_grows_with_in_flight() {
+        assert_eq!(cost(0.01, 0), 0.01);
+        assert_eq!(cost(0.01, 3), 0.04);
+    }
+}

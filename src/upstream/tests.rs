@@ -1,0 +1,252 @@
+use super::*;
+use crate::config::Config;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::path::Path;
+
+fn setup(n: usize, outlier: OutlierSettings) -> (Upstreams, Instant) {
+    let ups: Vec<String> = (0..n)
+        .map(|i| format!("\"127.0.0.1:{}\"", 9000 + i))
+        .collect();
+    let text = format!(
+        "[[pools]]\nname = \"p\"\nupstreams = [{}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        ups.join(", ")
+    );
+    let cfg = Config::parse(&text, Path::new(".")).unwrap();
+    let now = Instant::now();
+    let settings = Settings {
+        outlier,
+        ..Default::default()
+    };
+    (Upstreams::new(&cfg, settings, now), now)
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn rng() -> SmallRng {
+    SmallRng::seed_from_u64(7)
+}
+
+/// Feeds `k` answers of `latency` from `u`.
+fn feed(
+    up: &Upstreams,
+    u: UpstreamId,
+    k: usize,
+    failed: bool,
+    latency: Duration,
+    now: Instant,
+) -> Vec<HealthEvent> {
+    (0..k)
+        .filter_map(|_| up.observe(u, failed, latency, now, &mut rng()))
+        .collect()
+}
+
+#[test]
+fn p2c_steers_away_from_a_slow_upstream() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    for u in 0..3 {
+        feed(&up, u, 5, false, if u == 2 { ms(300) } else { ms(1) }, t0);
+    }
+    let mut r = rng();
+    let mut counts = [0; 3];
+    for _ in 0..3000 {
+        let p = up.pick(0, false, &[], t0, &mut r).unwrap();
+        counts[p.upstream as usize] += 1;
+    }
+    // Two distinct candidates out of three: the slow one always loses its comparison.
+    assert_eq!(counts[2], 0, "{counts:?}");
+    assert!(counts[0] > 1200 && counts[1] > 1200, "{counts:?}");
+}
+
+#[test]
+fn in_flight_requests_spread_load_and_are_released() {
+    let (up, t0) = setup(2, OutlierSettings::default());
+    feed(&up, 0, 1, false, ms(10), t0);
+    feed(&up, 1, 1, false, ms(10), t0);
+    let mut r = rng();
+    let held: Vec<Pick> = (0..4)
+        .map(|_| up.pick(0, false, &[], t0, &mut r).unwrap())
+        .collect();
+    let on0 = held.iter().filter(|p| p.upstream == 0).count();
+    assert_eq!(
+        on0, 2,
+        "equal latency: in-flight counts alternate the choice"
+    );
+    assert_eq!(up.view(0, t0).in_flight, 2);
+    drop(held);
+    assert_eq!(up.view(0, t0).in_flight, 0);
+    assert_eq!(up.view(1, t0).in_flight, 0);
+}
+
+#[test]
+fn protected_traffic_gets_the_cheapest_and_exclusions_are_honoured() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    feed(&up, 0, 3, false, ms(20), t0);
+    feed(&up, 1, 3, false, ms(2), t0);
+    feed(&up, 2, 3, false, ms(8), t0);
+    let mut r = rng();
+    for _ in 0..50 {
+        assert_eq!(up.pick(0, true, &[], t0, &mut r).unwrap().upstream, 1);
+    }
+    assert_eq!(up.pick(0, true, &[1], t0, &mut r).unwrap().upstream, 2);
+    assert!(up.pick(0, true, &[0, 1, 2], t0, &mut r).is_none());
+}
+
+#[test]
+fn consecutive_failures_eject_then_probes_readmit() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    let ev = feed(&up, 1, 5, true, ms(1), t0);
+    let until = match ev.as_slice() {
+        [HealthEvent::Ejected {
+            upstream: 1,
+            reason: Reason::ConsecutiveFailures { count: 5 },
+            until,
+        }] => *until,
+        other => panic!("{other:?}"),
+    };
+    assert!(until >= t0 + Duration::from_secs(30) && until <= t0 + Duration::from_secs(33));
+    let mut r = rng();
+    for _ in 0..200 {
+        assert_ne!(up.pick(0, false, &[], t0, &mut r).unwrap().upstream, 1);
+    }
+    assert_eq!(up.view(1, t0).state, "ejected");
+
+    // Time's up: probing. Ordinary traffic probes it, one request at a time; protected never does.
+    assert_eq!(
+        up.sweep(until, &mut r),
+        vec![HealthEvent::Probing { upstream: 1 }]
+    );
+    assert_ne!(up.pick(0, true, &[], until, &mut r).unwrap().upstream, 1);
+    let probe = up.pick(0, false, &[], until, &mut r).unwrap();
+    assert!(probe.probe && probe.upstream == 1);
+    let other = up.pick(0, false, &[], until, &mut r).unwrap();
+    assert_ne!(other.upstream, 1, "one probe at a time");
+    drop((probe, other));
+    for i in 0..3 {
+        let p = up.pick(0, false, &[], until, &mut r).unwrap();
+        assert_eq!(p.upstream, 1);
+        let ev = up.observe(1, false, ms(1), until, &mut r);
+        assert_eq!(
+            ev,
+            (i == 2).then_some(HealthEvent::Restored { upstream: 1 })
+        );
+    }
+    assert_eq!(up.view(1, until).state, "healthy");
+}
+
+#[test]
+fn a_failed_probe_ejects_again_for_longer() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    feed(&up, 0, 5, true, ms(1), t0);
+    let mut r = rng();
+    let t1 = t0 + Duration::from_secs(34);
+    up.sweep(t1, &mut r);
+    let _probe = up.pick(0, false, &[], t1, &mut r).unwrap();
+    match up.observe(0, true, ms(1), t1, &mut r) {
+        Some(HealthEvent::Ejected {
+            reason: Reason::FailedProbe,
+            until,
+            ..
+        }) => {
+            assert!(
+                until - t1 >= Duration::from_secs(60),
+                "second ejection lasts 2 x base"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn never_ejects_more_than_the_pool_can_spare() {
+    // 10% of 3 rounds down to 0: at least one may go, not two.
+    let (up, t0) = setup(3, OutlierSettings::default());
+    assert!(matches!(
+        feed(&up, 0, 5, true, ms(1), t0)[..],
+        [HealthEvent::Ejected { .. }]
+    ));
+    let ev = feed(&up, 1, 5, true, ms(1), t0);
+    assert!(
+        matches!(
+            ev[..],
+            [HealthEvent::EjectionSuppressed { upstream: 1, .. }]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(up.view(1, t0).state, "healthy");
+}
+
+#[test]
+fn panic_mode_uses_the_whole_pool_when_too_few_are_healthy() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    let mut r = rng();
+    // Active checks take two of three down: 1 healthy of 3 is under 50%.
+    for member in [0, 1] {
+        for _ in 0..3 {
+            up.record_check(0, member, false, 2, 3);
+        }
+    }
+    assert!(!up.view(0, t0).active_up);
+    let mut seen = [0; 3];
+    for _ in 0..300 {
+        let p = up.pick(0, false, &[], t0, &mut r).unwrap();
+        assert!(p.panic);
+        seen[p.upstream as usize] += 1;
+    }
+    assert!(seen.iter().all(|c| *c > 0), "{seen:?}");
+    // One back up: 2 of 3 healthy, no more panic, and the down one gets nothing.
+    for _ in 0..2 {
+        up.record_check(0, 0, true, 2, 3);
+    }
+    for _ in 0..300 {
+        let p = up.pick(0, false, &[], t0, &mut r).unwrap();
+        assert!(!p.panic && p.upstream != 1);
+    }
+}
+
+#[test]
+fn sweep_ejects_on_failure_rate_and_latency() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    let mut r = rng();
+    // Upstream 0: half its answers fail, never five in a row.
+    for i in 0..40 {
+        up.observe(0, i % 2 == 0, ms(1), t0, &mut r);
+    }
+    for u in [1, 2] {
+        feed(&up, u, 20, false, ms(2), t0);
+    }
+    let ev = up.sweep(t0, &mut r);
+    assert!(
+        matches!(
+            ev[..],
+            [HealthEvent::Ejected {
+                upstream: 0,
+                reason: Reason::FailureRate {
+                    failures: 20,
+                    requests: 40
+                },
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+
+    // A separate pool: upstream 2 answers fine but 300 ms slower than the others.
+    let (up, t0) = setup(3, OutlierSettings::default());
+    feed(&up, 0, 20, false, ms(2), t0);
+    feed(&up, 1, 20, false, ms(3), t0);
+    feed(&up, 2, 20, false, ms(302), t0);
+    let ev = up.sweep(t0, &mut r);
+    match ev[..] {
+        [HealthEvent::Ejected {
+            upstream: 2,
+            reason: Reason::Latency { mean_ms, peers_ms },
+            ..
+        }] => {
+            assert!((mean_ms - 302.0).abs() < 1.0 && peers_ms < 4.0);
+        }
+        _ => panic!("{ev:?}"),
+    }
+}
