@@ -187,9 +187,7 @@ impl Passive {
             w.ok += b.ok;
             lat += b.latency_us;
         }
-        if w.ok > 0 {
-            w.mean_latency = Some(Duration::from_micros(lat / w.ok));
-        }
+        w.mean_latency = lat.checked_div(w.ok).map(Duration::from_micros);
         w
     }
 
