@@ -89,10 +89,8 @@ impl ProxyHttp for ShopProxy {
         resp: &mut ResponseHeader,
         ctx: &mut ShopCtx,
     ) -> Result<()> {
-        let method = session.req_header().method.clone();
         // An Err here is usher granting a retry of a 502/503/504 on another upstream.
-        self.usher
-            .on_upstream_response(resp, &method, &mut ctx.usher)
+        self.usher.on_upstream_response(resp, &mut ctx.usher)
     }
 
     fn fail_to_connect(
@@ -102,8 +100,7 @@ impl ProxyHttp for ShopProxy {
         ctx: &mut ShopCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        let method = session.req_header().method.clone();
-        self.usher.fail_to_connect(&method, e, &mut ctx.usher)
+        self.usher.fail_to_connect(e, &mut ctx.usher)
     }
 
     fn error_while_proxy(

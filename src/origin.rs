@@ -28,6 +28,8 @@ pub const HEALTH_PATH: &str = "/healthz";
 #[derive(Debug, Default)]
 pub struct Behavior {
     delay_us: AtomicU64,
+    /// Added to successful non-health answers only (a brownout: errors come fast, the rest crawl).
+    slow_ok_us: AtomicU64,
     /// Failures per million requests.
     fail_ppm: AtomicU64,
     unhealthy: AtomicBool,
@@ -40,6 +42,14 @@ impl Behavior {
     /// Adds `d` to every answer (health checks included: a brownout rarely spares them).
     pub fn set_delay(&self, d: Duration) {
         self.delay_us.store(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A brownout: `ratio` of requests answered 503 at once, the rest after `delay`; the health
+    /// check stays fast and green.
+    pub fn set_brownout(&self, ratio: f64, delay: Duration) {
+        self.set_failure_ratio(ratio);
+        self.slow_ok_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Answers this share (0.0..=1.0) of non-health requests with 503.
@@ -61,6 +71,7 @@ impl Behavior {
     /// Back to a fast, healthy origin.
     pub fn reset(&self) {
         self.set_delay(Duration::ZERO);
+        self.slow_ok_us.store(0, Ordering::Relaxed);
         self.set_failure_ratio(0.0);
         self.set_unhealthy(false);
         self.slow_paths.lock().clear();
@@ -189,6 +200,10 @@ async fn answer(
             b.failed.fetch_add(1, Ordering::Relaxed);
             503
         } else {
+            let slow = Duration::from_micros(b.slow_ok_us.load(Ordering::Relaxed));
+            if !slow.is_zero() {
+                tokio::time::sleep(slow).await;
+            }
             200
         }
     };

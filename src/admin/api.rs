@@ -227,26 +227,78 @@ fn routes(usher: &Usher, now_ms: u64) -> serde_json::Value {
 struct UpstreamJson {
     address: String,
     pools: Vec<String>,
+    /// healthy, probing, ejected, or unhealthy (failing active checks).
+    state: &'static str,
+    /// up, down, or off when no pool checks it.
+    active_check: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<WhyJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ejected_until: Option<String>,
+    ejections: u32,
+    in_flight: u32,
+    latency_estimate_ms: f64,
+    /// What passive health is judging: recent attempts.
+    passive_health: RecentJson,
     #[serde(flatten)]
     stats: StatsView,
 }
 
+#[derive(Serialize)]
+struct WhyJson {
+    rule: &'static str,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct RecentJson {
+    /// Attempts since (re)admission.
+    attempts: u64,
+    failure_rate: f64,
+    mean_latency_ms: Option<f64>,
+}
+
 fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
     let cfg = usher.config();
+    let now = std::time::Instant::now();
     let list: Vec<UpstreamJson> = cfg
         .upstreams
         .iter()
         .enumerate()
         .filter_map(|(i, a)| {
+            let id = i as u16;
+            let pools: Vec<&crate::config::PoolConfig> = cfg
+                .pools
+                .iter()
+                .filter(|p| p.upstreams.contains(&id))
+                .collect();
+            let v = usher.upstreams().view(id, now);
+            let checked = pools.iter().any(|p| p.health_check.is_some());
             Some(UpstreamJson {
                 address: a.to_string(),
-                pools: cfg
-                    .pools
-                    .iter()
-                    .filter(|p| p.upstreams.contains(&(i as u16)))
-                    .map(|p| p.name.clone())
-                    .collect(),
-                stats: usher.upstream_stats(i as u16)?.view(now_ms),
+                pools: pools.iter().map(|p| p.name.clone()).collect(),
+                state: if v.active_up { v.state } else { "unhealthy" },
+                active_check: match (checked, v.active_up) {
+                    (false, _) => "off",
+                    (true, true) => "up",
+                    (true, false) => "down",
+                },
+                why: v.reason.map(|r| WhyJson {
+                    rule: r.as_str(),
+                    detail: r.describe(&cfg.outlier),
+                }),
+                ejected_until: v
+                    .ejected_until
+                    .map(|u| rfc3339(now_ms + u.saturating_duration_since(now).as_millis() as u64)),
+                ejections: v.ejections,
+                in_flight: v.in_flight,
+                latency_estimate_ms: v.estimate.as_secs_f64() * 1000.0,
+                passive_health: RecentJson {
+                    attempts: v.recent.requests,
+                    failure_rate: (v.recent.failure_rate * 1000.0).round() / 1000.0,
+                    mean_latency_ms: v.recent.mean_latency.map(|d| d.as_secs_f64() * 1000.0),
+                },
+                stats: usher.upstream_stats(id)?.view(now_ms),
             })
         })
         .collect();

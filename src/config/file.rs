@@ -88,11 +88,14 @@ pub struct HealthCheckFile {
 #[serde(deny_unknown_fields)]
 pub struct OutlierFile {
     pub consecutive_failures: Option<i64>,
+    pub connect_failures: Option<i64>,
     pub failure_rate: Option<f64>,
     pub min_requests: Option<i64>,
-    pub window: Option<String>,
+    pub memory: Option<i64>,
+    pub sample_interval: Option<String>,
     pub latency_factor: Option<f64>,
     pub latency_min_delta: Option<String>,
+    pub latency_min_samples: Option<i64>,
     pub base_ejection: Option<String>,
     pub max_ejection: Option<String>,
     pub jitter: Option<f64>,

@@ -766,7 +766,21 @@ fn outlier_config(errs: &mut Errors, f: OutlierFile) -> (OutlierSettings, Durati
             1_000_000,
             d.min_requests as i64,
         ) as u32,
-        window: duration(errs, "outlier.window", f.window.as_ref(), d.window),
+        memory: int_in(errs, "outlier.memory", f.memory, 1, 10_000, d.memory as i64) as u32,
+        connect_failures: int_in(
+            errs,
+            "outlier.connect_failures",
+            f.connect_failures,
+            1,
+            1000,
+            d.connect_failures as i64,
+        ) as u32,
+        sample_interval: duration(
+            errs,
+            "outlier.sample_interval",
+            f.sample_interval.as_ref(),
+            d.sample_interval,
+        ),
         latency_factor: match f.latency_factor {
             None => d.latency_factor,
             Some(x) if x >= 1.0 && x.is_finite() => x,
@@ -784,6 +798,14 @@ fn outlier_config(errs: &mut Errors, f: OutlierFile) -> (OutlierSettings, Durati
             f.latency_min_delta.as_ref(),
             d.latency_min_delta,
         ),
+        latency_min_samples: int_in(
+            errs,
+            "outlier.latency_min_samples",
+            f.latency_min_samples,
+            1,
+            1_000_000,
+            d.latency_min_samples as i64,
+        ) as u32,
         base_ejection: duration(
             errs,
             "outlier.base_ejection",
@@ -813,9 +835,6 @@ fn outlier_config(errs: &mut Errors, f: OutlierFile) -> (OutlierSettings, Durati
         ) as u32,
         panic_below: share(errs, "outlier.panic_below", f.panic_below, d.panic_below),
     };
-    if s.window < Duration::from_secs(1) {
-        errs.push("outlier.window", "must be at least 1s");
-    }
     if s.max_ejection < s.base_ejection {
         errs.push(
             "outlier.max_ejection",

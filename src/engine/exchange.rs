@@ -50,6 +50,9 @@ pub struct Exchange {
     pub(crate) identity: Option<Identity>,
     pub(crate) route: Option<RouteId>,
     pub(crate) protection: Option<Protection>,
+    /// The request's method is idempotent: it may be retried after reaching an upstream, and used
+    /// as a sample.
+    pub(crate) idempotent: bool,
     /// The customer's score when the request arrived, if tracked and asked for.
     pub(crate) score: Option<f64>,
     pub(crate) attempt: Option<Attempt>,
@@ -84,6 +87,7 @@ impl Exchange {
             identity: None,
             route: None,
             protection: None,
+            idempotent: false,
             score: None,
             attempt: None,
             tried: Tried::default(),

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::protection;
 use crate::routing::RouteTable;
 use crate::stats::LatencyStats;
-use crate::upstream::{HealthEvent, Settings, Upstreams};
+use crate::upstream::{AttemptResult, HealthEvent, Settings, Upstreams};
 use exchange::Attempt;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -157,6 +157,7 @@ impl Usher {
             peek.is_some_and(|p| p.rescued),
         );
         ex.identity = Some(identity);
+        ex.idempotent = req.method.is_idempotent();
         match ex.route {
             Some(r) => Admission::Route(r),
             None => Admission::NoRoute,
@@ -180,15 +181,22 @@ impl Usher {
         // End the previous attempt (its in-flight count) before starting the next.
         ex.attempt = None;
         let reserved = if protected {
-            route
-                .reserved_pool
-                .and_then(|p| self.upstreams.pick(p, true, ex.tried.as_slice(), now, rng))
+            route.reserved_pool.and_then(|p| {
+                self.upstreams
+                    .pick(p, true, ex.idempotent, ex.tried.as_slice(), now, rng)
+            })
         } else {
             None
         };
         let pick = reserved.or_else(|| {
-            self.upstreams
-                .pick(route.pool, protected, ex.tried.as_slice(), now, rng)
+            self.upstreams.pick(
+                route.pool,
+                protected,
+                ex.idempotent,
+                ex.tried.as_slice(),
+                now,
+                rng,
+            )
         })?;
         let up = pick.upstream;
         ex.attempt = Some(Attempt {
@@ -246,17 +254,24 @@ impl Usher {
         }
         ex.response_head = Some(now);
         ex.upstream_status = Some(status);
-        self.observe_attempt(ex, status >= 500, now);
+        let result = if status >= 500 {
+            AttemptResult::Failed
+        } else {
+            AttemptResult::Ok
+        };
+        self.observe_attempt(ex, result, now);
     }
 
     /// An attempt failed before a usable response (connect failure, timeout, broken response).
     pub fn attempt_failed(&self, ex: &mut Exchange, outcome: Outcome, now: Instant) {
-        if outcome != Outcome::ClientGone {
-            self.observe_attempt(ex, true, now);
+        match outcome {
+            Outcome::ClientGone => {}
+            Outcome::ConnectFailure => self.observe_attempt(ex, AttemptResult::ConnectFailed, now),
+            _ => self.observe_attempt(ex, AttemptResult::Failed, now),
         }
     }
 
-    fn observe_attempt(&self, ex: &mut Exchange, failed: bool, now: Instant) {
+    fn observe_attempt(&self, ex: &mut Exchange, result: AttemptResult, now: Instant) {
         let Some(a) = ex.attempt.as_mut() else { return };
         if a.observed {
             return;
@@ -266,7 +281,7 @@ impl Usher {
             let latency = now.saturating_duration_since(a.started);
             if let Some(e) =
                 self.upstreams
-                    .observe(u, failed, latency, now, &mut rand::thread_rng())
+                    .observe(u, result, latency, now, &mut rand::thread_rng())
             {
                 self.health_event(e);
             }
@@ -276,13 +291,8 @@ impl Usher {
     /// Decides whether a failed attempt is retried on another upstream. `reached_upstream`: the
     /// request may have been seen by the upstream (anything but a failed connect), so only idempotent
     /// methods may be retried. Takes the retry from the pool's budget when granting it.
-    pub fn retry(
-        &self,
-        ex: &mut Exchange,
-        idempotent: bool,
-        reached_upstream: bool,
-        now: Instant,
-    ) -> RetryVerdict {
+    pub fn retry(&self, ex: &mut Exchange, reached_upstream: bool, now: Instant) -> RetryVerdict {
+        let idempotent = ex.idempotent;
         let verdict = self.retry_verdict(ex, idempotent, reached_upstream, now);
         match verdict {
             RetryVerdict::Retry => {
@@ -324,8 +334,8 @@ impl Usher {
 
     /// A pooled keep-alive connection turned out to be closed: retry on the same upstream, once,
     /// without blaming it or charging the budget. Returns whether to retry.
-    pub fn retry_stale_connection(&self, ex: &mut Exchange, idempotent: bool) -> bool {
-        if !idempotent || ex.stale_retries >= 1 {
+    pub fn retry_stale_connection(&self, ex: &mut Exchange) -> bool {
+        if !ex.idempotent || ex.stale_retries >= 1 {
             return false;
         }
         ex.stale_retries += 1;
@@ -425,9 +435,14 @@ impl Usher {
             if !a.observed && outcome.is_failure() {
                 if let Some(u) = a.upstream {
                     let latency = f.now.saturating_duration_since(a.started);
+                    let result = if outcome == Outcome::ConnectFailure {
+                        AttemptResult::ConnectFailed
+                    } else {
+                        AttemptResult::Failed
+                    };
                     if let Some(e) =
                         self.upstreams
-                            .observe(u, true, latency, f.now, &mut rand::thread_rng())
+                            .observe(u, result, latency, f.now, &mut rand::thread_rng())
                     {
                         self.health_event(e);
                     }

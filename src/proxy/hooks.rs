@@ -164,18 +164,11 @@ impl UsherHooks {
     /// idempotent request answered 502, 503 or 504, returns an error when a retry on another
     /// upstream is granted: the proxy must return it so that Pingora retries (nothing has reached
     /// the client yet). Otherwise the upstream's answer goes to the client as it is.
-    pub fn on_upstream_response(
-        &self,
-        resp: &ResponseHeader,
-        method: &http::Method,
-        ex: &mut Exchange,
-    ) -> Result<()> {
+    pub fn on_upstream_response(&self, resp: &ResponseHeader, ex: &mut Exchange) -> Result<()> {
         let status = resp.status.as_u16();
         let now = Instant::now();
         self.usher.response_head(ex, status, now);
-        if matches!(status, 502..=504)
-            && self.usher.retry(ex, method.is_idempotent(), true, now) == RetryVerdict::Retry
-        {
+        if matches!(status, 502..=504) && self.usher.retry(ex, true, now) == RetryVerdict::Retry {
             ex.status_retry = true;
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -189,15 +182,10 @@ impl UsherHooks {
 
     /// fail_to_connect: the request never reached the upstream, so any method may be retried on
     /// another one, within the budget.
-    pub fn fail_to_connect(
-        &self,
-        method: &http::Method,
-        mut e: Box<Error>,
-        ex: &mut Exchange,
-    ) -> Box<Error> {
+    pub fn fail_to_connect(&self, mut e: Box<Error>, ex: &mut Exchange) -> Box<Error> {
         let now = Instant::now();
         self.usher.attempt_failed(ex, outcome_of(&e), now);
-        let retry = self.usher.retry(ex, method.is_idempotent(), false, now) == RetryVerdict::Retry;
+        let retry = self.usher.retry(ex, false, now) == RetryVerdict::Retry;
         e.set_retry(retry);
         e
     }
@@ -217,11 +205,10 @@ impl UsherHooks {
             e.set_retry(true);
             return e;
         }
-        let idempotent = session.req_header().method.is_idempotent();
         let replayable =
             !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
         if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
-            let retry = replayable && self.usher.retry_stale_connection(ex, idempotent);
+            let retry = replayable && self.usher.retry_stale_connection(ex);
             e.set_retry(retry);
             return e;
         }
@@ -230,7 +217,7 @@ impl UsherHooks {
         self.usher.attempt_failed(ex, outcome, now);
         let retry = replayable
             && outcome != Outcome::ClientGone
-            && self.usher.retry(ex, idempotent, true, now) == RetryVerdict::Retry;
+            && self.usher.retry(ex, true, now) == RetryVerdict::Retry;
         e.set_retry(retry);
         e
     }

@@ -84,23 +84,21 @@ impl ProxyHttp for UsherProxy {
 
     async fn upstream_response_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         resp: &mut ResponseHeader,
         ex: &mut Exchange,
     ) -> Result<()> {
-        let method = session.req_header().method.clone();
-        self.hooks.on_upstream_response(resp, &method, ex)
+        self.hooks.on_upstream_response(resp, ex)
     }
 
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _peer: &HttpPeer,
         ex: &mut Exchange,
         e: Box<Error>,
     ) -> Box<Error> {
-        let method = session.req_header().method.clone();
-        self.hooks.fail_to_connect(&method, e, ex)
+        self.hooks.fail_to_connect(e, ex)
     }
 
     fn error_while_proxy(

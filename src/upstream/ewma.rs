@@ -62,6 +62,17 @@ impl PeakEwma {
         self.decayed(now, settings)
     }
 
+    /// The estimate as last observed, without idle decay: what protected traffic goes by. An
+    /// upstream that was slow when last seen stays slow for protected customers until ordinary
+    /// traffic, which does see the decay and so explores, finds it fast again.
+    pub fn last_observed(&self, settings: &EwmaSettings) -> f64 {
+        if self.observed {
+            self.estimate
+        } else {
+            settings.default_rtt.as_secs_f64()
+        }
+    }
+
     pub fn observe(&mut self, rtt: Duration, now: Instant, settings: &EwmaSettings) {
         let rtt = rtt.as_secs_f64();
         let current = self.decayed(now, settings);
@@ -139,8 +150,9 @@ mod tests {
         e.observe(ms(1000), t0, &s);
         let later = e.estimate(t0 + Duration::from_secs(10), &s);
         assert!((later - 1.0 / std::f64::consts::E).abs() < 1e-6, "{later}");
-        // Reading did not change it.
+        // Reading did not change it, and the last observation is still there for protected traffic.
         assert!((e.estimate(t0, &s) - 1.0).abs() < 1e-9);
+        assert!((e.last_observed(&s) - 1.0).abs() < 1e-9);
     }
 
     #[test]

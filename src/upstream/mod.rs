@@ -3,7 +3,10 @@
 //! Deliberately free of Pingora types: a choice is an [`UpstreamId`], and the proxy turns it into a
 //! peer. Selection, after tower's `p2c` balancer and linkerd2-proxy: everyone gets power-of-two-choices
 //! over the peak-EWMA cost (`estimate x (in_flight + 1)`); protected traffic gets the single cheapest
-//! healthy upstream; probing upstreams get one ordinary request at a time; when fewer than
+//! healthy upstream; probing upstreams get one ordinary request at a time, and so, every
+//! `sample_interval`, does a serving upstream that balancing has left idle (P2C starves an upstream
+//! after one bad answer, so without samples the evidence that ejects it, or clears it, never
+//! comes); when fewer than
 //! `panic_below` of a pool are healthy, the whole pool is used (Envoy's panic mode), because sending
 //! traffic to a doubtful upstream beats sending it nowhere. Randomness comes from the caller, so tests
 //! are deterministic.
@@ -19,10 +22,11 @@ use crate::config::{Config, PoolId, UpstreamId};
 use active::ActiveState;
 use budget::{BudgetSettings, RetryBudget};
 use ewma::{cost, EwmaSettings, PeakEwma};
+pub use outlier::AttemptResult;
 use outlier::{is_latency_outlier, Change, OutlierSettings, Passive, Reason, State};
 use parking_lot::Mutex;
 use rand::Rng;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +74,8 @@ struct Node {
     probe_busy: Arc<AtomicBool>,
     /// Health checks (one per pool that checks this upstream) currently failing.
     checks_down: AtomicU32,
+    /// When it was last chosen, in milliseconds since `Upstreams::base`.
+    last_pick_ms: AtomicU64,
     inner: Mutex<NodeInner>,
 }
 
@@ -87,6 +93,7 @@ struct PoolState {
 
 pub struct Upstreams {
     settings: Settings,
+    base: Instant,
     nodes: Vec<Node>,
     pools: Vec<PoolState>,
     /// For each upstream, the pools it is in.
@@ -99,6 +106,8 @@ pub struct Pick {
     pub upstream: UpstreamId,
     pub pool: PoolId,
     pub probe: bool,
+    /// Chosen to sample an upstream that balancing had left idle.
+    pub sample: bool,
     pub panic: bool,
     in_flight: Arc<AtomicU32>,
     probe_slot: Option<Arc<AtomicBool>>,
@@ -123,7 +132,7 @@ pub struct UpstreamView {
     pub ejections: u32,
     pub in_flight: u32,
     pub estimate: Duration,
-    pub window: outlier::WindowStats,
+    pub recent: outlier::Recent,
 }
 
 impl Upstreams {
@@ -136,9 +145,10 @@ impl Upstreams {
                 state: AtomicU8::new(HEALTHY),
                 probe_busy: Arc::new(AtomicBool::new(false)),
                 checks_down: AtomicU32::new(0),
+                last_pick_ms: AtomicU64::new(0),
                 inner: Mutex::new(NodeInner {
                     ewma: PeakEwma::new(now),
-                    passive: Passive::new(now, &settings.outlier),
+                    passive: Passive::new(now),
                 }),
             })
             .collect();
@@ -159,6 +169,7 @@ impl Upstreams {
         }
         Upstreams {
             settings,
+            base: now,
             nodes,
             pools,
             pools_of,
@@ -186,25 +197,39 @@ impl Upstreams {
         self.active_up(u) && self.node(u).state.load(Ordering::Relaxed) == HEALTHY
     }
 
-    /// The current cost of sending one more request to `u`.
-    pub fn cost(&self, u: UpstreamId, now: Instant) -> f64 {
+    /// The current cost of sending one more request to `u`. `conservative` (protected traffic)
+    /// ignores idle decay: see [`PeakEwma::last_observed`].
+    pub fn cost(&self, u: UpstreamId, now: Instant, conservative: bool) -> f64 {
         let n = self.node(u);
-        let est = n.inner.lock().ewma.estimate(now, &self.settings.ewma);
+        let est = {
+            let inner = n.inner.lock();
+            if conservative {
+                inner.ewma.last_observed(&self.settings.ewma)
+            } else {
+                inner.ewma.estimate(now, &self.settings.ewma)
+            }
+        };
         cost(est, n.in_flight.load(Ordering::Relaxed))
     }
 
+    fn ms_since_base(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_millis() as u64
+    }
+
     /// Chooses an upstream of `pool` for one attempt, avoiding `exclude` (tried already). `None` when
-    /// the pool has no upstream outside `exclude`.
+    /// the pool has no upstream outside `exclude`. Only `idempotent` requests are used as samples.
     pub fn pick<R: Rng + ?Sized>(
         &self,
         pool: PoolId,
         protected: bool,
+        idempotent: bool,
         exclude: &[UpstreamId],
         now: Instant,
         rng: &mut R,
     ) -> Option<Pick> {
         let p = self.pools.get(pool as usize)?;
         let allowed = |u: &UpstreamId| !exclude.contains(u);
+        let now_ms = self.ms_since_base(now);
 
         // An upstream on probation gets ordinary traffic, one request at a time; never protected.
         if !protected {
@@ -216,7 +241,25 @@ impl Upstreams {
                         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                 {
-                    return Some(self.take(u, pool, true, false));
+                    return Some(self.take(u, pool, true, false, false, now_ms));
+                }
+            }
+        }
+
+        // A serving upstream left idle by balancing gets a sample, one at a time.
+        let every = self.settings.outlier.sample_interval.as_millis() as u64;
+        if !protected && idempotent && p.members.len() > 1 {
+            for &u in p.members.iter().filter(|u| allowed(u)) {
+                let n = self.node(u);
+                let last = n.last_pick_ms.load(Ordering::Relaxed);
+                if self.serving(u)
+                    && now_ms.saturating_sub(last) >= every
+                    && n.in_flight.load(Ordering::Relaxed) == 0
+                    && n.last_pick_ms
+                        .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return Some(self.take(u, pool, false, true, false, now_ms));
                 }
             }
         }
@@ -234,7 +277,7 @@ impl Upstreams {
                     .iter()
                     .copied()
                     .filter(|u| candidate(u))
-                    .map(|u| (u, self.cost(u, now)))
+                    .map(|u| (u, self.cost(u, now, true)))
                     .min_by(|a, b| a.1.total_cmp(&b.1))?
                     .0
             }
@@ -245,39 +288,49 @@ impl Upstreams {
                     j += 1;
                 }
                 let (a, b) = (nth(i)?, nth(j)?);
-                if self.cost(b, now) < self.cost(a, now) {
+                if self.cost(b, now, false) < self.cost(a, now, false) {
                     b
                 } else {
                     a
                 }
             }
         };
-        Some(self.take(chosen, pool, false, panic))
+        Some(self.take(chosen, pool, false, false, panic, now_ms))
     }
 
-    fn take(&self, u: UpstreamId, pool: PoolId, probe: bool, panic: bool) -> Pick {
+    fn take(
+        &self,
+        u: UpstreamId,
+        pool: PoolId,
+        probe: bool,
+        sample: bool,
+        panic: bool,
+        now_ms: u64,
+    ) -> Pick {
         let n = self.node(u);
         n.in_flight.fetch_add(1, Ordering::Relaxed);
+        n.last_pick_ms.store(now_ms, Ordering::Relaxed);
         Pick {
             upstream: u,
             pool,
             probe,
+            sample,
             panic,
             in_flight: n.in_flight.clone(),
             probe_slot: probe.then(|| n.probe_busy.clone()),
         }
     }
 
-    /// Median of the mean latencies of the other serving members of `u`'s pools, over the window.
-    fn peers_latency(&self, u: UpstreamId, now: Instant) -> Option<Duration> {
+    /// Median of the recent mean latencies of the other serving members of `u`'s pools.
+    fn peers_latency(&self, u: UpstreamId) -> Option<Duration> {
         let mut means: Vec<Duration> = self.pools_of[u as usize]
             .iter()
             .flat_map(|p| self.pools[*p as usize].members.iter().copied())
             .filter(|&v| v != u && self.serving(v))
             .filter_map(|v| {
-                let w = self.node(v).inner.lock().passive.window(now);
-                (w.ok >= u64::from(self.settings.outlier.min_requests / 2).max(1))
-                    .then_some(w.mean_latency)
+                let r = self.node(v).inner.lock().passive.recent();
+                (r.ok >= u64::from(self.settings.outlier.latency_min_samples))
+                    .then_some(r.mean_latency)
                     .flatten()
             })
             .collect();
@@ -293,15 +346,16 @@ impl Upstreams {
     pub fn observe<R: Rng + ?Sized>(
         &self,
         u: UpstreamId,
-        failed: bool,
+        result: AttemptResult,
         latency: Duration,
         now: Instant,
         rng: &mut R,
     ) -> Option<HealthEvent> {
         let node = self.node(u);
+        let failed = result != AttemptResult::Ok;
         // Peers are read before taking this node's lock: two locks are never held at once.
         let outlier = if node.state.load(Ordering::Relaxed) == PROBING && !failed {
-            self.peers_latency(u, now)
+            self.peers_latency(u)
                 .is_some_and(|peers| is_latency_outlier(latency, peers, &self.settings.outlier))
         } else {
             false
@@ -315,7 +369,7 @@ impl Upstreams {
             }
             inner
                 .passive
-                .observe(failed, latency, outlier, now, &self.settings.outlier)
+                .observe(result, latency, outlier, now, &self.settings.outlier)
         };
         self.apply(u, change?, now, rng)
     }
@@ -378,17 +432,12 @@ impl Upstreams {
         })
     }
 
-    /// Periodic work: ends ejections whose time is up and applies the windowed rules (failure rate,
-    /// latency outliers). Call every few hundred milliseconds.
+    /// Periodic work: ends ejections whose time is up and applies the latency rule, which needs the
+    /// whole pool. Call every few hundred milliseconds.
     pub fn sweep<R: Rng + ?Sized>(&self, now: Instant, rng: &mut R) -> Vec<HealthEvent> {
         let mut events = Vec::new();
         for u in 0..self.nodes.len() as UpstreamId {
-            let change = self
-                .node(u)
-                .inner
-                .lock()
-                .passive
-                .sweep(now, &self.settings.outlier);
+            let change = self.node(u).inner.lock().passive.sweep(now);
             if let Some(e) = change.and_then(|c| self.apply(u, c, now, rng)) {
                 events.push(e);
             }
@@ -398,12 +447,12 @@ impl Upstreams {
             if !self.serving(u) {
                 continue;
             }
-            let w = self.node(u).inner.lock().passive.window(now);
-            let (Some(mean), true) = (w.mean_latency, w.ok >= u64::from(s.min_requests / 2).max(1))
+            let r = self.node(u).inner.lock().passive.recent();
+            let (Some(mean), true) = (r.mean_latency, r.ok >= u64::from(s.latency_min_samples))
             else {
                 continue;
             };
-            if let Some(peers) = self.peers_latency(u, now) {
+            if let Some(peers) = self.peers_latency(u) {
                 if is_latency_outlier(mean, peers, s) {
                     let reason = Reason::Latency {
                         mean_ms: mean.as_secs_f64() * 1000.0,
@@ -470,7 +519,7 @@ impl Upstreams {
             ejections: inner.passive.ejections(),
             in_flight: n.in_flight.load(Ordering::Relaxed),
             estimate: Duration::from_secs_f64(inner.ewma.estimate(now, &self.settings.ewma)),
-            window: inner.passive.window(now),
+            recent: inner.passive.recent(),
         }
     }
 }

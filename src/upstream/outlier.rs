@@ -1,9 +1,13 @@
 //! Passive health: ejecting an upstream that real traffic shows to be failing or slow, and letting it
 //! back in through probes.
 //!
-//! Three rules, as Envoy's outlier detection and Linkerd's failure accrual have them: N consecutive
-//! failures (checked on every response), a failure rate over a sliding window with a minimum request
-//! count, and a latency outlier against the rest of the pool (both checked by the periodic sweep).
+//! Four rules. As Envoy's outlier detection and Linkerd's failure accrual have them: N consecutive
+//! failures, a failure rate with a minimum request count, and a latency outlier against the rest of
+//! the pool. And, as nginx's `max_fails = 1`, a refused connection: nothing is listening, there is
+//! no doubt to give the benefit of. Rates and latency are exponential averages over the last
+//! `memory` attempts rather than time windows: latency-aware balancing sends a sick upstream almost
+//! nothing, so a time window stays full of the healthy traffic from before the fault and the few
+//! recent attempts never outweigh it.
 //! Ejection lasts `base x number of ejections`, capped, plus jitter (Envoy's schedule). When it ends
 //! the upstream is probing: a few requests are let through, one at a time, and it is re-admitted after
 //! `probe_successes` good ones in a row, or ejected again, for longer, after a bad one.
@@ -17,11 +21,21 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy)]
 pub struct OutlierSettings {
     pub consecutive_failures: u32,
+    /// Refused or unreachable connections in a row that eject.
+    pub connect_failures: u32,
     pub failure_rate: f64,
+    /// Attempts seen since (re)admission before the rate and latency rules judge an upstream.
     pub min_requests: u32,
-    pub window: Duration,
+    /// How many recent attempts the failure-rate and latency averages weigh (the exponential
+    /// average's weight per attempt is 1/memory).
+    pub memory: u32,
     pub latency_factor: f64,
     pub latency_min_delta: Duration,
+    /// Successful answers before the latency rule judges an upstream (or uses it as a peer).
+    pub latency_min_samples: u32,
+    /// A serving upstream that balancing has left alone this long gets one ordinary idempotent
+    /// request, so that evidence about it keeps coming either way.
+    pub sample_interval: Duration,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     /// Extra ejection time, as a share of the ejection time, drawn at random up to this.
@@ -37,13 +51,16 @@ impl Default for OutlierSettings {
             // Envoy: consecutive_5xx 5, base_ejection_time 30 s, max_ejection_time 300 s,
             // max_ejection_percent 10 (at least one host), healthy_panic_threshold 50%.
             consecutive_failures: 5,
-            // Envoy's failure_percentage_threshold is 85% with 50 requests, meant for large fleets;
-            // a checkout that fails one time in four is already losing sales.
+            connect_failures: 1,
+            // Envoy's failure_percentage_threshold is 85%, meant for large fleets; a checkout that
+            // fails one time in four is already losing sales.
             failure_rate: 0.25,
             min_requests: 20,
-            window: Duration::from_secs(10),
+            memory: 10,
             latency_factor: 3.0,
             latency_min_delta: Duration::from_millis(50),
+            latency_min_samples: 5,
+            sample_interval: Duration::from_millis(500),
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             jitter: 0.1,
@@ -58,7 +75,8 @@ impl Default for OutlierSettings {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reason {
     ConsecutiveFailures { count: u32 },
-    FailureRate { failures: u64, requests: u64 },
+    ConnectFailures { count: u32 },
+    FailureRate { rate: f64 },
     Latency { mean_ms: f64, peers_ms: f64 },
     FailedProbe,
 }
@@ -68,6 +86,7 @@ impl Reason {
     pub fn as_str(&self) -> &'static str {
         match self {
             Reason::ConsecutiveFailures { .. } => "consecutive_failures",
+            Reason::ConnectFailures { .. } => "connect_failure",
             Reason::FailureRate { .. } => "failure_rate",
             Reason::Latency { .. } => "latency",
             Reason::FailedProbe => "failed_probe",
@@ -79,10 +98,12 @@ impl Reason {
             Reason::ConsecutiveFailures { count } => {
                 format!("{count} failures in a row (limit {})", s.consecutive_failures)
             }
-            Reason::FailureRate { failures, requests } => format!(
-                "{failures} of {requests} requests failed in {:?} ({:.0}% > {:.0}%)",
-                s.window,
-                100.0 * *failures as f64 / (*requests).max(1) as f64,
+            Reason::ConnectFailures { count } => {
+                format!("{count} refused or unreachable connection(s) in a row")
+            }
+            Reason::FailureRate { rate } => format!(
+                "{:.0}% of its recent requests failed (limit {:.0}%)",
+                100.0 * rate,
                 100.0 * s.failure_rate
             ),
             Reason::Latency { mean_ms, peers_ms } => format!(
@@ -112,51 +133,48 @@ pub enum Change {
     Restored,
 }
 
-/// One second of traffic.
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    sec: u64,
-    requests: u64,
-    failures: u64,
-    latency_us: u64,
-    ok: u64,
-}
-
 #[derive(Debug, Clone)]
 pub struct Passive {
     state: State,
     ejections: u32,
     consecutive: u32,
+    consecutive_connect: u32,
     healthy_since: Instant,
-    origin: Instant,
-    buckets: Vec<Bucket>,
+    recent: Recent,
 }
 
-/// Traffic over the window: what the sweep judges.
+/// What the rate and latency rules judge: exponential averages over recent attempts.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct WindowStats {
+pub struct Recent {
+    /// Attempts since (re)admission.
     pub requests: u64,
-    pub failures: u64,
-    /// Mean latency of the successful requests, when there were any.
-    pub mean_latency: Option<Duration>,
+    /// Successful attempts since (re)admission.
     pub ok: u64,
+    /// Share of recent attempts that failed.
+    pub failure_rate: f64,
+    /// Average latency of recent successful attempts.
+    pub mean_latency: Option<Duration>,
+}
+
+/// How an attempt ended, as passive health sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Ok,
+    /// An answer 5xx, a timeout, a broken response.
+    Failed,
+    /// No connection: refused or unreachable.
+    ConnectFailed,
 }
 
 impl Passive {
-    pub fn new(now: Instant, settings: &OutlierSettings) -> Self {
+    pub fn new(now: Instant) -> Self {
         Passive {
             state: State::Healthy,
             ejections: 0,
             consecutive: 0,
+            consecutive_connect: 0,
             healthy_since: now,
-            origin: now,
-            buckets: vec![
-                Bucket {
-                    sec: u64::MAX,
-                    ..Default::default()
-                };
-                settings.window.as_secs().max(1) as usize
-            ],
+            recent: Recent::default(),
         }
     }
 
@@ -168,57 +186,45 @@ impl Passive {
         self.ejections
     }
 
-    fn sec(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.origin).as_secs()
-    }
-
-    pub fn window(&self, now: Instant) -> WindowStats {
-        let sec = self.sec(now);
-        let n = self.buckets.len() as u64;
-        let mut w = WindowStats::default();
-        let mut lat = 0u64;
-        for b in self
-            .buckets
-            .iter()
-            .filter(|b| b.sec != u64::MAX && b.sec <= sec && sec - b.sec < n)
-        {
-            w.requests += b.requests;
-            w.failures += b.failures;
-            w.ok += b.ok;
-            lat += b.latency_us;
-        }
-        w.mean_latency = lat.checked_div(w.ok).map(Duration::from_micros);
-        w
+    pub fn recent(&self) -> Recent {
+        self.recent
     }
 
     /// Records one attempt's result. `latency_outlier` says whether this latency would make the
     /// upstream an outlier in its pool now (the caller knows the pool); it matters for probes.
     pub fn observe(
         &mut self,
-        failed: bool,
+        result: AttemptResult,
         latency: Duration,
         latency_outlier: bool,
         now: Instant,
         s: &OutlierSettings,
     ) -> Option<Change> {
-        let sec = self.sec(now);
-        let n = self.buckets.len();
-        let b = &mut self.buckets[(sec % n as u64) as usize];
-        if b.sec != sec {
-            *b = Bucket {
-                sec,
-                ..Default::default()
-            };
-        }
-        b.requests += 1;
-        if failed {
-            b.failures += 1;
-        } else {
-            b.ok += 1;
-            b.latency_us += latency.as_micros() as u64;
+        let failed = result != AttemptResult::Ok;
+        let w = 1.0 / f64::from(s.memory.max(1));
+        let r = &mut self.recent;
+        r.requests += 1;
+        r.failure_rate = r.failure_rate * (1.0 - w) + if failed { w } else { 0.0 };
+        if !failed {
+            r.ok += 1;
+            let l = latency.as_secs_f64();
+            let avg = r
+                .mean_latency
+                .map_or(l, |m| m.as_secs_f64() * (1.0 - w) + l * w);
+            r.mean_latency = Some(Duration::from_secs_f64(avg));
         }
         match self.state {
             State::Healthy => {
+                if result == AttemptResult::ConnectFailed {
+                    self.consecutive_connect += 1;
+                    if self.consecutive_connect >= s.connect_failures {
+                        return Some(Change::Eject(Reason::ConnectFailures {
+                            count: self.consecutive_connect,
+                        }));
+                    }
+                } else {
+                    self.consecutive_connect = 0;
+                }
                 if failed {
                     self.consecutive += 1;
                     if self.consecutive >= s.consecutive_failures {
@@ -229,7 +235,9 @@ impl Passive {
                 } else {
                     self.consecutive = 0;
                 }
-                None
+                let rate = self.recent.failure_rate;
+                (self.recent.requests >= u64::from(s.min_requests) && rate > s.failure_rate)
+                    .then_some(Change::Eject(Reason::FailureRate { rate }))
             }
             State::Probing { successes, reason } => {
                 if failed || latency_outlier {
@@ -253,11 +261,10 @@ impl Passive {
     fn restore(&mut self, now: Instant) {
         self.state = State::Healthy;
         self.consecutive = 0;
+        self.consecutive_connect = 0;
         self.healthy_since = now;
-        // What got it ejected must not get it ejected again on the next sweep.
-        for b in &mut self.buckets {
-            b.sec = u64::MAX;
-        }
+        // What got it ejected must not get it ejected again: judge it afresh.
+        self.recent = Recent::default();
     }
 
     /// Ejects now. `jitter_draw` in 0..1 picks the jitter (a random number in production).
@@ -284,12 +291,12 @@ impl Passive {
         let until = now + base + jitter;
         self.state = State::Ejected { until, reason };
         self.consecutive = 0;
+        self.consecutive_connect = 0;
         until
     }
 
-    /// Periodic: ends ejections whose time is up, and judges failure rate. Latency is judged by
-    /// the caller, who knows the pool.
-    pub fn sweep(&mut self, now: Instant, s: &OutlierSettings) -> Option<Change> {
+    /// Periodic: ends ejections whose time is up. (The latency rule needs the pool: `mod.rs`.)
+    pub fn sweep(&mut self, now: Instant) -> Option<Change> {
         match self.state {
             State::Ejected { until, reason } if now >= until => {
                 self.state = State::Probing {
@@ -297,15 +304,6 @@ impl Passive {
                     reason,
                 };
                 Some(Change::Probing)
-            }
-            State::Healthy => {
-                let w = self.window(now);
-                (w.requests >= u64::from(s.min_requests)
-                    && w.failures as f64 > s.failure_rate * w.requests as f64)
-                    .then_some(Change::Eject(Reason::FailureRate {
-                        failures: w.failures,
-                        requests: w.requests,
-                    }))
             }
             _ => None,
         }
@@ -321,6 +319,7 @@ pub fn is_latency_outlier(mean: Duration, peers: Duration, s: &OutlierSettings) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use AttemptResult::*;
 
     fn s() -> OutlierSettings {
         OutlierSettings::default()
@@ -330,75 +329,107 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    fn feed(p: &mut Passive, r: AttemptResult, n: usize, t: Instant) -> Option<Change> {
+        (0..n)
+            .filter_map(|_| p.observe(r, ms(1), false, t, &s()))
+            .last()
+    }
+
     #[test]
     fn consecutive_failures_eject_and_successes_reset_the_count() {
         let t0 = Instant::now();
-        let mut p = Passive::new(t0, &s());
-        for _ in 0..4 {
-            assert_eq!(p.observe(true, ms(1), false, t0, &s()), None);
-        }
-        assert_eq!(p.observe(false, ms(1), false, t0, &s()), None);
-        for _ in 0..4 {
-            assert_eq!(p.observe(true, ms(1), false, t0, &s()), None);
-        }
+        let mut p = Passive::new(t0);
+        assert_eq!(feed(&mut p, Failed, 4, t0), None);
+        assert_eq!(p.observe(Ok, ms(1), false, t0, &s()), None);
+        assert_eq!(feed(&mut p, Failed, 4, t0), None);
         assert_eq!(
-            p.observe(true, ms(1), false, t0, &s()),
+            p.observe(Failed, ms(1), false, t0, &s()),
             Some(Change::Eject(Reason::ConsecutiveFailures { count: 5 }))
         );
     }
 
     #[test]
-    fn failure_rate_needs_enough_requests_and_a_high_enough_rate() {
+    fn a_refused_connection_ejects_at_once() {
         let t0 = Instant::now();
-        let mut p = Passive::new(t0, &s());
-        // Alternate: never 5 in a row, but 50% fail.
-        for i in 0..18 {
-            p.observe(i % 2 == 0, ms(1), false, t0, &s());
-        }
+        let mut p = Passive::new(t0);
         assert_eq!(
-            p.sweep(t0, &s()),
+            p.observe(ConnectFailed, ms(1), false, t0, &s()),
+            Some(Change::Eject(Reason::ConnectFailures { count: 1 }))
+        );
+        let strict = OutlierSettings {
+            connect_failures: 2,
+            ..s()
+        };
+        let mut q = Passive::new(t0);
+        assert_eq!(q.observe(ConnectFailed, ms(1), false, t0, &strict), None);
+        assert_eq!(q.observe(Ok, ms(1), false, t0, &strict), None);
+        assert_eq!(
+            q.observe(ConnectFailed, ms(1), false, t0, &strict),
             None,
-            "18 requests are below the minimum of 20"
+            "not in a row"
         );
-        for i in 0..2 {
-            p.observe(i % 2 == 0, ms(1), false, t0, &s());
-        }
-        assert_eq!(
-            p.sweep(t0, &s()),
-            Some(Change::Eject(Reason::FailureRate {
-                failures: 10,
-                requests: 20
-            }))
-        );
-        // 20% is under the 25% threshold.
-        let mut q = Passive::new(t0, &s());
-        for i in 0..100 {
-            q.observe(i % 5 == 0, ms(1), false, t0, &s());
-        }
-        assert_eq!(q.sweep(t0, &s()), None);
     }
 
     #[test]
-    fn the_window_forgets_old_traffic() {
+    fn failure_rate_weighs_recent_attempts_not_old_volume() {
         let t0 = Instant::now();
-        let mut p = Passive::new(t0, &s());
-        for _ in 0..4 {
-            for _ in 0..10 {
-                p.observe(true, ms(1), false, t0, &s());
-                p.observe(false, ms(1), false, t0, &s());
+        let mut p = Passive::new(t0);
+        // A long healthy history...
+        assert_eq!(feed(&mut p, Ok, 1000, t0), None);
+        // ...then half the answers fail, never five in a row.
+        let mut ejected = None;
+        for i in 0..20 {
+            let r = if i % 2 == 0 { Failed } else { Ok };
+            if let Some(c) = p.observe(r, ms(1), false, t0, &s()) {
+                ejected = Some((i, c));
+                break;
             }
         }
-        assert!(p
-            .sweep(t0 + Duration::from_secs(10) + ms(1), &s())
-            .is_none());
-        assert_eq!(p.window(t0 + Duration::from_secs(11)).requests, 0);
+        let (after, change) = ejected.expect("a 50% failure rate is caught");
+        assert!(
+            after < 12,
+            "caught after {after} attempts, whatever came before"
+        );
+        assert!(matches!(change, Change::Eject(Reason::FailureRate { rate }) if rate > 0.25));
+    }
+
+    #[test]
+    fn failure_rate_needs_enough_requests_and_a_high_enough_rate() {
+        let t0 = Instant::now();
+        let mut p = Passive::new(t0);
+        // 19 attempts, alternating: a high rate, but fewer than min_requests.
+        for i in 0..19 {
+            let r = if i % 2 == 0 { Failed } else { Ok };
+            assert_eq!(p.observe(r, ms(1), false, t0, &s()), None);
+        }
+        // One failure in ten stays well under 25%.
+        let mut q = Passive::new(t0);
+        for i in 0..500 {
+            let r = if i % 10 == 0 { Failed } else { Ok };
+            assert_eq!(q.observe(r, ms(1), false, t0, &s()), None);
+        }
+    }
+
+    #[test]
+    fn recent_latency_follows_the_last_attempts() {
+        let t0 = Instant::now();
+        let mut p = Passive::new(t0);
+        for _ in 0..1000 {
+            p.observe(Ok, ms(1), false, t0, &s());
+        }
+        for _ in 0..5 {
+            p.observe(Ok, ms(1000), false, t0, &s());
+        }
+        let mean = p.recent().mean_latency.unwrap();
+        // 1 - 0.9^5 of the way to 1 s.
+        assert!(mean > ms(400) && mean < ms(420), "{mean:?}");
     }
 
     #[test]
     fn ejection_grows_with_repeats_is_capped_and_jittered() {
         let st = s();
         let t0 = Instant::now();
-        let mut p = Passive::new(t0, &st);
+        let mut p = Passive::new(t0);
         let until = p.eject(Reason::FailedProbe, t0, 0.0, &st);
         assert_eq!(until - t0, Duration::from_secs(30));
         let until = p.eject(Reason::FailedProbe, t0, 0.0, &st);
@@ -420,22 +451,23 @@ mod tests {
     fn probing_readmits_after_successes_and_reejects_on_failure() {
         let st = s();
         let t0 = Instant::now();
-        let mut p = Passive::new(t0, &st);
+        let mut p = Passive::new(t0);
         let until = p.eject(Reason::ConsecutiveFailures { count: 5 }, t0, 0.0, &st);
-        assert_eq!(p.sweep(until - ms(1), &st), None);
-        assert_eq!(p.sweep(until, &st), Some(Change::Probing));
-        assert_eq!(p.observe(false, ms(1), false, until, &st), None);
-        assert_eq!(p.observe(false, ms(1), false, until, &st), None);
+        assert_eq!(p.sweep(until - ms(1)), None);
+        assert_eq!(p.sweep(until), Some(Change::Probing));
+        assert_eq!(p.observe(Ok, ms(1), false, until, &st), None);
+        assert_eq!(p.observe(Ok, ms(1), false, until, &st), None);
         assert_eq!(
-            p.observe(false, ms(1), false, until, &st),
+            p.observe(Ok, ms(1), false, until, &st),
             Some(Change::Restored)
         );
         assert_eq!(p.state(), State::Healthy);
+        assert_eq!(p.recent().requests, 0, "judged afresh after re-admission");
         // A slow probe counts as a failed one.
         let until = p.eject(Reason::FailedProbe, until, 0.0, &st);
-        p.sweep(until, &st);
+        p.sweep(until);
         assert_eq!(
-            p.observe(false, ms(900), true, until, &st),
+            p.observe(Ok, ms(900), true, until, &st),
             Some(Change::Eject(Reason::FailedProbe))
         );
     }
@@ -444,11 +476,11 @@ mod tests {
     fn the_multiplier_resets_after_a_long_healthy_spell() {
         let st = s();
         let t0 = Instant::now();
-        let mut p = Passive::new(t0, &st);
+        let mut p = Passive::new(t0);
         let u1 = p.eject(Reason::FailedProbe, t0, 0.0, &st);
-        p.sweep(u1, &st);
+        p.sweep(u1);
         for _ in 0..3 {
-            p.observe(false, ms(1), false, u1, &st);
+            p.observe(Ok, ms(1), false, u1, &st);
         }
         let later = u1 + Duration::from_secs(301);
         let u2 = p.eject(Reason::FailedProbe, later, 0.0, &st);

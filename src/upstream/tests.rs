@@ -3,6 +3,7 @@ use crate::config::Config;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::path::Path;
+use AttemptResult::{ConnectFailed, Failed, Ok as Fine};
 
 fn setup(n: usize, outlier: OutlierSettings) -> (Upstreams, Instant) {
     let ups: Vec<String> = (0..n)
@@ -29,31 +30,41 @@ fn rng() -> SmallRng {
     SmallRng::seed_from_u64(7)
 }
 
-/// Feeds `k` answers of `latency` from `u`.
+/// Feeds `k` results of `latency` from `u`.
 fn feed(
     up: &Upstreams,
     u: UpstreamId,
     k: usize,
-    failed: bool,
+    r: AttemptResult,
     latency: Duration,
     now: Instant,
 ) -> Vec<HealthEvent> {
     (0..k)
-        .filter_map(|_| up.observe(u, failed, latency, now, &mut rng()))
+        .filter_map(|_| up.observe(u, r, latency, now, &mut rng()))
         .collect()
+}
+
+/// A non-idempotent pick: never a sample, so distributions show balancing alone.
+fn pick(
+    up: &Upstreams,
+    protected: bool,
+    exclude: &[UpstreamId],
+    now: Instant,
+    r: &mut SmallRng,
+) -> Option<Pick> {
+    up.pick(0, protected, false, exclude, now, r)
 }
 
 #[test]
 fn p2c_steers_away_from_a_slow_upstream() {
     let (up, t0) = setup(3, OutlierSettings::default());
     for u in 0..3 {
-        feed(&up, u, 5, false, if u == 2 { ms(300) } else { ms(1) }, t0);
+        feed(&up, u, 5, Fine, if u == 2 { ms(300) } else { ms(1) }, t0);
     }
     let mut r = rng();
     let mut counts = [0; 3];
     for _ in 0..3000 {
-        let p = up.pick(0, false, &[], t0, &mut r).unwrap();
-        counts[p.upstream as usize] += 1;
+        counts[pick(&up, false, &[], t0, &mut r).unwrap().upstream as usize] += 1;
     }
     // Two distinct candidates out of three: the slow one always loses its comparison.
     assert_eq!(counts[2], 0, "{counts:?}");
@@ -61,13 +72,45 @@ fn p2c_steers_away_from_a_slow_upstream() {
 }
 
 #[test]
+fn an_idle_upstream_gets_one_sample_per_interval_from_idempotent_traffic() {
+    let (up, t0) = setup(3, OutlierSettings::default());
+    for u in 0..3 {
+        feed(&up, u, 5, Fine, if u == 2 { ms(300) } else { ms(1) }, t0);
+    }
+    let mut r = rng();
+    let mut samples = 0;
+    // Two seconds of idempotent traffic, one request per millisecond.
+    for i in 0..2000 {
+        let now = t0 + ms(i);
+        let p = up.pick(0, false, true, &[], now, &mut r).unwrap();
+        if p.upstream == 2 {
+            assert!(p.sample);
+            samples += 1;
+        }
+    }
+    // At 500, 1000 and 1500 ms: one every sample_interval.
+    assert_eq!(samples, 3);
+    // Protected traffic is never a sample.
+    let (up, t0) = setup(2, OutlierSettings::default());
+    feed(&up, 1, 1, Fine, ms(300), t0);
+    for i in 0..100 {
+        assert_eq!(
+            up.pick(0, true, true, &[], t0 + ms(600 * i), &mut r)
+                .unwrap()
+                .upstream,
+            0
+        );
+    }
+}
+
+#[test]
 fn in_flight_requests_spread_load_and_are_released() {
     let (up, t0) = setup(2, OutlierSettings::default());
-    feed(&up, 0, 1, false, ms(10), t0);
-    feed(&up, 1, 1, false, ms(10), t0);
+    feed(&up, 0, 1, Fine, ms(10), t0);
+    feed(&up, 1, 1, Fine, ms(10), t0);
     let mut r = rng();
     let held: Vec<Pick> = (0..4)
-        .map(|_| up.pick(0, false, &[], t0, &mut r).unwrap())
+        .map(|_| pick(&up, false, &[], t0, &mut r).unwrap())
         .collect();
     let on0 = held.iter().filter(|p| p.upstream == 0).count();
     assert_eq!(
@@ -83,21 +126,36 @@ fn in_flight_requests_spread_load_and_are_released() {
 #[test]
 fn protected_traffic_gets_the_cheapest_and_exclusions_are_honoured() {
     let (up, t0) = setup(3, OutlierSettings::default());
-    feed(&up, 0, 3, false, ms(20), t0);
-    feed(&up, 1, 3, false, ms(2), t0);
-    feed(&up, 2, 3, false, ms(8), t0);
+    feed(&up, 0, 3, Fine, ms(20), t0);
+    feed(&up, 1, 3, Fine, ms(2), t0);
+    feed(&up, 2, 3, Fine, ms(8), t0);
     let mut r = rng();
     for _ in 0..50 {
-        assert_eq!(up.pick(0, true, &[], t0, &mut r).unwrap().upstream, 1);
+        assert_eq!(pick(&up, true, &[], t0, &mut r).unwrap().upstream, 1);
     }
-    assert_eq!(up.pick(0, true, &[1], t0, &mut r).unwrap().upstream, 2);
-    assert!(up.pick(0, true, &[0, 1, 2], t0, &mut r).is_none());
+    assert_eq!(pick(&up, true, &[1], t0, &mut r).unwrap().upstream, 2);
+    assert!(pick(&up, true, &[0, 1, 2], t0, &mut r).is_none());
+}
+
+#[test]
+fn protected_traffic_does_not_trust_an_idle_decay() {
+    let (up, t0) = setup(2, OutlierSettings::default());
+    feed(&up, 0, 3, Fine, ms(300), t0);
+    feed(&up, 1, 3, Fine, ms(2), t0);
+    let later = t0 + Duration::from_secs(60);
+    // The fast one keeps serving; the slow one has been idle for a minute.
+    feed(&up, 1, 3, Fine, ms(2), later);
+    let mut r = rng();
+    // Its decayed estimate (300 ms x e^-6, under 1 ms) looks cheaper than the busy one's 2 ms...
+    assert!(up.cost(0, later, false) < up.cost(1, later, false));
+    // ...but protected traffic goes by what was last seen.
+    assert_eq!(pick(&up, true, &[], later, &mut r).unwrap().upstream, 1);
 }
 
 #[test]
 fn consecutive_failures_eject_then_probes_readmit() {
     let (up, t0) = setup(3, OutlierSettings::default());
-    let ev = feed(&up, 1, 5, true, ms(1), t0);
+    let ev = feed(&up, 1, 5, Failed, ms(1), t0);
     let until = match ev.as_slice() {
         [HealthEvent::Ejected {
             upstream: 1,
@@ -109,7 +167,10 @@ fn consecutive_failures_eject_then_probes_readmit() {
     assert!(until >= t0 + Duration::from_secs(30) && until <= t0 + Duration::from_secs(33));
     let mut r = rng();
     for _ in 0..200 {
-        assert_ne!(up.pick(0, false, &[], t0, &mut r).unwrap().upstream, 1);
+        assert_ne!(
+            up.pick(0, false, true, &[], t0, &mut r).unwrap().upstream,
+            1
+        );
     }
     assert_eq!(up.view(1, t0).state, "ejected");
 
@@ -118,16 +179,16 @@ fn consecutive_failures_eject_then_probes_readmit() {
         up.sweep(until, &mut r),
         vec![HealthEvent::Probing { upstream: 1 }]
     );
-    assert_ne!(up.pick(0, true, &[], until, &mut r).unwrap().upstream, 1);
-    let probe = up.pick(0, false, &[], until, &mut r).unwrap();
+    assert_ne!(pick(&up, true, &[], until, &mut r).unwrap().upstream, 1);
+    let probe = pick(&up, false, &[], until, &mut r).unwrap();
     assert!(probe.probe && probe.upstream == 1);
-    let other = up.pick(0, false, &[], until, &mut r).unwrap();
+    let other = pick(&up, false, &[], until, &mut r).unwrap();
     assert_ne!(other.upstream, 1, "one probe at a time");
     drop((probe, other));
     for i in 0..3 {
-        let p = up.pick(0, false, &[], until, &mut r).unwrap();
+        let p = pick(&up, false, &[], until, &mut r).unwrap();
         assert_eq!(p.upstream, 1);
-        let ev = up.observe(1, false, ms(1), until, &mut r);
+        let ev = up.observe(1, Fine, ms(1), until, &mut r);
         assert_eq!(
             ev,
             (i == 2).then_some(HealthEvent::Restored { upstream: 1 })
@@ -137,14 +198,25 @@ fn consecutive_failures_eject_then_probes_readmit() {
 }
 
 #[test]
-fn a_failed_probe_ejects_again_for_longer() {
+fn a_refused_connection_ejects_and_a_failed_probe_ejects_for_longer() {
     let (up, t0) = setup(3, OutlierSettings::default());
-    feed(&up, 0, 5, true, ms(1), t0);
+    let ev = feed(&up, 0, 1, ConnectFailed, ms(1), t0);
+    assert!(
+        matches!(
+            ev[..],
+            [HealthEvent::Ejected {
+                upstream: 0,
+                reason: Reason::ConnectFailures { count: 1 },
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
     let mut r = rng();
     let t1 = t0 + Duration::from_secs(34);
     up.sweep(t1, &mut r);
-    let _probe = up.pick(0, false, &[], t1, &mut r).unwrap();
-    match up.observe(0, true, ms(1), t1, &mut r) {
+    let _probe = pick(&up, false, &[], t1, &mut r).unwrap();
+    match up.observe(0, ConnectFailed, ms(1), t1, &mut r) {
         Some(HealthEvent::Ejected {
             reason: Reason::FailedProbe,
             until,
@@ -164,10 +236,10 @@ fn never_ejects_more_than_the_pool_can_spare() {
     // 10% of 3 rounds down to 0: at least one may go, not two.
     let (up, t0) = setup(3, OutlierSettings::default());
     assert!(matches!(
-        feed(&up, 0, 5, true, ms(1), t0)[..],
+        feed(&up, 0, 5, Failed, ms(1), t0)[..],
         [HealthEvent::Ejected { .. }]
     ));
-    let ev = feed(&up, 1, 5, true, ms(1), t0);
+    let ev = feed(&up, 1, 5, Failed, ms(1), t0);
     assert!(
         matches!(
             ev[..],
@@ -191,7 +263,7 @@ fn panic_mode_uses_the_whole_pool_when_too_few_are_healthy() {
     assert!(!up.view(0, t0).active_up);
     let mut seen = [0; 3];
     for _ in 0..300 {
-        let p = up.pick(0, false, &[], t0, &mut r).unwrap();
+        let p = pick(&up, false, &[], t0, &mut r).unwrap();
         assert!(p.panic);
         seen[p.upstream as usize] += 1;
     }
@@ -201,32 +273,26 @@ fn panic_mode_uses_the_whole_pool_when_too_few_are_healthy() {
         up.record_check(0, 0, true, 2, 3);
     }
     for _ in 0..300 {
-        let p = up.pick(0, false, &[], t0, &mut r).unwrap();
+        let p = pick(&up, false, &[], t0, &mut r).unwrap();
         assert!(!p.panic && p.upstream != 1);
     }
 }
 
 #[test]
-fn sweep_ejects_on_failure_rate_and_latency() {
+fn failure_rate_and_latency_rules_eject() {
     let (up, t0) = setup(3, OutlierSettings::default());
     let mut r = rng();
-    // Upstream 0: half its answers fail, never five in a row.
-    for i in 0..40 {
-        up.observe(0, i % 2 == 0, ms(1), t0, &mut r);
-    }
-    for u in [1, 2] {
-        feed(&up, u, 20, false, ms(2), t0);
-    }
-    let ev = up.sweep(t0, &mut r);
+    // Upstream 0: a long healthy history, then half its answers fail, never five in a row.
+    feed(&up, 0, 100, Fine, ms(1), t0);
+    let ev: Vec<_> = (0..20)
+        .filter_map(|i| up.observe(0, if i % 2 == 0 { Failed } else { Fine }, ms(1), t0, &mut r))
+        .collect();
     assert!(
         matches!(
             ev[..],
             [HealthEvent::Ejected {
                 upstream: 0,
-                reason: Reason::FailureRate {
-                    failures: 20,
-                    requests: 40
-                },
+                reason: Reason::FailureRate { .. },
                 ..
             }]
         ),
@@ -235,9 +301,9 @@ fn sweep_ejects_on_failure_rate_and_latency() {
 
     // A separate pool: upstream 2 answers fine but 300 ms slower than the others.
     let (up, t0) = setup(3, OutlierSettings::default());
-    feed(&up, 0, 20, false, ms(2), t0);
-    feed(&up, 1, 20, false, ms(3), t0);
-    feed(&up, 2, 20, false, ms(302), t0);
+    feed(&up, 0, 20, Fine, ms(2), t0);
+    feed(&up, 1, 20, Fine, ms(3), t0);
+    feed(&up, 2, 20, Fine, ms(302), t0);
     let ev = up.sweep(t0, &mut r);
     match ev[..] {
         [HealthEvent::Ejected {

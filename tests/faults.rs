@@ -1,0 +1,227 @@
+//! Routing around sick upstreams, with real origins and real traffic: a slow upstream, a brownout
+//! and a killed upstream. Every threshold is usher's default (Envoy- and Linkerd-like); only the
+//! tiers, routes and pool are configured.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use usher::origin::Origin;
+
+const THINK: Duration = Duration::from_millis(2);
+
+async fn three_origins() -> Vec<Origin> {
+    let mut v = Vec::new();
+    for name in ["a", "b", "c"] {
+        v.push(Origin::start_local(name).await.unwrap());
+    }
+    v
+}
+
+fn shop(origins: &[Origin], dir: &std::path::Path) -> usher::Config {
+    let ups: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    config(
+        &format!(
+            r#"
+[identity]
+tier = [{{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }}]
+[[tiers]]
+name = "gold"
+protected = true
+[[tiers]]
+name = "standard"
+[[pools]]
+name = "web"
+upstreams = [{}]
+read_timeout = "5s"
+[[routes]]
+name = "checkout"
+match = {{ path_prefix = "/checkout" }}
+pool = "web"
+critical = true
+target = "100ms"
+[[routes]]
+name = "site"
+pool = "web"
+target = "200ms"
+"#,
+            ups.join(", ")
+        ),
+        dir,
+    )
+}
+
+fn workers() -> Vec<Worker> {
+    let mut w = Vec::new();
+    for i in 0..3 {
+        w.push(Worker {
+            customer: format!("gold-{i}"),
+            tier: Some("gold"),
+            path: "/checkout/pay",
+            protected: true,
+        });
+        w.push(Worker {
+            customer: format!("std-{i}"),
+            tier: None,
+            path: "/checkout/pay",
+            protected: false,
+        });
+        w.push(Worker {
+            customer: format!("browse-{i}"),
+            tier: None,
+            path: "/products/1",
+            protected: false,
+        });
+    }
+    w
+}
+
+fn report(name: &str, samples: &[Sample], from: Instant) {
+    let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= from).collect();
+    let p = figures(window.iter().copied().filter(|s| s.protected));
+    let s = figures(window.iter().copied().filter(|s| !s.protected));
+    eprintln!(
+        "{name}: protected n={} success={:.4} p50={:?} p99={:?} max={:?} | standard n={} success={:.4} p50={:?} p99={:?} max={:?}",
+        p.n, p.success, p.p50, p.p99, p.max, s.n, s.success, s.p50, s.p99, s.max
+    );
+}
+
+/// The admin API's view of one upstream.
+async fn upstream_view(
+    running: &usher::server::Running,
+    addr: std::net::SocketAddr,
+) -> serde_json::Value {
+    let adm = running.admin().unwrap();
+    let ups = json(&client(), format!("http://{adm}/upstreams")).await;
+    let v = ups["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == addr.to_string())
+        .cloned()
+        .unwrap();
+    eprintln!(
+        "{addr}: state={} why={} passive={}",
+        v["state"], v["why"], v["passive_health"]
+    );
+    v
+}
+
+fn share_of(samples: &[Sample], from: Instant, origin: &str) -> f64 {
+    let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= from).collect();
+    window.iter().filter(|s| s.origin == origin).count() as f64 / window.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_upstream_is_avoided_protected_customers_unharmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = three_origins().await;
+    let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
+    let proxy = running.listen();
+    let slow = origins[2].behavior.clone();
+    let traffic = tokio::spawn({
+        let w = workers();
+        async move { load(proxy, &w, Duration::from_secs(6), THINK).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No errors, a green health check: just 300 ms more on every answer.
+    slow.set_delay(Duration::from_millis(300));
+    let settled = Instant::now() + Duration::from_secs(1);
+    let samples = traffic.await.unwrap();
+    report("slow upstream", &samples, settled);
+
+    let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
+    let protected = figures(window.iter().copied().filter(|s| s.protected));
+    assert!(protected.n > 200, "{protected:?}");
+    assert_eq!(protected.success, 1.0, "{protected:?}");
+    assert!(
+        protected.p99 < Duration::from_millis(50),
+        "protected p99 {:?}",
+        protected.p99
+    );
+    let share = share_of(&samples, settled, "c");
+    assert!(
+        share < 0.05,
+        "the slow upstream still got {:.1}% of traffic",
+        share * 100.0
+    );
+    upstream_view(&running, origins[2].addr).await;
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn brownout_is_routed_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = three_origins().await;
+    let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
+    let proxy = running.listen();
+    let sick = origins[1].behavior.clone();
+    let traffic = tokio::spawn({
+        let w = workers();
+        async move { load(proxy, &w, Duration::from_secs(7), THINK).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delay = Duration::from_secs(1);
+    // Half its answers are 503, the other half take a second; its /healthz stays 200.
+    sick.set_brownout(0.5, delay);
+    let settled = Instant::now() + Duration::from_secs(1);
+    let samples = traffic.await.unwrap();
+    report("brownout", &samples, settled);
+
+    let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
+    let protected = figures(window.iter().copied().filter(|s| s.protected));
+    let standard = figures(window.iter().copied().filter(|s| !s.protected));
+    assert!(
+        protected.n > 200 && standard.n > 200,
+        "{protected:?} {standard:?}"
+    );
+    assert!(protected.success >= 0.999, "{protected:?}");
+    assert!(
+        protected.p99 < delay / 4,
+        "protected p99 {:?}",
+        protected.p99
+    );
+    assert!(standard.success >= 0.99, "{standard:?}");
+    upstream_view(&running, origins[1].addr).await;
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_upstream_fails_no_protected_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut origins = three_origins().await;
+    let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
+    let proxy = running.listen();
+    let traffic = tokio::spawn({
+        let w = workers();
+        async move { load(proxy, &w, Duration::from_secs(5), THINK).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Gone: listener closed, open connections dropped mid-traffic.
+    let dead = origins[0].addr;
+    drop(origins.remove(0));
+    let killed_at = Instant::now();
+    let samples = traffic.await.unwrap();
+    report("killed upstream", &samples, killed_at);
+
+    let protected = figures(samples.iter().filter(|s| s.protected));
+    let failed: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.protected && !(200..400).contains(&s.status))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} protected requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(protected.n > 300);
+    let standard = figures(samples.iter().filter(|s| !s.protected));
+    assert!(standard.success >= 0.999, "{standard:?}");
+    assert!(share_of(&samples, killed_at + Duration::from_millis(200), "a") == 0.0);
+
+    let killed = upstream_view(&running, dead).await;
+    assert_eq!(killed["state"], "ejected", "{killed}");
+    assert_eq!(killed["why"]["rule"], "connect_failure");
+    running.stop();
+}
