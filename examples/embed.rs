@@ -85,7 +85,7 @@ impl ProxyHttp for ShopProxy {
 
     async fn upstream_response_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut ShopCtx,
     ) -> Result<()> {
@@ -95,7 +95,7 @@ impl ProxyHttp for ShopProxy {
 
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut ShopCtx,
         e: Box<Error>,
