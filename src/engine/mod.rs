@@ -18,7 +18,7 @@ use crate::experience::{
 use crate::identity::{Identity, IdentityResolver};
 use crate::measure::{Measurement, Outcome};
 use crate::metrics::Metrics;
-use crate::protection;
+use crate::protection::{self, Protection};
 use crate::routing::RouteTable;
 use crate::stats::LatencyStats;
 use crate::upstream::{AttemptResult, HealthEvent, Settings, Upstreams};
@@ -183,7 +183,7 @@ impl Usher {
         let reserved = if protected {
             route.reserved_pool.and_then(|p| {
                 self.upstreams
-                    .pick(p, true, ex.idempotent, ex.tried.as_slice(), now, rng)
+                    .pick_serving(p, true, ex.tried.as_slice(), now, rng)
             })
         } else {
             None
@@ -540,3 +540,6 @@ impl Usher {
         Some((name, format!("score={score:.0}; state={state}")))
     }
 }
+
+#[cfg(test)]
+mod tests;

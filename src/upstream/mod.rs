@@ -227,6 +227,33 @@ impl Upstreams {
         now: Instant,
         rng: &mut R,
     ) -> Option<Pick> {
+        self.pick_in(pool, protected, idempotent, true, exclude, now, rng)
+    }
+
+    /// As [`Self::pick`], without panic mode: `None` when no member is serving. For a reserved pool,
+    /// whose whole point is falling back to the main pool rather than using a doubtful upstream.
+    pub fn pick_serving<R: Rng + ?Sized>(
+        &self,
+        pool: PoolId,
+        protected: bool,
+        exclude: &[UpstreamId],
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<Pick> {
+        self.pick_in(pool, protected, false, false, exclude, now, rng)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pick_in<R: Rng + ?Sized>(
+        &self,
+        pool: PoolId,
+        protected: bool,
+        idempotent: bool,
+        allow_panic: bool,
+        exclude: &[UpstreamId],
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<Pick> {
         let p = self.pools.get(pool as usize)?;
         let allowed = |u: &UpstreamId| !exclude.contains(u);
         let now_ms = self.ms_since_base(now);
@@ -265,7 +292,8 @@ impl Upstreams {
         }
 
         let healthy = p.members.iter().filter(|u| self.serving(**u)).count();
-        let panic = (healthy as f64) < self.settings.outlier.panic_below * p.members.len() as f64;
+        let panic = allow_panic
+            && (healthy as f64) < self.settings.outlier.panic_below * p.members.len() as f64;
         let candidate = |u: &UpstreamId| allowed(u) && (panic || self.serving(*u));
         let count = p.members.iter().filter(|u| candidate(u)).count();
         let nth = |k: usize| p.members.iter().copied().filter(|u| candidate(u)).nth(k);
