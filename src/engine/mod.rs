@@ -18,7 +18,7 @@ use crate::experience::{
 use crate::identity::{Identity, IdentityResolver};
 use crate::measure::{Measurement, Outcome};
 use crate::metrics::Metrics;
-use crate::protection::{self, Protection};
+use crate::protection;
 use crate::routing::RouteTable;
 use crate::stats::LatencyStats;
 use crate::upstream::{AttemptResult, HealthEvent, Settings, Upstreams};

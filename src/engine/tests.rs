@@ -1,6 +1,7 @@
 //! The engine's decisions, driven without a socket: time is passed in, the RNG is seeded.
 
 use super::*;
+use crate::protection::Protection;
 use crate::config::Config;
 use http::{HeaderMap, Method, Uri};
 use rand::rngs::SmallRng;
