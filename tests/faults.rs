@@ -223,5 +223,105 @@ async fn killed_upstream_fails_no_protected_request() {
     let killed = upstream_view(&running, dead).await;
     assert_eq!(killed["state"], "ejected", "{killed}");
     assert_eq!(killed["why"]["rule"], "connect_failure");
+    assert!(killed["ejected_until"].as_str().is_some());
+
+    let (_, metrics) = get(
+        &client(),
+        format!("http://{}/metrics", running.admin().unwrap()),
+        &[],
+    )
+    .await;
+    let d = dead.to_string();
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_ejections_total",
+            &[("upstream", &d), ("reason", "connect_failure")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_upstream_state",
+            &[("upstream", &d), ("state", "ejected")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_upstream_state",
+            &[("upstream", &d), ("state", "healthy")]
+        ),
+        Some(0.0)
+    );
+    let protected = sample(
+        &metrics,
+        "usher_protected_requests_total",
+        &[("why", "tier_on_critical")],
+    )
+    .unwrap();
+    assert_eq!(
+        protected as usize,
+        samples.iter().filter(|s| s.protected).count()
+    );
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_checks_take_an_upstream_out_and_passing_ones_bring_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = three_origins().await;
+    let ups: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    let cfg = config(
+        &format!(
+            "[[pools]]\nname = \"web\"\nupstreams = [{}]\nhealth_check = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n[[routes]]\nname = \"all\"\npool = \"web\"\n",
+            ups.join(", ")
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let c = client();
+    origins[1].behavior.set_unhealthy(true);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let v = upstream_view(&running, origins[1].addr).await;
+    assert_eq!(
+        (v["state"].as_str(), v["active_check"].as_str()),
+        (Some("unhealthy"), Some("down"))
+    );
+    let before = origins[1].behavior.requests();
+    for _ in 0..60 {
+        let (s, _) = get(&c, format!("http://{}/x", running.listen()), &[]).await;
+        assert_eq!(s, 200);
+    }
+    assert_eq!(
+        origins[1].behavior.requests(),
+        before,
+        "an upstream failing its checks gets no traffic"
+    );
+    let (_, metrics) = get(
+        &c,
+        format!("http://{}/metrics", running.admin().unwrap()),
+        &[],
+    )
+    .await;
+    let b = origins[1].addr.to_string();
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_upstream_state",
+            &[("upstream", &b), ("state", "unhealthy")]
+        ),
+        Some(1.0)
+    );
+
+    origins[1].behavior.set_unhealthy(false);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let v = upstream_view(&running, origins[1].addr).await;
+    assert_eq!(
+        (v["state"].as_str(), v["active_check"].as_str()),
+        (Some("healthy"), Some("up"))
+    );
     running.stop();
 }

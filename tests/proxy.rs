@@ -524,3 +524,85 @@ async fn malformed_and_oversized_requests_get_a_4xx() {
     assert_eq!(o.behavior.requests(), 0);
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_is_told_about_a_customer_who_had_trouble() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Origin::start_local("good").await.unwrap();
+    let bad = Origin::start_local("bad").await.unwrap();
+    bad.behavior.set_failure_ratio(1.0);
+    let cfg = config(
+        &format!(
+            r#"
+[protection]
+rescue_below = 48
+experience_header = "x-usher-experience"
+[[pools]]
+name = "good"
+upstreams = ["{}"]
+[[pools]]
+name = "bad"
+upstreams = ["{}"]
+[[routes]]
+name = "broken"
+match = {{ path_prefix = "/broken" }}
+pool = "bad"
+[[routes]]
+name = "site"
+pool = "good"
+"#,
+            good.addr, bad.addr
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let p = running.listen();
+    let c = client();
+    let kim = [("x-customer-id", "kim")];
+    let told = |body: String| -> serde_json::Value {
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        echo["headers"]["x-usher-experience"].clone()
+    };
+    // Never seen: nothing to tell.
+    assert_eq!(
+        told(get(&c, format!("http://{p}/"), &kim).await.1),
+        serde_json::Value::Null
+    );
+    // One good request behind her.
+    assert_eq!(
+        told(get(&c, format!("http://{p}/"), &kim).await.1),
+        "score=100; state=ok"
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&c, format!("http://{p}/broken"), &kim).await.0, 503);
+    }
+    // Two good, three failed: (2 + 2) / (5 + 2) = 57, degraded. A client cannot forge the header:
+    // whatever it sends is replaced by usher's own.
+    let forged = [
+        ("x-customer-id", "kim"),
+        ("x-usher-experience", "score=100; state=ok"),
+    ];
+    assert_eq!(
+        told(get(&c, format!("http://{p}/"), &forged).await.1),
+        "score=57; state=degraded"
+    );
+    let metrics_url = format!("http://{}/metrics", running.admin().unwrap());
+    let rescued = |m: String| sample(&m, "usher_protected_requests_total", &[("why", "rescue")]);
+    assert_eq!(
+        rescued(get(&c, metrics_url.clone(), &[]).await.1),
+        Some(0.0)
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&c, format!("http://{p}/broken"), &kim).await.0, 503);
+    }
+    // (3 + 2) / (9 + 2) = 45, under rescue_below (48): her next request is protected.
+    assert_eq!(
+        told(get(&c, format!("http://{p}/"), &kim).await.1),
+        "score=45; state=degraded"
+    );
+    assert_eq!(
+        rescued(get(&c, metrics_url.clone(), &[]).await.1),
+        Some(1.0)
+    );
+    running.stop();
+}

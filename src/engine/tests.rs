@@ -1,8 +1,8 @@
 //! The engine's decisions, driven without a socket: time is passed in, the RNG is seeded.
 
 use super::*;
-use crate::protection::Protection;
 use crate::config::Config;
+use crate::protection::Protection;
 use http::{HeaderMap, Method, Uri};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
