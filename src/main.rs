@@ -44,6 +44,9 @@ enum Command {
         /// Stop by itself after this long, e.g. "30s" (default: run until Ctrl-C).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
+        /// When the second demo origin browns out (default "30s").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        brownout_after: Option<std::time::Duration>,
     },
 }
 
@@ -96,11 +99,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             duration,
+            brownout_after,
         } => {
             usher::demo::run(usher::demo::DemoOptions {
                 listen,
                 admin,
                 duration,
+                brownout_after,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -135,6 +135,8 @@ fn demo_serves_customers_and_stops_on_ctrl_c() {
             &listen.to_string(),
             "--admin",
             &admin.to_string(),
+            "--brownout-after",
+            "1s",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -159,6 +161,31 @@ fn demo_serves_customers_and_stops_on_ctrl_c() {
     assert_eq!(alice["tier"], "gold", "{alice}");
     assert!(!alice["journey"].as_array().unwrap().is_empty());
     assert!(http_get(admin, "/customers?worst=3").contains("\"customers\""));
+
+    // The origin that browns out is ejected, and so is the one slow on /checkout, each with its
+    // reason; meanwhile alice (gold) is served well.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let ups = json_body(&http_get(admin, "/upstreams"));
+        let ejected: Vec<&serde_json::Value> = ups["upstreams"]
+            .as_array()
+            .map(|a| a.iter().filter(|u| u["state"] == "ejected").collect())
+            .unwrap_or_default();
+        if ejected.len() == 2 {
+            assert!(
+                ejected.iter().all(|u| u["why"]["detail"].is_string()),
+                "{ups}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo's sick origins were never ejected: {ups}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let alice = json_body(&http_get(admin, "/customers/alice"));
+    assert_eq!(alice["state"], "ok", "{alice}");
 
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -191,7 +218,14 @@ fn demo_serves_customers_and_stops_on_ctrl_c() {
     assert!(std::net::TcpListener::bind(listen).is_ok());
 }
 
-/// A blocking HTTP/1.0 GET, so this file needs no async runtime.
+fn json_body(response: &str) -> serde_json::Value {
+    response
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or_default()
+}
+
+/// A blocking HTTP/1.1 GET with `Connection: close`, so this file needs no async runtime.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::Write;
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {

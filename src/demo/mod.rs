@@ -28,7 +28,12 @@ pub struct DemoOptions {
     pub listen: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub duration: Option<Duration>,
+    /// When the second origin browns out (default 30 s after start).
+    pub brownout_after: Option<Duration>,
 }
+
+/// The demo's brownout: half the answers 503 at once, the other half this late; health check green.
+pub const BROWNOUT_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -104,6 +109,24 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let traffic = rt.spawn(traffic::run(listen, stop_rx));
+    let brownout_after = opts.brownout_after.unwrap_or(Duration::from_secs(30));
+    if let Some(o) = origins.get(1) {
+        println!(
+            "usher demo: in {brownout_after:?}, {} browns out: half its answers 503, the rest {BROWNOUT_DELAY:?} late, its health check still green",
+            o.name
+        );
+        let (b, name) = (o.behavior.clone(), o.name.clone());
+        let admin = running.admin();
+        rt.spawn(async move {
+            tokio::time::sleep(brownout_after).await;
+            b.set_brownout(0.5, BROWNOUT_DELAY);
+            println!("usher demo: {name} browns out now");
+            if let Some(a) = admin {
+                println!("  watch it being ejected:    curl http://{a}/upstreams");
+                println!("  protected customers fine:  curl http://{a}/customers/alice");
+            }
+        });
+    }
     let usher = running.usher().clone();
     rt.block_on(async {
         let deadline = async {

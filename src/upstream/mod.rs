@@ -76,6 +76,8 @@ struct Node {
     checks_down: AtomicU32,
     /// When it was last chosen, in milliseconds since `Upstreams::base`.
     last_pick_ms: AtomicU64,
+    /// An ejection was suppressed and reported; reported again only after the state changes.
+    suppressed: AtomicBool,
     inner: Mutex<NodeInner>,
 }
 
@@ -146,6 +148,7 @@ impl Upstreams {
                 probe_busy: Arc::new(AtomicBool::new(false)),
                 checks_down: AtomicU32::new(0),
                 last_pick_ms: AtomicU64::new(0),
+                suppressed: AtomicBool::new(false),
                 inner: Mutex::new(NodeInner {
                     ewma: PeakEwma::new(now),
                     passive: Passive::new(now),
@@ -415,11 +418,14 @@ impl Upstreams {
                 // A failed probe is already out of service: re-ejecting takes nobody's place.
                 let probing = node.state.load(Ordering::Relaxed) == PROBING;
                 if !probing && !self.can_spare(u) {
-                    return Some(HealthEvent::EjectionSuppressed {
+                    // Every sweep would say it again: once per episode is enough.
+                    let first = !node.suppressed.swap(true, Ordering::Relaxed);
+                    return first.then_some(HealthEvent::EjectionSuppressed {
                         upstream: u,
                         reason,
                     });
                 }
+                node.suppressed.store(false, Ordering::Relaxed);
                 let until = node.inner.lock().passive.eject(
                     reason,
                     now,
@@ -438,6 +444,7 @@ impl Upstreams {
                 Some(HealthEvent::Probing { upstream: u })
             }
             Change::Restored => {
+                node.suppressed.store(false, Ordering::Relaxed);
                 node.state.store(HEALTHY, Ordering::Relaxed);
                 Some(HealthEvent::Restored { upstream: u })
             }
