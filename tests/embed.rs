@@ -96,3 +96,82 @@ target = "30ms"
     assert_eq!(sample(&metrics, "usher_customers_tracked", &[]), Some(1.0));
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedding_proxy_gets_usher_health_retries_and_protection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start_local("a").await.unwrap();
+    let b = Origin::start_local("b").await.unwrap();
+    let dead = dead_addr();
+    let cfg = config(
+        &format!(
+            r#"
+[identity]
+tier = [{{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }}]
+[[tiers]]
+name = "gold"
+protected = true
+[[tiers]]
+name = "standard"
+[[pools]]
+name = "shop"
+upstreams = ["{}", "{}", "{}"]
+[[routes]]
+name = "checkout"
+match = {{ path_prefix = "/checkout" }}
+pool = "shop"
+critical = true
+"#,
+            dead, a.addr, b.addr
+        ),
+        dir.path(),
+    );
+    let listen = free_addr();
+    let admin = cfg.server.admin.unwrap();
+    let (server, usher) = embed::build_server(cfg, listen);
+    let running = usher::server::spawn_server(server, usher, &[listen, admin]).unwrap();
+    let c = client();
+
+    // The embedder's round robin reaches the dead upstream: usher ejects it on the refused
+    // connection, grants a retry, and the balancer's accept filter skips it from then on.
+    for i in 0..12 {
+        let (s, _) = get(
+            &c,
+            format!("http://{listen}/checkout"),
+            &[("x-customer-id", "sam")],
+        )
+        .await;
+        assert_eq!(s, 200, "request {i}");
+    }
+    let ups = json(&c, format!("http://{admin}/upstreams")).await;
+    let d = ups["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == dead.to_string())
+        .unwrap();
+    assert_eq!(d["state"], "ejected", "{d}");
+    assert_eq!(d["why"]["rule"], "connect_failure");
+
+    // A protected customer is routed by usher itself: the cheapest healthy upstream.
+    for _ in 0..5 {
+        let (s, _) = get(
+            &c,
+            format!("http://{listen}/checkout"),
+            &[("x-customer-id", "gia"), ("x-customer-tier", "gold")],
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let (_, metrics) = get(&c, format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_protected_requests_total",
+            &[("why", "tier_on_critical")]
+        ),
+        Some(5.0)
+    );
+    assert!(sample(&metrics, "usher_retries_total", &[("outcome", "succeeded")]).unwrap() >= 1.0);
+    running.stop();
+}
