@@ -69,6 +69,8 @@ fn main() {
         journey_len,
         model: ScoreModel::new(Duration::from_secs(600)),
         rescue: Some((40.0, Duration::from_secs(600))),
+        degraded_below: 70.0,
+        recover_above: 80.0,
     });
     let path = "/checkout/payment/confirm-and-pay";
     for round in 0..journey_len as u64 {

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod events;
 pub mod experience;
 pub mod identity;
 pub mod measure;

@@ -8,6 +8,7 @@
 //! several usher instances (tests, embedders) never collide.
 
 use crate::config::{Config, RouteId, UpstreamId};
+use crate::events::model::EventType;
 use crate::experience::Summary;
 use crate::measure::Outcome;
 use crate::protection::Protection;
@@ -34,6 +35,10 @@ pub mod names {
     pub const RETRIES: &str = "usher_retries_total";
     pub const RETRY_BUDGET_EXHAUSTED: &str = "usher_retry_budget_exhausted_total";
     pub const PROTECTED_REQUESTS: &str = "usher_protected_requests_total";
+    pub const EVENTS: &str = "usher_events_total";
+    pub const EVENT_QUEUE_DEPTH: &str = "usher_event_queue_depth";
+    pub const EVENT_SPOOL_BYTES: &str = "usher_event_spool_bytes";
+    pub const EVENT_DELIVERY: &str = "usher_event_delivery_seconds";
 }
 
 /// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
@@ -67,6 +72,7 @@ pub struct Metrics {
     retries_failed: IntCounter,
     pub retry_budget_exhausted: IntCounter,
     protected: [IntCounter; 4],
+    pub events: EventMetrics,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -185,6 +191,7 @@ impl Metrics {
         let protected = Protection::ALL
             .map(|p| must(protected_vec.get_metric_with_label_values(&[p.as_str()])));
 
+        let events = EventMetrics::new(&registry, config);
         let cells = route_labels.len() * upstream_labels.len() * Outcome::ALL.len();
         Metrics {
             registry,
@@ -205,6 +212,7 @@ impl Metrics {
             retries_failed: must(retries.get_metric_with_label_values(&["failed"])),
             retry_budget_exhausted,
             protected,
+            events,
         }
     }
 
@@ -349,5 +357,116 @@ impl Collector for ScoreCollectorHandle {
         mf.set_field_type(MetricType::HISTOGRAM);
         mf.set_metric(vec![m]);
         vec![mf]
+    }
+}
+
+/// What happened to an event, per sink: the `outcome` label of `usher_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Handed to the sink's queue.
+    Queued = 0,
+    /// Lost: the sink's queue (or spool) was full.
+    Dropped = 1,
+    /// Written (jsonl) or acknowledged by the receiver (webhook, nats).
+    Delivered = 2,
+    /// Not sent at all: the cooldown for this customer and type was running (sink "none").
+    Suppressed = 3,
+}
+
+const EVENT_OUTCOMES: [&str; 4] = ["queued", "dropped", "delivered", "suppressed"];
+
+/// Handles for one sink, moved into its task.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    /// `[type][outcome]`.
+    counts: Vec<[IntCounter; 4]>,
+    pub queue_depth: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub delivery: Histogram,
+}
+
+impl SinkMetrics {
+    pub fn count(&self, t: EventType, o: EventOutcome) {
+        if let Some(c) = self.counts.get(t as usize) {
+            c[o as usize].inc();
+        }
+    }
+}
+
+pub struct EventMetrics {
+    sinks: Vec<SinkMetrics>,
+    /// `[type]`, sink "none".
+    suppressed: Vec<IntCounter>,
+}
+
+impl EventMetrics {
+    fn new(registry: &Registry, config: &Config) -> Self {
+        let counts = must(IntCounterVec::new(
+            Opts::new(
+                names::EVENTS,
+                "Follow-up events, by type, sink and what happened to them.",
+            ),
+            &["type", "sink", "outcome"],
+        ));
+        must(registry.register(Box::new(counts.clone())));
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), &["sink"]));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let depth = gauge(
+            names::EVENT_QUEUE_DEPTH,
+            "Events waiting in memory for the sink.",
+        );
+        let spool = gauge(
+            names::EVENT_SPOOL_BYTES,
+            "Bytes of events spooled on disk, not yet delivered.",
+        );
+        let delivery = must(prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                names::EVENT_DELIVERY,
+                "From an event's time to its delivery.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+            ]),
+            &["sink"],
+        ));
+        must(registry.register(Box::new(delivery.clone())));
+        let sinks = config
+            .events
+            .sinks
+            .iter()
+            .map(|sink| SinkMetrics {
+                counts: EventType::ALL
+                    .iter()
+                    .map(|t| {
+                        EVENT_OUTCOMES.map(|o| {
+                            must(counts.get_metric_with_label_values(&[t.as_str(), &sink.name, o]))
+                        })
+                    })
+                    .collect(),
+                queue_depth: must(depth.get_metric_with_label_values(&[&sink.name])),
+                spool_bytes: must(spool.get_metric_with_label_values(&[&sink.name])),
+                delivery: must(delivery.get_metric_with_label_values(&[&sink.name])),
+            })
+            .collect();
+        let suppressed = EventType::ALL
+            .iter()
+            .map(|t| {
+                must(counts.get_metric_with_label_values(&[t.as_str(), NONE_LABEL, "suppressed"]))
+            })
+            .collect();
+        EventMetrics { sinks, suppressed }
+    }
+
+    pub fn sink(&self, i: usize) -> Option<&SinkMetrics> {
+        self.sinks.get(i)
+    }
+
+    pub fn suppressed(&self, t: EventType) {
+        if let Some(c) = self.suppressed.get(t as usize) {
+            c.inc();
+        }
     }
 }

@@ -62,6 +62,50 @@ fn matches(
     true
 }
 
+/// A path with wildcards: `*` is any one segment, a final `**` any rest (none included).
+/// `/products/*` matches `/products/42`; `/account/**` matches `/account` and `/account/a/b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<String>,
+    rest: bool,
+}
+
+impl PathPattern {
+    /// `None` when the pattern does not start with '/' or uses `**` other than at the end.
+    pub fn parse(p: &str) -> Option<PathPattern> {
+        let body = p.strip_prefix('/')?;
+        let mut segments: Vec<String> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').map(str::to_string).collect()
+        };
+        let rest = segments.last().is_some_and(|s| s == "**");
+        if rest {
+            segments.pop();
+        }
+        if segments.iter().any(|s| s.contains("**")) {
+            return None;
+        }
+        Some(PathPattern { segments, rest })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        let body = path.strip_prefix('/').unwrap_or(path);
+        let mut parts = if body.is_empty() {
+            "".split('/').skip(1)
+        } else {
+            body.split('/').skip(0)
+        };
+        for seg in &self.segments {
+            match parts.next() {
+                Some(part) if seg == "*" || seg == part => {}
+                _ => return false,
+            }
+        }
+        self.rest || parts.next().is_none()
+    }
+}
+
 /// Segment-aware prefix test.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
@@ -215,6 +259,24 @@ pool = "web"
             find(&t, &cfg, "POST", "/api?x=/y", &[]).as_deref(),
             Some("api-post")
         );
+    }
+
+    #[test]
+    fn path_patterns() {
+        let p = |s: &str| PathPattern::parse(s).unwrap();
+        assert!(p("/cart").matches("/cart"));
+        assert!(!p("/cart").matches("/cart/x"));
+        assert!(!p("/cart").matches("/carts"));
+        assert!(p("/products/*").matches("/products/42"));
+        assert!(!p("/products/*").matches("/products"));
+        assert!(!p("/products/*").matches("/products/42/reviews"));
+        assert!(p("/account/**").matches("/account"));
+        assert!(p("/account/**").matches("/account/open/confirm"));
+        assert!(p("/").matches("/"));
+        assert!(!p("/").matches("/x"));
+        assert!(p("/**").matches("/anything/at/all"));
+        assert!(PathPattern::parse("cart").is_none());
+        assert!(PathPattern::parse("/a/**/b").is_none());
     }
 
     #[test]

@@ -49,6 +49,56 @@ pub struct TierSourceFile {
 pub struct TierFile {
     pub name: Option<String>,
     pub protected: Option<bool>,
+    pub follow_up: Option<String>,
+    pub notify_failures: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsFile {
+    pub source: Option<String>,
+    pub cooldown: Option<String>,
+    pub recover_above: Option<f64>,
+    pub recent: Option<i64>,
+    pub funnel_track_max: Option<i64>,
+    pub spool_dir: Option<String>,
+    pub slo_min_requests: Option<i64>,
+    pub slo_realert: Option<String>,
+    pub sinks: Option<Vec<SinkFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub queue: Option<i64>,
+    pub path: Option<String>,
+    pub max_bytes: Option<i64>,
+    pub keep: Option<i64>,
+    pub url: Option<String>,
+    pub batch: Option<i64>,
+    pub timeout: Option<String>,
+    pub max_spool_bytes: Option<i64>,
+    pub stream: Option<String>,
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelFile {
+    pub name: Option<String>,
+    pub abandon_after: Option<String>,
+    pub steps: Option<Vec<FunnelStepFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelStepFile {
+    pub name: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +192,7 @@ pub struct RouteFile {
     pub reserved_pool: Option<String>,
     pub critical: Option<bool>,
     pub target: Option<String>,
+    pub slo: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

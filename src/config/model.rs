@@ -40,6 +40,81 @@ pub struct Config {
     pub retries: RetriesConfig,
     pub balancing: EwmaSettings,
     pub protection: ProtectionConfig,
+    pub events: EventsConfig,
+    pub funnels: Vec<Funnel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// The CloudEvents `source` of every event.
+    pub source: String,
+    /// At most one event of a type about a customer per this long.
+    pub cooldown: Duration,
+    /// A degraded customer is recovered when the score climbs back to this (hysteresis).
+    pub recover_above: f64,
+    /// Events kept in memory for `GET /events`.
+    pub recent: usize,
+    pub funnel_track_max: usize,
+    /// Where remote sinks keep events they have not delivered yet.
+    pub spool_dir: PathBuf,
+    pub slo_min_requests: u32,
+    /// A route's burn is reported again after this long if it goes on.
+    pub slo_realert: Duration,
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub name: String,
+    /// Events waiting in memory for this sink; beyond it, events are dropped and counted.
+    pub queue: usize,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// Append JSON lines to a file, rotating at `max_bytes` and keeping `keep` old files.
+    Jsonl {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    },
+    /// POST batches (CloudEvents batch mode) to `url`.
+    Webhook {
+        url: String,
+        batch: usize,
+        timeout: Duration,
+        max_spool_bytes: u64,
+    },
+    /// Publish to NATS JetStream with acknowledgement; the stream is created if missing.
+    Nats {
+        url: String,
+        stream: String,
+        subject: String,
+        timeout: Duration,
+        max_spool_bytes: u64,
+    },
+}
+
+/// Named, ordered steps of a journey; see `events::funnels`.
+#[derive(Debug, Clone)]
+pub struct Funnel {
+    pub name: String,
+    pub steps: Vec<FunnelStep>,
+    pub abandon_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FunnelStep {
+    pub name: String,
+    pub method: Option<Method>,
+    pub path: crate::routing::PathPattern,
+}
+
+impl FunnelStep {
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method) && self.path.matches(path)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +180,10 @@ pub struct Tier {
     pub name: String,
     /// Customers the business can least afford to lose: served by the healthiest upstream.
     pub protected: bool,
+    /// What a person should do when this tier's customer had trouble ("phone within 1h").
+    pub follow_up: Option<String>,
+    /// Send `usher.customer.request_failed` when such a customer's request fails on a critical route.
+    pub notify_failures: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +229,8 @@ pub struct RouteConfig {
     pub critical: bool,
     /// The Apdex target T: at or under it a request satisfies, up to 4T it is tolerated.
     pub target: Duration,
+    /// Share of requests that should be good (not failed, within target), e.g. 0.999.
+    pub slo: Option<f64>,
 }
 
 /// All present conditions must hold; an empty match matches every request.

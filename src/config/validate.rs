@@ -30,6 +30,8 @@ const SECTIONS: &[&str] = &[
     "retries",
     "balancing",
     "protection",
+    "events",
+    "funnels",
 ];
 
 /// Upper bounds that keep per-customer state and index types in range.
@@ -81,6 +83,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let retries: RetriesFile = section(&mut errs, &table, "retries").unwrap_or_default();
     let balancing: BalancingFile = section(&mut errs, &table, "balancing").unwrap_or_default();
     let protection: ProtectionFile = section(&mut errs, &table, "protection").unwrap_or_default();
+    let events: EventsFile = section(&mut errs, &table, "events").unwrap_or_default();
+    let funnels: Vec<Option<FunnelFile>> = array(&mut errs, &table, "funnels");
 
     let server = server_config(&mut errs, server);
     let tiers = tier_list(&mut errs, &tiers);
@@ -92,6 +96,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let retries = retries_config(&mut errs, retries);
     let balancing = balancing_config(&mut errs, balancing);
     let protection = protection_config(&mut errs, protection);
+    let events = events_config(&mut errs, events, experience.degraded_below, base_dir);
+    let funnels = funnel_list(&mut errs, &funnels);
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -107,6 +113,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
             retries,
             balancing,
             protection,
+            events,
+            funnels,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -342,6 +350,8 @@ fn tier_list(errs: &mut Errors, tiers: &[Option<TierFile>]) -> Vec<Tier> {
             Some(n) => out.push(Tier {
                 name: n.to_string(),
                 protected: t.protected.unwrap_or(false),
+                follow_up: t.follow_up.clone(),
+                notify_failures: t.notify_failures.unwrap_or(false),
             }),
         }
     }
@@ -349,6 +359,8 @@ fn tier_list(errs: &mut Errors, tiers: &[Option<TierFile>]) -> Vec<Tier> {
         out.push(Tier {
             name: "standard".to_string(),
             protected: false,
+            follow_up: None,
+            notify_failures: false,
         });
     }
     if out.len() > MAX_TIERS {
@@ -1000,6 +1012,19 @@ fn route_list(
             matcher,
             pool,
             reserved_pool,
+            slo: match r.slo {
+                None => None,
+                Some(x) if x > 0.0 && x < 1.0 => Some(x),
+                Some(x) => {
+                    errs.push(
+                        format!("{path}.slo"),
+                        format!(
+                            "{x} is not an objective; write the share of good requests, e.g. 0.999"
+                        ),
+                    );
+                    None
+                }
+            },
             critical: r.critical.unwrap_or(false),
             target,
         });
@@ -1098,4 +1123,307 @@ fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMat
         methods,
         header,
     }
+}
+
+fn events_config(
+    errs: &mut Errors,
+    f: EventsFile,
+    degraded_below: f64,
+    base_dir: &Path,
+) -> EventsConfig {
+    let source = f.source.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".to_string());
+        format!("usher://{host}")
+    });
+    if source.is_empty() {
+        errs.push(
+            "events.source",
+            "must not be empty (a URI reference, e.g. \"usher://edge-1\")",
+        );
+    }
+    let recover_above = match f.recover_above {
+        None => (degraded_below + 10.0).min(100.0),
+        Some(x) if (degraded_below..=100.0).contains(&x) => x,
+        Some(x) => {
+            errs.push(
+                "events.recover_above",
+                format!("{x} must be between experience.degraded_below ({degraded_below}) and 100"),
+            );
+            degraded_below
+        }
+    };
+    let spool_dir = base_dir.join(f.spool_dir.as_deref().unwrap_or("usher-spool"));
+    let mut sinks: Vec<SinkConfig> = Vec::new();
+    for (i, k) in f.sinks.iter().flatten().enumerate() {
+        let path = format!("events.sinks[{i}]");
+        if let Some(sink) = sink_config(errs, &path, k, base_dir) {
+            if sinks.iter().any(|s| s.name == sink.name) {
+                errs.push(
+                    format!("{path}.name"),
+                    format!(
+                        "sink {:?} is defined twice; give one a different name",
+                        sink.name
+                    ),
+                );
+            }
+            sinks.push(sink);
+        }
+    }
+    EventsConfig {
+        source,
+        cooldown: duration(
+            errs,
+            "events.cooldown",
+            f.cooldown.as_ref(),
+            Duration::from_secs(600),
+        ),
+        recover_above,
+        recent: int_in(errs, "events.recent", f.recent, 0, 100_000, 1000) as usize,
+        funnel_track_max: int_in(
+            errs,
+            "events.funnel_track_max",
+            f.funnel_track_max,
+            1,
+            100_000_000,
+            100_000,
+        ) as usize,
+        spool_dir,
+        slo_min_requests: int_in(
+            errs,
+            "events.slo_min_requests",
+            f.slo_min_requests,
+            1,
+            1_000_000,
+            20,
+        ) as u32,
+        slo_realert: duration(
+            errs,
+            "events.slo_realert",
+            f.slo_realert.as_ref(),
+            Duration::from_secs(3600),
+        ),
+        sinks,
+    }
+}
+
+fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> Option<SinkConfig> {
+    const KINDS: &str = "\"jsonl\", \"webhook\" or \"nats\"";
+    let kind_name = match f.kind.as_deref() {
+        Some(k @ ("jsonl" | "webhook" | "nats")) => k,
+        Some(k) => {
+            errs.push(
+                format!("{path}.type"),
+                format!("unknown sink type {k:?}; use {KINDS}"),
+            );
+            return None;
+        }
+        None => {
+            errs.push(
+                format!("{path}.type"),
+                format!("every sink needs a type: {KINDS}"),
+            );
+            return None;
+        }
+    };
+    // Keys that belong to other sink types are mistakes, not options.
+    let present: &[(&str, bool)] = &[
+        ("path", f.path.is_some()),
+        ("max_bytes", f.max_bytes.is_some()),
+        ("keep", f.keep.is_some()),
+        ("url", f.url.is_some()),
+        ("batch", f.batch.is_some()),
+        ("timeout", f.timeout.is_some()),
+        ("max_spool_bytes", f.max_spool_bytes.is_some()),
+        ("stream", f.stream.is_some()),
+        ("subject", f.subject.is_some()),
+    ];
+    let allowed: &[&str] = match kind_name {
+        "jsonl" => &["path", "max_bytes", "keep"],
+        "webhook" => &["url", "batch", "timeout", "max_spool_bytes"],
+        _ => &["url", "stream", "subject", "timeout", "max_spool_bytes"],
+    };
+    for (key, set) in present {
+        if *set && !allowed.contains(key) {
+            errs.push(
+                format!("{path}.{key}"),
+                format!("does not apply to a {kind_name} sink"),
+            );
+        }
+    }
+    let name = f.name.clone().unwrap_or_else(|| kind_name.to_string());
+    let queue = int_in(
+        errs,
+        &format!("{path}.queue"),
+        f.queue,
+        1,
+        10_000_000,
+        10_000,
+    ) as usize;
+    let timeout = duration(
+        errs,
+        &format!("{path}.timeout"),
+        f.timeout.as_ref(),
+        Duration::from_secs(5),
+    );
+    let max_spool_bytes = int_in(
+        errs,
+        &format!("{path}.max_spool_bytes"),
+        f.max_spool_bytes,
+        4096,
+        i64::MAX,
+        1 << 30,
+    ) as u64;
+    let url = |errs: &mut Errors, schemes: &[&str]| -> Option<String> {
+        match &f.url {
+            None => {
+                errs.push(
+                    format!("{path}.url"),
+                    format!("a {kind_name} sink needs a url"),
+                );
+                None
+            }
+            Some(u) if schemes.iter().any(|s| u.starts_with(s)) => Some(u.clone()),
+            Some(u) => {
+                errs.push(
+                    format!("{path}.url"),
+                    format!("{u:?} must start with {}", schemes.join(" or ")),
+                );
+                None
+            }
+        }
+    };
+    let kind = match kind_name {
+        "jsonl" => SinkKind::Jsonl {
+            path: base_dir.join(f.path.as_deref().unwrap_or("usher-events.jsonl")),
+            max_bytes: int_in(
+                errs,
+                &format!("{path}.max_bytes"),
+                f.max_bytes,
+                1024,
+                i64::MAX,
+                100 << 20,
+            ) as u64,
+            keep: int_in(errs, &format!("{path}.keep"), f.keep, 0, 1000, 5) as u32,
+        },
+        "webhook" => SinkKind::Webhook {
+            url: url(errs, &["http://", "https://"])?,
+            batch: int_in(errs, &format!("{path}.batch"), f.batch, 1, 10_000, 100) as usize,
+            timeout,
+            max_spool_bytes,
+        },
+        _ => SinkKind::Nats {
+            url: url(errs, &["nats://"])?,
+            stream: f
+                .stream
+                .clone()
+                .unwrap_or_else(|| "USHER_EVENTS".to_string()),
+            subject: f
+                .subject
+                .clone()
+                .unwrap_or_else(|| "usher.events".to_string()),
+            timeout,
+            max_spool_bytes,
+        },
+    };
+    if let SinkKind::Nats {
+        stream, subject, ..
+    } = &kind
+    {
+        if stream.is_empty() || stream.contains(['.', ' ', '*', '>']) {
+            errs.push(
+                format!("{path}.stream"),
+                format!("{stream:?} is not a JetStream stream name"),
+            );
+        }
+        if subject.is_empty() || subject.contains([' ', '*', '>']) {
+            errs.push(
+                format!("{path}.subject"),
+                format!("{subject:?} is not a subject to publish to"),
+            );
+        }
+    }
+    Some(SinkConfig { name, queue, kind })
+}
+
+fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel> {
+    let mut out: Vec<Funnel> = Vec::new();
+    for (i, f) in funnels.iter().enumerate() {
+        let Some(f) = f else { continue };
+        let path = format!("funnels[{i}]");
+        let name = match f.name.as_deref() {
+            None | Some("") => {
+                errs.push(format!("{path}.name"), "every funnel needs a name");
+                String::new()
+            }
+            Some(n) => {
+                if out.iter().any(|o| o.name == n) {
+                    errs.push(
+                        format!("{path}.name"),
+                        format!("funnel {n:?} is defined twice"),
+                    );
+                }
+                n.to_string()
+            }
+        };
+        let mut steps = Vec::new();
+        let raw = f.steps.as_deref().unwrap_or(&[]);
+        if raw.len() < 2 {
+            errs.push(format!("{path}.steps"), "a funnel needs at least two steps");
+        }
+        for (j, st) in raw.iter().enumerate() {
+            let spath = format!("{path}.steps[{j}]");
+            let method = st.method.as_deref().and_then(|m| {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| {
+                        errs.push(
+                            format!("{spath}.method"),
+                            format!("{m:?} is not an HTTP method"),
+                        )
+                    })
+                    .ok()
+            });
+            let pattern = match st.path.as_deref() {
+                None => {
+                    errs.push(format!("{spath}.path"), "every step needs a path");
+                    None
+                }
+                Some(p) => {
+                    let parsed = crate::routing::PathPattern::parse(p);
+                    if parsed.is_none() {
+                        errs.push(
+                            format!("{spath}.path"),
+                            format!("{p:?} is not a path pattern: start with '/', '*' for one segment, '**' only at the end"),
+                        );
+                    }
+                    parsed
+                }
+            };
+            if let Some(path_pattern) = pattern {
+                steps.push(FunnelStep {
+                    name: st.name.clone().unwrap_or_else(|| format!("step {}", j + 1)),
+                    method,
+                    path: path_pattern,
+                });
+            }
+        }
+        if steps.len() > u8::MAX as usize {
+            errs.push(format!("{path}.steps"), "at most 255 steps");
+        }
+        out.push(Funnel {
+            name,
+            steps,
+            abandon_after: duration(
+                errs,
+                &format!("{path}.abandon_after"),
+                f.abandon_after.as_ref(),
+                Duration::from_secs(1800),
+            ),
+        });
+    }
+    out
 }

@@ -60,6 +60,8 @@ impl Usher {
             journey_len: config.experience.journey_len,
             model: ScoreModel::new(config.experience.half_life),
             rescue: prot.rescue_below.map(|b| (b, prot.rescue_for)),
+            degraded_below: config.experience.degraded_below,
+            recover_above: config.events.recover_above,
         });
         let settings = Settings {
             outlier: config.outlier,

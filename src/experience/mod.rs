@@ -11,4 +11,5 @@ pub use journey::{Journey, Step};
 pub use score::{Judgement, Score, ScoreModel};
 pub use store::{
     CustomerSnapshot, CustomerStore, Observation, Peek, Recorded, StoreSettings, Summary,
+    Transition,
 };

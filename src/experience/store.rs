@@ -33,6 +33,17 @@ pub struct StoreSettings {
     /// (rescue_below, rescue_for): a customer whose score falls below the first is marked rescued
     /// for the second.
     pub rescue: Option<(f64, std::time::Duration)>,
+    /// A customer becomes degraded under the first and recovered at or over the second; the gap
+    /// (hysteresis) keeps a score hovering at the threshold from flapping.
+    pub degraded_below: f64,
+    pub recover_above: f64,
+}
+
+/// A customer crossing into or out of the degraded state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Degraded,
+    Recovered,
 }
 
 /// What the request path needs to know about a customer before proxying.
@@ -60,6 +71,7 @@ pub struct Recorded {
     pub new_customer: bool,
     /// Tracking this customer pushed the least recently seen one out.
     pub evicted: bool,
+    pub transition: Option<Transition>,
 }
 
 /// A copy of one customer's state, taken under the shard lock and read without it.
@@ -105,6 +117,7 @@ struct Customer {
     /// Unix seconds; 0 when never rescued.
     rescued_until_s: u32,
     tier: TierId,
+    degraded: bool,
 }
 
 #[derive(Debug)]
@@ -198,6 +211,7 @@ impl CustomerStore {
                     next: NIL,
                     rescued_until_s: 0,
                     tier: obs.tier,
+                    degraded: false,
                 };
                 let admitted = self.admit();
                 if admitted || s.tail == NIL {
@@ -247,7 +261,17 @@ impl CustomerStore {
                 c.rescued_until_s = until.min(u32::MAX as u64) as u32;
             }
         }
+        let transition = if !c.degraded && score < self.settings.degraded_below {
+            c.degraded = true;
+            Some(Transition::Degraded)
+        } else if c.degraded && score >= self.settings.recover_above {
+            c.degraded = false;
+            Some(Transition::Recovered)
+        } else {
+            None
+        };
         Recorded {
+            transition,
             score_before,
             score,
             requests: c.requests,
@@ -450,7 +474,33 @@ mod tests {
             journey_len: 4,
             model: ScoreModel::new(Duration::from_secs(600)),
             rescue: Some((40.0, Duration::from_secs(60))),
+            degraded_below: 70.0,
+            recover_above: 80.0,
         })
+    }
+
+    #[test]
+    fn degraded_and_recovered_with_hysteresis() {
+        let st = store(10);
+        let t = |j, at: u64| st.record("h", &obs(j, "/", at), at).transition;
+        assert_eq!(t(Judgement::Satisfied, 0), None);
+        // (1 + 2) / (2 + 2) = 75: not under 70.
+        assert_eq!(t(Judgement::Frustrated, 0), None);
+        // 3 / 5 = 60.
+        assert_eq!(t(Judgement::Frustrated, 0), Some(Transition::Degraded));
+        assert_eq!(t(Judgement::Frustrated, 0), None, "already degraded");
+        // One good and three failed leave 50; then good requests: 57, 62.5, 67, 70, 73, 75, 77,
+        // 79, 80 (recover_above), 82 ...: only the crossing of 80 recovers.
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            seen.push(t(Judgement::Satisfied, 0));
+        }
+        assert_eq!(seen.iter().filter(|x| x.is_some()).count(), 1, "{seen:?}");
+        assert_eq!(seen.iter().flatten().next(), Some(&Transition::Recovered));
+        let s = st.get("h", 0).unwrap().score;
+        assert!(s >= 80.0);
+        // Hovering between 70 and 80 does not flap.
+        assert_eq!(t(Judgement::Frustrated, 0), None);
     }
 
     fn obs(j: Judgement, path: &str, at: u64) -> Observation {

@@ -1,0 +1,171 @@
+//! The event model: CloudEvents 1.0 in JSON (structured mode), usher's event types, and the data a
+//! person needs to act on one.
+//!
+//! An event's id is derived from what happened (type, subject, time, and a discriminator such as
+//! the funnel or the upstream), not drawn at random: a consumer that sees the same id twice is
+//! seeing the same fact delivered twice (delivery is at least once), and can drop it.
+
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+
+pub const SPEC_VERSION: &str = "1.0";
+
+/// usher's event types. The string forms are the CloudEvents `type` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "usher.customer.degraded")]
+    CustomerDegraded,
+    #[serde(rename = "usher.customer.recovered")]
+    CustomerRecovered,
+    #[serde(rename = "usher.customer.request_failed")]
+    RequestFailed,
+    #[serde(rename = "usher.customer.journey_abandoned")]
+    JourneyAbandoned,
+    #[serde(rename = "usher.customer.rerouted")]
+    Rerouted,
+    #[serde(rename = "usher.upstream.ejected")]
+    UpstreamEjected,
+    #[serde(rename = "usher.upstream.restored")]
+    UpstreamRestored,
+    #[serde(rename = "usher.route.slo_burn")]
+    SloBurn,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        EventType::CustomerDegraded,
+        EventType::CustomerRecovered,
+        EventType::RequestFailed,
+        EventType::JourneyAbandoned,
+        EventType::Rerouted,
+        EventType::UpstreamEjected,
+        EventType::UpstreamRestored,
+        EventType::SloBurn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::CustomerDegraded => "usher.customer.degraded",
+            EventType::CustomerRecovered => "usher.customer.recovered",
+            EventType::RequestFailed => "usher.customer.request_failed",
+            EventType::JourneyAbandoned => "usher.customer.journey_abandoned",
+            EventType::Rerouted => "usher.customer.rerouted",
+            EventType::UpstreamEjected => "usher.upstream.ejected",
+            EventType::UpstreamRestored => "usher.upstream.restored",
+            EventType::SloBurn => "usher.route.slo_burn",
+        }
+    }
+
+    /// Events about a customer are subject to the per-customer cooldown.
+    pub fn about_customer(self) -> bool {
+        matches!(
+            self,
+            EventType::CustomerDegraded
+                | EventType::CustomerRecovered
+                | EventType::RequestFailed
+                | EventType::JourneyAbandoned
+                | EventType::Rerouted
+        )
+    }
+}
+
+/// A CloudEvents 1.0 event in structured JSON form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// RFC 3339.
+    pub time: String,
+    /// The customer id, the upstream address or the route name.
+    pub subject: String,
+    pub datacontenttype: String,
+    pub data: serde_json::Value,
+}
+
+impl CloudEvent {
+    /// `discriminator` separates distinct facts of the same type about the same subject at the
+    /// same millisecond (a funnel name, an upstream).
+    pub fn new(
+        source: &str,
+        kind: EventType,
+        subject: &str,
+        time_ms: u64,
+        discriminator: &str,
+        data: serde_json::Value,
+    ) -> CloudEvent {
+        CloudEvent {
+            specversion: SPEC_VERSION.to_string(),
+            id: event_id(kind, subject, time_ms, discriminator),
+            source: source.to_string(),
+            kind,
+            time: crate::admin::api::rfc3339(time_ms),
+            subject: subject.to_string(),
+            datacontenttype: "application/json".to_string(),
+            data,
+        }
+    }
+
+    pub fn to_json_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// 128 bits of a stable hash of what happened, as 32 hex digits.
+pub fn event_id(kind: EventType, subject: &str, time_ms: u64, discriminator: &str) -> String {
+    let h = |seed: u64| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        seed.hash(&mut hasher);
+        kind.as_str().hash(&mut hasher);
+        subject.hash(&mut hasher);
+        time_ms.hash(&mut hasher);
+        discriminator.hash(&mut hasher);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", h(0x75736865), h(0x72657674))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_a_cloudevent_in_json() {
+        let e = CloudEvent::new(
+            "usher://edge-1",
+            EventType::CustomerDegraded,
+            "alice",
+            1_700_000_000_000,
+            "",
+            serde_json::json!({ "score": 42.0 }),
+        );
+        let v: serde_json::Value = serde_json::from_str(&e.to_json_line()).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "usher.customer.degraded");
+        assert_eq!(v["source"], "usher://edge-1");
+        assert_eq!(v["subject"], "alice");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["datacontenttype"], "application/json");
+        assert_eq!(v["data"]["score"], 42.0);
+        assert_eq!(v["id"].as_str().unwrap().len(), 32);
+        let back: CloudEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn ids_are_stable_for_the_same_fact_and_differ_otherwise() {
+        let a = event_id(EventType::Rerouted, "bob", 5, "");
+        assert_eq!(a, event_id(EventType::Rerouted, "bob", 5, ""));
+        assert_ne!(a, event_id(EventType::Rerouted, "bob", 6, ""));
+        assert_ne!(a, event_id(EventType::Rerouted, "rob", 5, ""));
+        assert_ne!(a, event_id(EventType::RequestFailed, "bob", 5, ""));
+        assert_ne!(a, event_id(EventType::Rerouted, "bob", 5, "checkout"));
+        for t in EventType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+    }
+}
