@@ -29,6 +29,7 @@ pub mod stats;
 pub mod tasks;
 pub mod upstream;
 pub mod urlencoded;
+pub mod views;
 
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use engine::{Exchange, Usher};

@@ -1,5 +1,6 @@
 //! usher's periodic work, as Pingora background services: the store summary behind the score
-//! metrics, the passive-health sweep, and active health checks.
+//! metrics, the passive-health sweep, active health checks, the event sinks and the events sweep
+//! (abandoned funnels, burning objectives).
 //!
 //! Each is a thin loop around a plain function of the engine, so usher's binary and an embedding
 //! proxy add them to their `Server` the same way, and tests call the functions directly.
@@ -54,8 +55,16 @@ impl BackgroundService for Periodic {
                 }))
             })
             .collect();
+        let sinks = {
+            let usher = self.usher.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { usher.events().run(&usher.metrics().events, stop).await })
+        };
+        let mut events = tokio::time::interval(Duration::from_secs(1));
+        events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = events.tick() => self.usher.sweep_events(wall_ms()),
                 _ = summary.tick() => {
                     let usher = self.usher.clone();
                     // A scan of a million customers takes milliseconds: not on the reactor.
@@ -68,6 +77,8 @@ impl BackgroundService for Periodic {
         for c in checks {
             c.abort();
         }
+        // Sinks saw the same shutdown: let them write what is queued to their files and spools.
+        let _ = tokio::time::timeout(Duration::from_secs(5), sinks).await;
     }
 }
 

@@ -4,13 +4,12 @@
 //! JSON throughout, names rather than indices, times as RFC 3339. Read-only: nothing here changes
 //! what the proxy does.
 
-use crate::config::TierId;
 use crate::engine::Usher;
-use crate::experience::{CustomerSnapshot, Step};
 use crate::stats::StatsView;
 use crate::urlencoded;
+pub use crate::views::rfc3339;
+use crate::views::CustomerJson;
 use serde::Serialize;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Most customers one `?worst=N` answer lists.
 pub const MAX_WORST: usize = 1000;
@@ -50,7 +49,8 @@ const INDEX: &str = "usher admin API
   GET /customers/{id}          one customer: score, state, counters, journey
   GET /customers?worst=N       the N customers with the lowest scores now
   GET /routes                  per-route requests, failure rate, p50/p90/p99
-  GET /upstreams               per-upstream requests, failure rate, p50/p90/p99
+  GET /upstreams               per-upstream state, why, requests, failure rate, p50/p90/p99
+  GET /events?limit=N          the most recent follow-up events, newest first
 ";
 
 pub fn handle(usher: &Usher, method: &str, path: &str, query: Option<&str>, now_ms: u64) -> Reply {
@@ -67,6 +67,7 @@ pub fn handle(usher: &Usher, method: &str, path: &str, query: Option<&str>, now_
         },
         "/customers" | "/customers/" => worst(usher, query, now_ms),
         "/routes" => Reply::json(200, &routes(usher, now_ms)),
+        "/events" => events(usher, query),
         "/upstreams" => Reply::json(200, &upstreams(usher, now_ms)),
         p => match p.strip_prefix("/customers/") {
             Some(raw) => customer(usher, raw, now_ms),
@@ -83,6 +84,21 @@ fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
         Some(c) => Reply::json(200, &CustomerJson::new(usher, &c)),
         None => Reply::error(404, "customer not tracked (never seen, or evicted)"),
     }
+}
+
+/// Most events one `/events` answer lists.
+pub const MAX_EVENTS: usize = 10_000;
+
+fn events(usher: &Usher, query: Option<&str>) -> Reply {
+    let limit =
+        match urlencoded::query_param(query.unwrap_or(""), "limit").map(|v| v.parse::<usize>()) {
+            None => 100,
+            Some(Ok(n)) => n.min(MAX_EVENTS),
+            Some(Err(_)) => return Reply::error(400, "limit must be a number, e.g. ?limit=50"),
+        };
+    let recent = usher.events().recent(limit);
+    let list: Vec<&crate::events::model::CloudEvent> = recent.iter().map(|e| e.as_ref()).collect();
+    Reply::json(200, &serde_json::json!({ "events": list }))
 }
 
 fn worst(usher: &Usher, query: Option<&str>, now_ms: u64) -> Reply {
@@ -107,91 +123,6 @@ fn worst(usher: &Usher, query: Option<&str>, now_ms: u64) -> Reply {
         200,
         &serde_json::json!({ "min_requests": min, "customers": list }),
     )
-}
-
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-fn tier_name(usher: &Usher, t: TierId) -> String {
-    usher
-        .config()
-        .tiers
-        .get(t as usize)
-        .map_or_else(|| "?".to_string(), |t| t.name.clone())
-}
-
-#[derive(Serialize)]
-pub struct CustomerJson {
-    pub id: String,
-    pub tier: String,
-    pub score: f64,
-    pub state: &'static str,
-    pub requests: u32,
-    pub errors: u32,
-    pub frustrated: u32,
-    pub first_seen: String,
-    pub last_seen: String,
-    pub journey: Vec<StepJson>,
-}
-
-#[derive(Serialize)]
-pub struct StepJson {
-    pub at: String,
-    pub route: Option<String>,
-    pub method: &'static str,
-    pub path: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub path_truncated: bool,
-    pub status: u16,
-    pub latency_ms: f64,
-    pub upstream: Option<String>,
-    pub outcome: &'static str,
-}
-
-impl CustomerJson {
-    pub fn new(usher: &Usher, c: &CustomerSnapshot) -> Self {
-        CustomerJson {
-            id: c.id.clone(),
-            tier: tier_name(usher, c.tier),
-            score: (c.score * 10.0).round() / 10.0,
-            state: if usher.is_degraded(c.score) {
-                "degraded"
-            } else {
-                "ok"
-            },
-            requests: c.requests,
-            errors: c.errors,
-            frustrated: c.frustrated,
-            first_seen: rfc3339(c.first_seen_ms),
-            last_seen: rfc3339(c.last_seen_ms),
-            journey: c.journey.iter().map(|s| StepJson::new(usher, s)).collect(),
-        }
-    }
-}
-
-impl StepJson {
-    pub fn new(usher: &Usher, s: &Step) -> Self {
-        let (path, path_truncated) = s.path();
-        let cfg = usher.config();
-        StepJson {
-            at: rfc3339(s.at_ms()),
-            route: s
-                .route()
-                .and_then(|r| cfg.routes.get(r as usize))
-                .map(|r| r.name.clone()),
-            method: s.method(),
-            path: path.to_string(),
-            path_truncated,
-            status: s.status(),
-            latency_ms: s.latency_us() as f64 / 1000.0,
-            upstream: s
-                .upstream()
-                .and_then(|u| cfg.upstreams.get(u as usize))
-                .map(|a| a.to_string()),
-            outcome: s.outcome().as_str(),
-        }
-    }
 }
 
 #[derive(Serialize)]

@@ -50,6 +50,8 @@ pub struct Exchange {
     pub(crate) identity: Option<Identity>,
     pub(crate) route: Option<RouteId>,
     pub(crate) protection: Option<Protection>,
+    /// A protected request steered clear of this upstream, out of service at the time.
+    pub(crate) rerouted_from: Option<UpstreamId>,
     /// The request's method is idempotent: it may be retried after reaching an upstream, and used
     /// as a sample.
     pub(crate) idempotent: bool,
@@ -87,6 +89,7 @@ impl Exchange {
             identity: None,
             route: None,
             protection: None,
+            rerouted_from: None,
             idempotent: false,
             score: None,
             attempt: None,

@@ -8,10 +8,12 @@
 //! adapts its phases to these calls. Time is passed in by the caller.
 
 mod exchange;
+mod notify;
 
 pub use exchange::{Admission, Exchange, Finish, RequestHead, RetryVerdict};
 
 use crate::config::{Config, PoolId, RouteConfig, RouteId, UpstreamId};
+use crate::events::Events;
 use crate::experience::{
     CustomerStore, Judgement, Observation, Recorded, ScoreModel, Step, StoreSettings,
 };
@@ -46,6 +48,9 @@ pub struct Usher {
     metrics: Metrics,
     /// Whether admission needs the customer's current score (rescue or the experience header).
     peek_customer: bool,
+    events: Events,
+    /// When each route's burn was last reported, by severity.
+    slo_alerted: parking_lot::Mutex<std::collections::HashMap<(usize, &'static str), u64>>,
 }
 
 impl Usher {
@@ -85,6 +90,8 @@ impl Usher {
                 .collect(),
             metrics: Metrics::new(&config),
             peek_customer: prot.rescue_below.is_some() || prot.experience_header.is_some(),
+            events: Events::new(&config),
+            slo_alerted: Default::default(),
             config,
         })
     }
@@ -103,6 +110,10 @@ impl Usher {
 
     pub fn upstreams(&self) -> &Upstreams {
         &self.upstreams
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     pub fn identity_resolver(&self) -> &IdentityResolver {
@@ -179,6 +190,9 @@ impl Usher {
         let first = ex.attempt.is_none() && ex.tried.as_slice().is_empty();
         if first {
             self.upstreams.count_request(route.pool, now);
+            if protected {
+                ex.rerouted_from = self.upstreams.out_of_service(route.pool);
+            }
         }
         // End the previous attempt (its in-flight count) before starting the next.
         ex.attempt = None;
@@ -387,6 +401,7 @@ impl Usher {
             }
         }
         self.refresh_upstream_states(Instant::now());
+        self.notify_health(&e, wall_ms());
     }
 
     /// Periodic: ends ejections that are over and applies the windowed outlier rules.
@@ -473,7 +488,11 @@ impl Usher {
             bytes_out: f.bytes_out,
             now_ms: f.now_ms,
         };
-        Some(self.record(&m))
+        let rec = self.record(&m);
+        if let (Some(sick), Some(p)) = (ex.rerouted_from, ex.protection) {
+            self.notify_rerouted(&m, sick, p.as_str());
+        }
+        Some(rec)
     }
 
     /// Records one measurement: metrics, aggregates and the customer's experience.
@@ -519,6 +538,24 @@ impl Usher {
         if rec.evicted {
             self.metrics.customers_evicted.inc();
         }
+        let frustrated = judgement == Judgement::Frustrated;
+        if !self.events.funnels.is_empty() {
+            self.events.funnels.observe(
+                &m.identity.id,
+                m.identity.tier,
+                m.method,
+                m.path,
+                failed,
+                frustrated,
+                m.now_ms,
+            );
+        }
+        if let Some(r) = m.route {
+            self.events
+                .slo
+                .record(r as usize, !failed && m.total <= target, m.now_ms);
+        }
+        self.notify_request(m, &rec);
         rec
     }
 

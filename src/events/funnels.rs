@@ -127,6 +127,20 @@ impl Funnels {
         }
     }
 
+    /// The funnels `customer` is in now, with the furthest step reached in each.
+    pub fn progress_of(&self, customer: &str) -> Vec<(usize, usize)> {
+        if self.defs.is_empty() {
+            return Vec::new();
+        }
+        let map = self.progress.lock();
+        (0..self.defs.len())
+            .filter_map(|f| {
+                map.get(&(f as u16, CompactString::from(customer)))
+                    .map(|p| (f, p.furthest as usize))
+            })
+            .collect()
+    }
+
     /// Removes and returns everyone who has been in a funnel longer than its `abandon_after`.
     pub fn sweep(&self, now_ms: u64) -> Vec<Abandoned> {
         let mut out = Vec::new();

@@ -200,6 +200,15 @@ impl Upstreams {
         self.active_up(u) && self.node(u).state.load(Ordering::Relaxed) == HEALTHY
     }
 
+    /// A member of `pool` that is out of service (ejected, probing or failing its checks), if any:
+    /// the upstream a protected request is being steered clear of.
+    pub fn out_of_service(&self, pool: PoolId) -> Option<UpstreamId> {
+        self.members(pool)
+            .iter()
+            .copied()
+            .find(|u| !self.serving(*u))
+    }
+
     /// The current cost of sending one more request to `u`. `conservative` (protected traffic)
     /// ignores idle decay: see [`PeakEwma::last_observed`].
     pub fn cost(&self, u: UpstreamId, now: Instant, conservative: bool) -> f64 {
