@@ -91,11 +91,11 @@ impl PathPattern {
 
     pub fn matches(&self, path: &str) -> bool {
         let body = path.strip_prefix('/').unwrap_or(path);
-        let mut parts = if body.is_empty() {
-            "".split('/').skip(1)
-        } else {
-            body.split('/').skip(0)
-        };
+        // "/" has no segments at all, not one empty one.
+        let mut parts = (!body.is_empty())
+            .then(|| body.split('/'))
+            .into_iter()
+            .flatten();
         for seg in &self.segments {
             match parts.next() {
                 Some(part) if seg == "*" || seg == part => {}
