@@ -223,3 +223,263 @@ fn finishing_releases_the_upstream() {
     );
     assert_eq!(u.upstreams().view(up, t0).in_flight, 0);
 }
+
+mod events {
+    use super::*;
+    use crate::events::model::EventType;
+
+    const EVENTS: &str = r#"
+[identity]
+tier = [{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }]
+[[tiers]]
+name = "gold"
+protected = true
+follow_up = "phone within 1h"
+notify_failures = true
+[[tiers]]
+name = "standard"
+follow_up = "email"
+[events]
+source = "usher://test"
+cooldown = "10m"
+recover_above = 80
+[[pools]]
+name = "web"
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+[[routes]]
+name = "checkout"
+match = { path_prefix = "/checkout" }
+pool = "web"
+critical = true
+slo = 0.99
+[[routes]]
+name = "cart"
+match = { path_prefix = "/cart" }
+pool = "web"
+[[routes]]
+name = "site"
+pool = "web"
+[[funnels]]
+name = "checkout"
+abandon_after = "30m"
+steps = [
+  { name = "cart", method = "POST", path = "/cart" },
+  { name = "checkout", path = "/checkout" },
+  { name = "pay", method = "POST", path = "/checkout/pay" },
+  { name = "done", path = "/checkout/done" },
+]
+"#;
+
+    fn usher() -> (Arc<Usher>, Instant) {
+        let cfg = Config::parse(EVENTS, Path::new(".")).unwrap();
+        let t0 = Instant::now();
+        (Usher::starting_at(cfg, t0), t0)
+    }
+
+    /// One request through the engine, answered `status` by whichever upstream is chosen.
+    fn request(
+        u: &Usher,
+        method: Method,
+        path: &str,
+        who: &str,
+        tier: Option<&str>,
+        status: u16,
+        now_ms: u64,
+        t: Instant,
+    ) -> Option<UpstreamId> {
+        let mut ex = begin(u, method.clone(), path, who, tier, now_ms);
+        let up = u.choose_upstream(&mut ex, t, &mut rng());
+        u.response_head(&mut ex, status, t);
+        let f = Finish {
+            method: &method,
+            path,
+            status,
+            failure: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            now: t,
+            now_ms,
+        };
+        u.finish(&mut ex, &f);
+        up
+    }
+
+    fn of(u: &Usher, kind: EventType) -> Vec<serde_json::Value> {
+        u.events()
+            .recent(1000)
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| serde_json::to_value(e.as_ref()).unwrap())
+            .collect()
+    }
+
+    const MIN: u64 = 60_000;
+
+    #[test]
+    fn degraded_then_recovered_once_each_with_what_to_do() {
+        let (u, t) = usher();
+        let t0 = 1_000 * MIN;
+        request(&u, Method::GET, "/", "ann", None, 200, t0, t);
+        for i in 0..3 {
+            request(&u, Method::GET, "/products", "ann", None, 503, t0 + i, t);
+        }
+        let d = of(&u, EventType::CustomerDegraded);
+        assert_eq!(d.len(), 1, "{d:?}");
+        let e = &d[0];
+        assert_eq!(
+            (e["subject"].as_str(), e["source"].as_str()),
+            (Some("ann"), Some("usher://test"))
+        );
+        assert_eq!(e["data"]["tier"], "standard");
+        assert_eq!(e["data"]["follow_up"], "email");
+        assert_eq!(e["data"]["state"], "degraded");
+        assert_eq!(e["data"]["error"], "upstream_5xx");
+        assert_eq!(e["data"]["route"], "site");
+        assert_eq!(e["data"]["journey"].as_array().unwrap().len(), 3);
+        // Good requests bring the score back over recover_above (80): recovered, once.
+        for i in 0..12 {
+            request(&u, Method::GET, "/", "ann", None, 200, t0 + 100 + i, t);
+        }
+        assert_eq!(of(&u, EventType::CustomerRecovered).len(), 1);
+        // Degraded again within the cooldown: no second event.
+        for i in 0..30 {
+            request(&u, Method::GET, "/", "ann", None, 503, t0 + 200 + i, t);
+        }
+        assert_eq!(of(&u, EventType::CustomerDegraded).len(), 1, "cooldown");
+        assert!(u.metrics().encode().contains(
+            "usher_events_total{outcome=\"suppressed\",sink=\"none\",type=\"usher.customer.degraded\"} 1"
+        ));
+    }
+
+    #[test]
+    fn failed_requests_of_a_tier_that_asks_on_critical_routes_only() {
+        let (u, t) = usher();
+        request(
+            &u,
+            Method::GET,
+            "/checkout",
+            "gus",
+            Some("gold"),
+            502,
+            MIN,
+            t,
+        );
+        request(&u, Method::GET, "/", "gus", Some("gold"), 502, MIN, t);
+        request(&u, Method::GET, "/checkout", "sid", None, 502, MIN, t);
+        let f = of(&u, EventType::RequestFailed);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0]["subject"], "gus");
+        assert_eq!(f[0]["data"]["follow_up"], "phone within 1h");
+        assert_eq!(f[0]["data"]["status"], 502);
+        assert_eq!(f[0]["data"]["route"], "checkout");
+    }
+
+    #[test]
+    fn abandoning_the_checkout_after_errors_is_reported_with_the_furthest_step() {
+        let (u, t) = usher();
+        let t0 = 10 * MIN;
+        request(&u, Method::POST, "/cart", "cat", None, 200, t0, t);
+        request(&u, Method::GET, "/checkout", "cat", None, 200, t0 + MIN, t);
+        request(
+            &u,
+            Method::POST,
+            "/checkout/pay",
+            "cat",
+            None,
+            503,
+            t0 + 2 * MIN,
+            t,
+        );
+        // Someone else finishes.
+        for (m, p) in [
+            (Method::POST, "/cart"),
+            (Method::GET, "/checkout"),
+            (Method::POST, "/checkout/pay"),
+            (Method::GET, "/checkout/done"),
+        ] {
+            request(&u, m, p, "dan", None, 200, t0, t);
+        }
+        u.sweep_events(t0 + 29 * MIN);
+        assert!(of(&u, EventType::JourneyAbandoned).is_empty());
+        u.sweep_events(t0 + 30 * MIN);
+        let a = of(&u, EventType::JourneyAbandoned);
+        assert_eq!(a.len(), 1, "{a:?}");
+        let d = &a[0]["data"];
+        assert_eq!(a[0]["subject"], "cat");
+        assert_eq!(d["funnel"], "checkout");
+        assert_eq!(d["furthest_step"], "pay");
+        assert_eq!(d["errors_in_funnel"], 1);
+        assert_eq!(d["after_trouble"], true);
+        assert_eq!(d["minutes_since_last_step"], 28);
+        assert_eq!(
+            d["journey"].as_array().unwrap().last().unwrap()["status"],
+            503
+        );
+    }
+
+    #[test]
+    fn ejections_and_protected_customers_steered_clear_are_reported() {
+        let (u, t) = usher();
+        // A refused connection ejects an upstream.
+        let mut ex = begin(&u, Method::GET, "/", "x", None, MIN);
+        let dead = u.choose_upstream(&mut ex, t, &mut rng()).unwrap();
+        u.attempt_failed(&mut ex, Outcome::ConnectFailure, t);
+        let ej = of(&u, EventType::UpstreamEjected);
+        assert_eq!(ej.len(), 1);
+        assert_eq!(ej[0]["subject"], u.upstream_addr(dead).unwrap().to_string());
+        assert_eq!(ej[0]["data"]["rule"], "connect_failure");
+        assert_eq!(ej[0]["data"]["pools"][0], "web");
+        // A gold customer on the checkout is served elsewhere, and that is said.
+        let up = request(
+            &u,
+            Method::GET,
+            "/checkout",
+            "gia",
+            Some("gold"),
+            200,
+            MIN,
+            t,
+        )
+        .unwrap();
+        assert_ne!(up, dead);
+        let r = of(&u, EventType::Rerouted);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(
+            r[0]["data"]["avoided_upstream"],
+            u.upstream_addr(dead).unwrap().to_string()
+        );
+        assert_eq!(r[0]["data"]["protection"], "tier_on_critical");
+        // Standard customers are not "rerouted": they are just balanced.
+        request(&u, Method::GET, "/checkout", "sal", None, 200, MIN, t);
+        assert_eq!(of(&u, EventType::Rerouted).len(), 1);
+    }
+
+    #[test]
+    fn a_burning_checkout_raises_slo_burn_once_per_realert() {
+        let (u, t) = usher();
+        let t0 = 100 * MIN;
+        // An hour of 30% failures against a 99% objective: 30x the budget rate.
+        for m in 0..60 {
+            for i in 0..10 {
+                let status = if i < 3 { 503 } else { 200 };
+                request(
+                    &u,
+                    Method::GET,
+                    "/checkout",
+                    &format!("c{m}-{i}"),
+                    None,
+                    status,
+                    t0 + m * MIN,
+                    t,
+                );
+            }
+        }
+        u.sweep_events(t0 + 59 * MIN);
+        u.sweep_events(t0 + 59 * MIN + 1000);
+        let b = of(&u, EventType::SloBurn);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(b[0]["subject"], "checkout");
+        assert_eq!(b[0]["data"]["severity"], "page");
+        assert!(b[0]["data"]["short_window_burn_rate"].as_f64().unwrap() > 14.4);
+    }
+}
