@@ -190,3 +190,107 @@ pub fn figures<'a>(samples: impl Iterator<Item = &'a Sample>) -> Figures {
         max: lat.last().copied().unwrap_or_default(),
     }
 }
+
+/// A webhook receiver on a fixed address that records every event it is POSTed and can be
+/// stopped and started again on the same port.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub events: std::sync::Arc<parking_lot::Mutex<Vec<serde_json::Value>>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Receiver {
+    pub fn new(addr: SocketAddr) -> Receiver {
+        Receiver {
+            addr,
+            events: Default::default(),
+            stop: None,
+        }
+    }
+
+    pub async fn start(&mut self) {
+        use http_body_util::BodyExt;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.stop = Some(tx);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut stop_accept = rx.clone();
+            loop {
+                let (stream, _) = tokio::select! {
+                    c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
+                    _ = stop_accept.changed() => return,
+                };
+                let (events, mut stop) = (events.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let events = events.clone();
+                            async move {
+                                let ct = req
+                                    .headers()
+                                    .get("content-type")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let status =
+                                    match serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
+                                        Ok(batch) if ct == "application/cloudevents-batch+json" => {
+                                            events.lock().extend(batch);
+                                            200
+                                        }
+                                        _ => 400,
+                                    };
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::new(),
+                                ));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                });
+            }
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,283 @@
+//! Follow-up events through real sinks: a JSONL file, a webhook receiver that goes down and comes
+//! back, a restart of usher with events still spooled, and a real `nats-server` with JetStream.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use usher::origin::Origin;
+
+/// A config whose `/broken` route always answers 503, with `sinks` as the events sinks.
+fn with_sinks(broken: &Origin, sinks: &str, dir: &std::path::Path) -> usher::Config {
+    config(
+        &format!(
+            r#"
+[events]
+source = "usher://test"
+spool_dir = "spool"
+{sinks}
+[[pools]]
+name = "broken"
+upstreams = ["{}"]
+[[routes]]
+name = "broken"
+pool = "broken"
+"#,
+            broken.addr
+        ),
+        dir,
+    )
+}
+
+/// Makes `n` customers degraded (three 503s each): one `usher.customer.degraded` event per customer.
+async fn degrade(proxy: std::net::SocketAddr, from: usize, n: usize) {
+    let c = client();
+    for i in from..from + n {
+        let id = format!("cust-{i}");
+        for _ in 0..3 {
+            let (s, _) = get(&c, format!("http://{proxy}/x"), &[("x-customer-id", &id)]).await;
+            assert_eq!(s, 503);
+        }
+    }
+}
+
+/// Every event usher raised (the customers' degraded events, and the broken upstream's ejection),
+/// and how many of them are customers degraded.
+fn expected_ids(running: &usher::server::Running) -> (HashSet<String>, usize) {
+    let all = running.usher().events().recent(100_000);
+    let degraded = all
+        .iter()
+        .filter(|e| e.kind == usher::events::EventType::CustomerDegraded)
+        .count();
+    (all.iter().map(|e| e.id.clone()).collect(), degraded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_sink_writes_cloudevents_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let sinks = "[[events.sinks]]\ntype = \"jsonl\"\npath = \"events.jsonl\"\n";
+    let running = usher::server::spawn(with_sinks(&broken, sinks, dir.path())).unwrap();
+    degrade(running.listen(), 0, 3).await;
+    let path = dir.path().join("events.jsonl");
+    // Flushed at least every second.
+    let (want, degraded) = expected_ids(&running);
+    assert_eq!(degraded, 3);
+    eventually(Duration::from_secs(5), "every event in the file", || {
+        std::fs::read_to_string(&path)
+            .map(|s| s.lines().count() == want.len())
+            .unwrap_or(false)
+    })
+    .await;
+    for line in std::fs::read_to_string(&path).unwrap().lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(want.contains(e["id"].as_str().unwrap()));
+        if e["type"] == "usher.upstream.ejected" {
+            continue;
+        }
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["type"], "usher.customer.degraded");
+        assert_eq!(e["datacontenttype"], "application/json");
+        assert!(e["subject"].as_str().unwrap().starts_with("cust-"));
+        assert_eq!(e["data"]["state"], "degraded");
+    }
+    let ev = json(
+        &client(),
+        format!("http://{}/events?limit=2", running.admin().unwrap()),
+    )
+    .await;
+    assert_eq!(ev["events"].as_array().unwrap().len(), 2);
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_down_for_a_while_gets_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let mut receiver = Receiver::new(free_addr());
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nurl = \"http://{}/events\"\nbatch = 7\ntimeout = \"1s\"\n",
+        receiver.addr
+    );
+    let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    let proxy = running.listen();
+
+    receiver.start().await;
+    degrade(proxy, 0, 10).await;
+    eventually(Duration::from_secs(10), "the first ten", || {
+        receiver.ids().len() >= 10
+    })
+    .await;
+
+    // Down: events pile up in the spool.
+    receiver.stop();
+    degrade(proxy, 10, 25).await;
+    let adm = running.admin().unwrap();
+    let c = client();
+    let mut spooled = 0.0;
+    for _ in 0..50 {
+        let (_, m) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+        spooled = sample(&m, "usher_event_spool_bytes", &[("sink", "webhook")]).unwrap_or(0.0);
+        if spooled > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        spooled > 0.0,
+        "events wait on disk while the receiver is down"
+    );
+
+    // Back: everything arrives, once per id at least, nothing else.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.start().await;
+    let (want, degraded) = expected_ids(&running);
+    assert_eq!(degraded, 35);
+    eventually(
+        Duration::from_secs(40),
+        "every event after the receiver came back",
+        || receiver.ids().into_iter().collect::<HashSet<_>>() == want,
+    )
+    .await;
+    let got = receiver.ids();
+    assert!(
+        got.iter().all(|id| want.contains(id)),
+        "only usher's events, duplicates only by id"
+    );
+    let (_, m) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+    let delivered = sample(
+        &m,
+        "usher_events_total",
+        &[
+            ("type", "usher.customer.degraded"),
+            ("sink", "webhook"),
+            ("outcome", "delivered"),
+        ],
+    );
+    assert!(delivered.unwrap() >= 35.0, "{delivered:?}");
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_delivers_what_was_spooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let mut receiver = Receiver::new(free_addr());
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nurl = \"http://{}/events\"\ntimeout = \"500ms\"\n",
+        receiver.addr
+    );
+    // First run: the receiver is down the whole time.
+    let first = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    degrade(first.listen(), 0, 8).await;
+    let (want, degraded) = expected_ids(&first);
+    assert_eq!(degraded, 8);
+    first.stop();
+    let spool = dir.path().join("spool").join("webhook");
+    let spooled: usize = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+        .sum();
+    assert_eq!(spooled, want.len(), "every event on disk after the stop");
+
+    // Second run, same spool, receiver up: the first run's events arrive with their ids.
+    receiver.start().await;
+    let second = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    eventually(Duration::from_secs(10), "the spooled events", || {
+        receiver.ids().into_iter().collect::<HashSet<_>>() == want
+    })
+    .await;
+    second.stop();
+}
+
+/// A nats-server with JetStream on a free port, stopped on drop.
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let addr = free_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs it)");
+        usher::server::wait_listening(addr, Duration::from_secs(10)).unwrap();
+        NatsServer {
+            child,
+            url: format!("nats://{addr}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_jetstream_consumers_read_the_events() {
+    use futures::StreamExt;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"nats\"\nurl = \"{}\"\nstream = \"USHER_TEST\"\nsubject = \"usher.test.events\"\n",
+        nats.url
+    );
+    let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    degrade(running.listen(), 0, 12).await;
+    let (want, degraded) = expected_ids(&running);
+    assert_eq!(degraded, 12);
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await.unwrap());
+    let mut got: HashSet<String> = HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got != want && std::time::Instant::now() < deadline {
+        let Ok(mut stream) = js.get_stream("USHER_TEST").await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let n = stream.info().await.unwrap().state.messages;
+        if n < want.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .unwrap();
+        let mut msgs = consumer.fetch().max_messages(100).messages().await.unwrap();
+        while let Some(Ok(m)) = msgs.next().await {
+            let e: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(e["specversion"], "1.0");
+            got.insert(e["id"].as_str().unwrap().to_string());
+            let _ = m.ack().await;
+        }
+    }
+    assert_eq!(got, want);
+    running.stop();
+}
