@@ -277,6 +277,7 @@ steps = [
     }
 
     /// One request through the engine, answered `status` by whichever upstream is chosen.
+    #[allow(clippy::too_many_arguments)]
     fn request(
         u: &Usher,
         method: Method,
