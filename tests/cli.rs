@@ -214,6 +214,19 @@ fn demo_serves_customers_and_stops_on_ctrl_c() {
         "{out}"
     );
     assert!(out.contains("usher demo: stopping"), "{out}");
+    // The follow-up events are left behind in a JSON-lines file whose place the demo printed.
+    let kept = out
+        .lines()
+        .find_map(|l| l.strip_prefix("usher demo: events kept in "))
+        .unwrap_or_else(|| panic!("no events file in: {out}"));
+    let events = std::fs::read_to_string(kept).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"type\":\"usher.upstream.ejected\"")),
+        "{events}"
+    );
+    let _ = std::fs::remove_dir_all(std::path::Path::new(kept).parent().unwrap());
     // Its listeners are released.
     assert!(std::net::TcpListener::bind(listen).is_ok());
 }

@@ -1,6 +1,7 @@
 //! `usher demo`: usher's main job on an embedded default, with nothing to set up.
 //!
-//! Starts three demo origins on loopback (the third is slow on `/checkout`), usher in front of them with
+//! Starts demo origins on loopback (three web origins, the third slow on `/checkout`, the second
+//! browning out partway; a payment provider that fails some payments), usher in front of them with
 //! `config/demo.toml` (embedded in the binary), and a handful of synthetic customers of different
 //! tiers walking through a shop; prints the admin URLs and, every few seconds, who is suffering.
 //! Ctrl-C (or `--duration`) stops all of it.
@@ -22,6 +23,9 @@ pub const DEMO_CUSTOMERS_CSV: &str = include_str!("../../config/demo-customers.c
 
 /// Extra latency of the third origin on `/checkout`: well past 4 x the route's 300 ms target.
 pub const SLOW_CHECKOUT: Duration = Duration::from_millis(1500);
+
+/// Share of payments the demo's payment provider fails.
+pub const PAYMENT_FAILURES: f64 = 0.3;
 
 #[derive(Debug, Default, Clone)]
 pub struct DemoOptions {
@@ -67,15 +71,38 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // One origin per upstream, named after its pool: web-1..3 and payments-1.
+    let names: Vec<String> = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(u, _)| {
+            let pool = config
+                .pools
+                .iter()
+                .find(|p| p.upstreams.contains(&(u as u16)))
+                .map_or("origin", |p| p.name.as_str());
+            let nth = config
+                .pools
+                .iter()
+                .find_map(|p| p.upstreams.iter().position(|x| *x == u as u16))
+                .unwrap_or(0);
+            format!("{pool}-{}", nth + 1)
+        })
+        .collect();
     let origins = rt.block_on(async {
         let mut v = Vec::new();
-        for i in 1..=config.upstreams.len() {
-            v.push(Origin::start_local(&format!("web-{i}")).await?);
+        for name in &names {
+            v.push(Origin::start_local(name).await?);
         }
         Ok::<_, std::io::Error>(v)
     })?;
-    if let Some(slow) = origins.last() {
+    let find = |name: &str| origins.iter().find(|o| o.name == name);
+    if let Some(slow) = find("web-3") {
         slow.behavior.add_slow_path("/checkout", SLOW_CHECKOUT);
+    }
+    if let Some(pay) = find("payments-1") {
+        pay.behavior.set_failure_ratio(PAYMENT_FAILURES);
     }
     for (slot, o) in config.upstreams.iter_mut().zip(&origins) {
         *slot = o.addr;
@@ -84,12 +111,11 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     for o in &origins {
         println!("  {} on {}", o.name, o.addr);
     }
-    if let Some(o) = origins.last() {
-        println!(
-            "  ({} adds {:?} to every /checkout answer)",
-            o.name, SLOW_CHECKOUT
-        );
-    }
+    println!("  (web-3 adds {SLOW_CHECKOUT:?} to every /checkout answer; payments-1 fails {:.0}% of payments)", PAYMENT_FAILURES * 100.0);
+    let events_file = config.events.sinks.iter().find_map(|s| match &s.kind {
+        crate::config::SinkKind::Jsonl { path, .. } => Some(path.clone()),
+        _ => None,
+    });
 
     let running = server::spawn(config)?;
     let listen = running.listen();
@@ -109,8 +135,15 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let traffic = rt.spawn(traffic::run(listen, stop_rx));
+    if let Some(f) = &events_file {
+        println!(
+            "usher demo: follow-up events are written to {}",
+            f.display()
+        );
+        println!("  (a customer who gives up after a payment error shows up as usher.customer.journey_abandoned)");
+    }
     let brownout_after = opts.brownout_after.unwrap_or(Duration::from_secs(30));
-    if let Some(o) = origins.get(1) {
+    if let Some(o) = find("web-2") {
         println!(
             "usher demo: in {brownout_after:?}, {} browns out: half its answers 503, the rest {BROWNOUT_DELAY:?} late, its health check still green",
             o.name
@@ -153,7 +186,14 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     running.stop();
     drop(origins);
     rt.shutdown_timeout(Duration::from_secs(1));
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(f) = &events_file {
+        // The events are what the demo leaves behind; the rest of its folder can go.
+        println!("usher demo: events kept in {}", f.display());
+        let _ = std::fs::remove_file(dir.join("demo.toml"));
+        let _ = std::fs::remove_file(dir.join("demo-customers.csv"));
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 

@@ -81,6 +81,9 @@ pub const CUSTOMERS: &[Customer] = &[
     },
 ];
 
+/// How long a customer who hit an error stays away before starting over.
+const GIVE_UP_FOR: Duration = Duration::from_secs(30);
+
 /// Runs every customer until `stop` turns true.
 pub async fn run(proxy: SocketAddr, stop: watch::Receiver<bool>) {
     let client = reqwest::Client::builder()
@@ -126,8 +129,22 @@ async fn walk(
             if *method == "POST" {
                 req = req.body("{}");
             }
-            if let Ok(resp) = req.send().await {
-                let _ = resp.bytes().await;
+            let failed = match req.send().await {
+                Ok(resp) => {
+                    let server_error = resp.status().is_server_error();
+                    let _ = resp.bytes().await;
+                    server_error
+                }
+                Err(_) => true,
+            };
+            if failed {
+                // A customer who hits an error gives up on this journey for a while, as people do:
+                // the abandonment usher is there to catch.
+                tokio::select! {
+                    _ = tokio::time::sleep(GIVE_UP_FOR) => {}
+                    _ = stop.changed() => return,
+                }
+                break;
             }
             let think = Duration::from_millis(rng.gen_range(150..700));
             tokio::select! {
