@@ -85,12 +85,13 @@ impl ProxyHttp for ShopProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut ShopCtx,
     ) -> Result<()> {
         // An Err here is usher granting a retry of a 502/503/504 on another upstream.
-        self.usher.on_upstream_response(resp, &mut ctx.usher)
+        self.usher
+            .on_upstream_response(session, resp, &mut ctx.usher)
     }
 
     fn fail_to_connect(

@@ -54,8 +54,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    /// `[route or none][upstream or none][outcome]`, created on first use.
+    /// Per route (and "none"), a block of `(upstreams it can use + 1 for none) x outcomes` cells,
+    /// created on first use: routes x pools, not routes x every upstream.
     request_cells: Box<[OnceLock<IntCounter>]>,
+    /// Per route: where its block starts, and the upstreams it can use (its pool and reserved pool).
+    /// The "none" route's block covers every upstream, indexed by id.
+    cell_blocks: Vec<(usize, Vec<UpstreamId>)>,
+    /// Combinations outside those blocks (an embedder attributing a request to an upstream of
+    /// another pool): rare, so a locked map.
+    cell_overflow: Mutex<std::collections::HashMap<(usize, usize, usize), IntCounter>>,
     route_labels: Vec<String>,
     upstream_labels: Vec<String>,
     request_duration: Vec<Histogram>,
@@ -192,11 +199,31 @@ impl Metrics {
             .map(|p| must(protected_vec.get_metric_with_label_values(&[p.as_str()])));
 
         let events = EventMetrics::new(&registry, config);
-        let cells = route_labels.len() * upstream_labels.len() * Outcome::ALL.len();
+        let mut cell_blocks = Vec::new();
+        let mut cells = 0;
+        for r in &config.routes {
+            let mut ups: Vec<UpstreamId> = Vec::new();
+            for p in std::iter::once(r.pool).chain(r.reserved_pool) {
+                if let Some(pool) = config.pools.get(p as usize) {
+                    for u in &pool.upstreams {
+                        if !ups.contains(u) {
+                            ups.push(*u);
+                        }
+                    }
+                }
+            }
+            let n = (ups.len() + 1) * Outcome::ALL.len();
+            cell_blocks.push((cells, ups));
+            cells += n;
+        }
+        cell_blocks.push((cells, Vec::new()));
+        cells += upstream_labels.len() * Outcome::ALL.len();
         Metrics {
             registry,
             requests,
             request_cells: (0..cells).map(|_| OnceLock::new()).collect(),
+            cell_blocks,
+            cell_overflow: Mutex::new(std::collections::HashMap::new()),
             route_labels,
             upstream_labels,
             request_duration,
@@ -259,19 +286,34 @@ impl Metrics {
         total: Duration,
         upstream_time: Option<Duration>,
     ) {
-        let r = route.map_or(self.route_labels.len() - 1, |r| r as usize);
-        let u = upstream.map_or(self.upstream_labels.len() - 1, |u| u as usize);
+        let none_route = self.route_labels.len() - 1;
+        let none_upstream = self.upstream_labels.len() - 1;
+        let r = route.map_or(none_route, |r| (r as usize).min(none_route));
+        let u = upstream.map_or(none_upstream, |u| (u as usize).min(none_upstream));
         let o = outcome as usize;
-        let cell = (r * self.upstream_labels.len() + u) * Outcome::ALL.len() + o;
-        if let Some(slot) = self.request_cells.get(cell) {
-            slot.get_or_init(|| {
-                must(self.requests.get_metric_with_label_values(&[
-                    &self.route_labels[r],
-                    &self.upstream_labels[u],
-                    outcome.as_str(),
-                ]))
-            })
-            .inc();
+        let make = || {
+            must(self.requests.get_metric_with_label_values(&[
+                &self.route_labels[r],
+                &self.upstream_labels[u],
+                outcome.as_str(),
+            ]))
+        };
+        let (base, ups) = &self.cell_blocks[r];
+        let slot = if r == none_route {
+            Some(u)
+        } else if u == none_upstream {
+            Some(ups.len())
+        } else {
+            ups.iter().position(|x| *x as usize == u)
+        };
+        match slot.and_then(|i| self.request_cells.get(base + i * Outcome::ALL.len() + o)) {
+            Some(cell) => cell.get_or_init(make).inc(),
+            None => self
+                .cell_overflow
+                .lock()
+                .entry((r, u, o))
+                .or_insert_with(make)
+                .inc(),
         }
         if let Some(h) = self.request_duration.get(r) {
             h.observe(total.as_secs_f64());

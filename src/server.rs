@@ -51,8 +51,10 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
 fn pingora_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        // Pingora waits the grace period, then gives its runtimes this long more: SIGTERM drains for
+        // grace_period (rounded up to whole seconds) plus one second.
+        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
         // Retries are usher's decision, made per request in the proxy hooks: at most one on another
         // upstream and one on a stale pooled connection, so three attempts in all.
         max_retries: 3,

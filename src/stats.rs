@@ -68,17 +68,25 @@ impl Default for LatencyStats {
 }
 
 impl LatencyStats {
-    pub fn record(&self, latency: Duration, failed: bool, bytes: (u64, u64), now_ms: u64) {
+    /// Counts one request; `latency` is `None` when there is nothing to time (a refused
+    /// connection has no upstream time), and then only the counts move.
+    pub fn record(&self, latency: Option<Duration>, failed: bool, bytes: (u64, u64), now_ms: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes.0, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes.1, Ordering::Relaxed);
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
+        let Some(latency) = latency else { return };
         let us = (latency.as_micros() as u64).clamp(1, MAX_US);
         let mut w = self.window.lock();
         w.rotate(now_ms);
         w.current.saturating_record(us);
+    }
+
+    pub fn add_bytes(&self, bytes: (u64, u64)) {
+        self.bytes_in.fetch_add(bytes.0, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes.1, Ordering::Relaxed);
     }
 
     pub fn view(&self, now_ms: u64) -> StatsView {
@@ -149,7 +157,7 @@ mod tests {
         let s = LatencyStats::default();
         let t0 = 10 * WINDOW_MS;
         for i in 1..=100 {
-            s.record(Duration::from_millis(i), i > 95, (1, 10), t0);
+            s.record(Some(Duration::from_millis(i)), i > 95, (1, 10), t0);
         }
         let v = s.view(t0 + 1);
         assert_eq!((v.requests, v.failures, v.recent), (100, 5, 100));
@@ -159,17 +167,23 @@ mod tests {
         assert_eq!((v.bytes_in, v.bytes_out), (100, 1000));
         // Next minute: still visible, merged with new data.
         s.record(
-            Duration::from_millis(1000),
+            Some(Duration::from_millis(1000)),
             false,
             (0, 0),
             t0 + WINDOW_MS + 5,
         );
-        let v = s.view(t0 + WINDOW_MS + 6);
-        assert_eq!(v.recent, 101);
+        // A refused connection: counted, not timed.
+        s.record(None, true, (0, 0), t0 + WINDOW_MS + 6);
+        let v = s.view(t0 + WINDOW_MS + 7);
+        assert_eq!(
+            (v.recent, v.requests, v.failures),
+            (101, 102, 6),
+            "counted without a latency"
+        );
         assert!(v.max_ms >= 990.0);
         // Two minutes on, the first minute is gone; counts remain.
         let v = s.view(t0 + 2 * WINDOW_MS + 10);
-        assert_eq!((v.recent, v.requests), (1, 101));
+        assert_eq!((v.recent, v.requests), (1, 102));
         let v = s.view(t0 + 10 * WINDOW_MS);
         assert_eq!((v.recent, v.p99_ms), (0, 0.0));
     }

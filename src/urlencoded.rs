@@ -13,9 +13,19 @@ pub fn query_param(query: &str, name: &str) -> Option<CompactString> {
     })
 }
 
-/// Decodes `%XX` and `+`; `None` for malformed escapes or a result that is not UTF-8.
+/// Decodes `%XX` and `+` (a query value); `None` for malformed escapes or a result that is not
+/// UTF-8.
 pub fn decode(v: &str) -> Option<CompactString> {
-    if !v.contains(['%', '+']) {
+    decode_with(v, true)
+}
+
+/// Decodes `%XX` only (a path segment: there `+` is a plus).
+pub fn decode_path(v: &str) -> Option<CompactString> {
+    decode_with(v, false)
+}
+
+fn decode_with(v: &str, plus_is_space: bool) -> Option<CompactString> {
+    if !v.contains('%') && !(plus_is_space && v.contains('+')) {
         return Some(CompactString::from(v));
     }
     let bytes = v.as_bytes();
@@ -24,11 +34,15 @@ pub fn decode(v: &str) -> Option<CompactString> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let hex = bytes.get(i + 1..i + 3)?;
+                // from_str_radix would take "+1" as a number: two hex digits or nothing.
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -57,5 +71,9 @@ mod tests {
         assert_eq!(query_param("cid=%4", "cid"), None);
         assert_eq!(decode("%C3%A9").as_deref(), Some("é"));
         assert_eq!(decode("%FF"), None);
+        assert_eq!(decode("%+1"), None);
+        assert_eq!(decode("%-1"), None);
+        assert_eq!(decode_path("a+b").as_deref(), Some("a+b"));
+        assert_eq!(decode_path("a%2Bb").as_deref(), Some("a+b"));
     }
 }

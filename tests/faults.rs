@@ -325,3 +325,136 @@ async fn failing_health_checks_take_an_upstream_out_and_passing_ones_bring_it_ba
     );
     running.stop();
 }
+
+fn two_origin_config(
+    a: &Origin,
+    b: std::net::SocketAddr,
+    extra: &str,
+    dir: &std::path::Path,
+) -> usher::Config {
+    config(
+        &format!(
+            "{extra}\n[[pools]]\nname = \"web\"\nupstreams = [\"{}\", \"{b}\"]\nread_timeout = \"300ms\"\n[[routes]]\nname = \"all\"\npool = \"web\"\n",
+            a.addr
+        ),
+        dir,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_cannot_be_replayed_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start_local("a").await.unwrap();
+    let b = Origin::start_local("b").await.unwrap();
+    a.behavior.set_failure_ratio(1.0);
+    let running = usher::server::spawn(two_origin_config(&a, b.addr, "", dir.path())).unwrap();
+    let c = client();
+    let mut saw_503 = false;
+    let mut saw_small_retried = false;
+    // A sample goes to the failing upstream every 500 ms: spaced requests reach it.
+    for i in 0..6 {
+        // Alternate a 300 KB body (more than Pingora keeps for a replay) and a 1 KB one.
+        let size = if i % 2 == 0 { 300_000 } else { 1_000 };
+        let resp = c
+            .put(format!("http://{}/doc", running.listen()))
+            .body(vec![b'x'; size])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if status == 200 {
+            assert_eq!(
+                body["body_bytes"], size,
+                "a retried request arrived with its body cut: {body}"
+            );
+            if size == 1_000 && a.behavior.failed() > 0 {
+                saw_small_retried = true;
+            }
+        } else {
+            assert_eq!(
+                (status, size),
+                (503, 300_000),
+                "only the big body is not retried: {body}"
+            );
+            saw_503 = true;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert!(
+        saw_503,
+        "the failing upstream answered a big body at least once"
+    );
+    assert!(saw_small_retried);
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_do_not_count_against_upstreams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start_local("a").await.unwrap();
+    let b = Origin::start_local("b").await.unwrap();
+    let running = usher::server::spawn(two_origin_config(&a, b.addr, "", dir.path())).unwrap();
+    for _ in 0..12 {
+        let mut s = tokio::net::TcpStream::connect(running.listen())
+            .await
+            .unwrap();
+        // Pingora refuses a quoted Connection token while building the upstream request: after an
+        // upstream was chosen, the error marked as the client's.
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: \"x\"\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+    }
+    for o in [&a, &b] {
+        let v = upstream_view(&running, o.addr).await;
+        assert_eq!(v["state"], "healthy", "{v}");
+        assert_eq!(v["ejections"], 0, "{v}");
+    }
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_with_nowhere_else_to_go_stays_a_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start_local("a").await.unwrap();
+    a.behavior.set_delay(Duration::from_secs(2));
+    let dead = dead_addr();
+    let running = usher::server::spawn(two_origin_config(&a, dead, "", dir.path())).unwrap();
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            get(
+                &c,
+                format!("http://{}/x", running.listen()),
+                &[("x-customer-id", "tim")],
+            )
+            .await
+            .0,
+        );
+    }
+    // The dead one is ejected on its first refused connection; from then on a timeout on the live
+    // one has no alternative, and the client must hear "timeout", not "no upstream".
+    assert!(statuses.iter().skip(1).all(|s| *s == 504), "{statuses:?}");
+    let d = upstream_view(&running, dead).await;
+    assert_eq!(d["state"], "ejected");
+    assert!(
+        d["requests"].as_u64().unwrap() >= 1 && d["failures"].as_u64().unwrap() >= 1,
+        "connect failures are counted: {d}"
+    );
+    let tim = json(
+        &client(),
+        format!("http://{}/customers/tim", running.admin().unwrap()),
+    )
+    .await;
+    let last = &tim["journey"][3];
+    assert_eq!(
+        (last["status"].as_u64(), last["outcome"].as_str()),
+        (Some(504), Some("timeout")),
+        "{tim}"
+    );
+    running.stop();
+}

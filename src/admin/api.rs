@@ -77,7 +77,7 @@ pub fn handle(usher: &Usher, method: &str, path: &str, query: Option<&str>, now_
 }
 
 fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
-    let Some(id) = urlencoded::decode(raw) else {
+    let Some(id) = urlencoded::decode_path(raw) else {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
     match usher.store().get(&id, now_ms) {

@@ -217,3 +217,19 @@ fn shipped_configs_are_valid() {
     }
     assert!(seen >= 1);
 }
+
+#[test]
+fn absurd_values_are_refused_not_left_to_overflow_later() {
+    let text = format!(
+        "{MINIMAL}\n[outlier]\nbase_ejection = \"500000000000y\"\nmax_ejection = \"2y\"\n[retries]\nbudget_window = \"2d\"\n[protection]\nrescue_for = \"400d\"\n"
+    );
+    let errs = parse(&text).unwrap_err();
+    for p in [
+        "outlier.base_ejection",
+        "outlier.max_ejection",
+        "retries.budget_window",
+        "protection.rescue_for",
+    ] {
+        assert!(errs.paths().contains(&p), "missing {p}: {errs}");
+    }
+}

@@ -34,6 +34,16 @@ const SECTIONS: &[&str] = &[
     "funnels",
 ];
 
+/// No duration in a config means more than a year; longer ones are mistakes, and near the limits of
+/// `Instant` arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The retry budget keeps a bucket per second of its window.
+const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
+/// Routes and distinct upstreams: far beyond any real deployment, and what keeps per-route and
+/// per-upstream tables small.
+const MAX_ROUTES: usize = 10_000;
+const MAX_UPSTREAMS: usize = 10_000;
+
 /// Upper bounds that keep per-customer state and index types in range.
 const MAX_JOURNEY_LEN: i64 = 255;
 const MAX_TIERS: usize = 255;
@@ -231,6 +241,10 @@ fn duration(errs: &mut Errors, path: &str, value: Option<&String>, default: Dura
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => {
             errs.push(path, "must be longer than zero");
+            default
+        }
+        Ok(d) if d > MAX_DURATION => {
+            errs.push(path, format!("{text:?} is too long; at most 365 days"));
             default
         }
         Ok(d) => d,
@@ -691,8 +705,14 @@ fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>,
                 .map(|h| health_check(errs, &format!("{path}.health_check"), h)),
         });
     }
-    if upstreams.len() > UpstreamId::MAX as usize {
-        errs.push("pools", "too many distinct upstreams");
+    if upstreams.len() > MAX_UPSTREAMS {
+        errs.push(
+            "pools",
+            format!(
+                "{} distinct upstreams; at most {MAX_UPSTREAMS}",
+                upstreams.len()
+            ),
+        );
     }
     (out, upstreams)
 }
@@ -885,8 +905,8 @@ fn retries_config(errs: &mut Errors, f: RetriesFile) -> RetriesConfig {
             d.window,
         ),
     };
-    if budget.window < Duration::from_secs(1) {
-        errs.push("retries.budget_window", "must be at least 1s");
+    if budget.window < Duration::from_secs(1) || budget.window > MAX_BUDGET_WINDOW {
+        errs.push("retries.budget_window", "must be between 1s and 1h");
     }
     RetriesConfig {
         enabled: f.enabled.unwrap_or(true),
@@ -1029,8 +1049,11 @@ fn route_list(
             target,
         });
     }
-    if out.len() > RouteId::MAX as usize - 1 {
-        errs.push("routes", "too many routes");
+    if out.len() > MAX_ROUTES {
+        errs.push(
+            "routes",
+            format!("{} routes; at most {MAX_ROUTES}", out.len()),
+        );
     }
     out
 }

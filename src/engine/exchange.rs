@@ -39,8 +39,8 @@ pub(crate) struct Attempt {
     /// usher's own choice: holds the upstream's in-flight count (and probe slot) until dropped.
     pub(crate) _pick: Option<Pick>,
     pub(crate) started: Instant,
-    /// Its result has been fed to passive health.
-    pub(crate) observed: bool,
+    /// What was fed to passive health: `Some(failed)`, or `None` when nothing yet.
+    pub(crate) observed: Option<bool>,
 }
 
 /// Per-request state. Create it when the request head has been read; keep it in the proxy's context.

@@ -12,7 +12,7 @@ mod notify;
 
 pub use exchange::{Admission, Exchange, Finish, RequestHead, RetryVerdict};
 
-use crate::config::{Config, PoolId, RouteConfig, RouteId, UpstreamId};
+use crate::config::{Config, RouteConfig, RouteId, UpstreamId};
 use crate::events::Events;
 use crate::experience::{
     CustomerStore, Judgement, Observation, Recorded, ScoreModel, Step, StoreSettings,
@@ -194,8 +194,13 @@ impl Usher {
                 ex.rerouted_from = self.upstreams.out_of_service(route.pool);
             }
         }
-        // End the previous attempt (its in-flight count) before starting the next.
+        // End the previous attempt (its in-flight count) and its measurements before the next:
+        // if no upstream is left, nothing stale may be attributed to the request.
         ex.attempt = None;
+        ex.upstream = None;
+        ex.connected = None;
+        ex.response_head = None;
+        ex.upstream_status = None;
         let reserved = if protected {
             route.reserved_pool.and_then(|p| {
                 self.upstreams
@@ -219,13 +224,10 @@ impl Usher {
             upstream: Some(up),
             _pick: Some(pick),
             started: now,
-            observed: false,
+            observed: None,
         });
         ex.tried.push(up);
         ex.upstream = Some(up);
-        ex.connected = None;
-        ex.response_head = None;
-        ex.upstream_status = None;
         Some(up)
     }
 
@@ -238,7 +240,7 @@ impl Usher {
             upstream: up,
             _pick: None,
             started: now,
-            observed: false,
+            observed: None,
         });
         if let Some(u) = up {
             ex.tried.push(u);
@@ -263,7 +265,11 @@ impl Usher {
     }
 
     /// The upstream's response head arrived: its status and latency feed the upstream's health.
+    /// Informational (1xx) heads are not the answer and are ignored.
     pub fn response_head(&self, ex: &mut Exchange, status: u16, now: Instant) {
+        if status < 200 {
+            return;
+        }
         if ex.connected.is_none() {
             // Not every embedder reports the connection: connect time is then folded into ttfb.
             ex.connected = ex.attempt.as_ref().map(|a| a.started);
@@ -279,22 +285,42 @@ impl Usher {
     }
 
     /// An attempt failed before a usable response (connect failure, timeout, broken response).
+    /// Only the upstream's failures count against it: a client that sent garbage or went away
+    /// says nothing about the upstream, and must not be able to get one ejected.
     pub fn attempt_failed(&self, ex: &mut Exchange, outcome: Outcome, now: Instant) {
-        match outcome {
-            Outcome::ClientGone => {}
-            Outcome::ConnectFailure => self.observe_attempt(ex, AttemptResult::ConnectFailed, now),
-            _ => self.observe_attempt(ex, AttemptResult::Failed, now),
+        if let Some(result) = Self::upstream_result(outcome) {
+            self.observe_attempt(ex, result, now);
         }
     }
 
+    fn upstream_result(outcome: Outcome) -> Option<AttemptResult> {
+        match outcome {
+            Outcome::ConnectFailure => Some(AttemptResult::ConnectFailed),
+            Outcome::Upstream5xx | Outcome::Timeout => Some(AttemptResult::Failed),
+            Outcome::Ok | Outcome::ClientError | Outcome::ClientGone => None,
+        }
+    }
+
+    /// Feeds the current attempt's result to its upstream's health, once; a failure after a good
+    /// head (a body cut short) is fed once more.
     fn observe_attempt(&self, ex: &mut Exchange, result: AttemptResult, now: Instant) {
         let Some(a) = ex.attempt.as_mut() else { return };
-        if a.observed {
-            return;
+        let failed = result != AttemptResult::Ok;
+        match a.observed {
+            None => {}
+            Some(false) if failed => {}
+            Some(_) => return,
         }
-        a.observed = true;
+        let first_report = a.observed.is_none();
+        a.observed = Some(failed);
         if let Some(u) = a.upstream {
             let latency = now.saturating_duration_since(a.started);
+            // /upstreams counts attempts: a failed try that was retried elsewhere is still the
+            // upstream's failure. A refused connection has no latency worth timing.
+            if let Some(st) = self.upstream_stats.get(u as usize).filter(|_| first_report) {
+                let timed = (result != AttemptResult::ConnectFailed).then_some(latency);
+                st.record(timed, failed, (0, 0), wall_ms());
+            }
             if let Some(e) =
                 self.upstreams
                     .observe(u, result, latency, now, &mut rand::thread_rng())
@@ -338,8 +364,11 @@ impl Usher {
             return RetryVerdict::NoAlternative;
         };
         let tried = ex.tried.as_slice();
-        let untried = |p: PoolId| self.upstreams.members(p).iter().any(|u| !tried.contains(u));
-        if !untried(route.pool) && !route.reserved_pool.is_some_and(untried) {
+        let reserved = ex.protection.is_some()
+            && route
+                .reserved_pool
+                .is_some_and(|p| self.upstreams.has_alternative(p, false, tried));
+        if !reserved && !self.upstreams.has_alternative(route.pool, true, tried) {
             return RetryVerdict::NoAlternative;
         }
         if !self.upstreams.try_retry(route.pool, now) {
@@ -351,13 +380,15 @@ impl Usher {
     /// A pooled keep-alive connection turned out to be closed: retry on the same upstream, once,
     /// without blaming it or charging the budget. Returns whether to retry.
     pub fn retry_stale_connection(&self, ex: &mut Exchange) -> bool {
+        // Not the upstream's fault, retried or not: nothing more about this attempt is fed to its
+        // health.
+        if let Some(a) = ex.attempt.as_mut() {
+            a.observed = Some(true);
+        }
         if !ex.idempotent || ex.stale_retries >= 1 {
             return false;
         }
         ex.stale_retries += 1;
-        if let Some(a) = ex.attempt.as_mut() {
-            a.observed = true;
-        }
         ex.tried.pop();
         true
     }
@@ -425,6 +456,21 @@ impl Usher {
             return None;
         }
         ex.recorded = true;
+        let outcome = f.failure.unwrap_or_else(|| Outcome::of_status(f.status));
+        let connect = match (ex.attempt.as_ref().map(|a| a.started), ex.connected) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        let ttfb = match (ex.connected, ex.response_head) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        // A failure the proxy hooks did not report (or a body cut short after a good head) still
+        // counts against the upstream; then dropping the attempt releases its in-flight count.
+        if let Some(result) = Self::upstream_result(outcome) {
+            self.observe_attempt(ex, result, f.now);
+        }
+        ex.attempt = None;
         let anonymous;
         let identity = match &ex.identity {
             Some(i) => i,
@@ -439,34 +485,6 @@ impl Usher {
                 &anonymous
             }
         };
-        let outcome = f.failure.unwrap_or_else(|| Outcome::of_status(f.status));
-        let connect = match (ex.attempt.as_ref().map(|a| a.started), ex.connected) {
-            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
-            _ => None,
-        };
-        let ttfb = match (ex.connected, ex.response_head) {
-            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
-            _ => None,
-        };
-        if let Some(a) = ex.attempt.take() {
-            if !a.observed && outcome.is_failure() {
-                if let Some(u) = a.upstream {
-                    let latency = f.now.saturating_duration_since(a.started);
-                    let result = if outcome == Outcome::ConnectFailure {
-                        AttemptResult::ConnectFailed
-                    } else {
-                        AttemptResult::Failed
-                    };
-                    if let Some(e) =
-                        self.upstreams
-                            .observe(u, result, latency, f.now, &mut rand::thread_rng())
-                    {
-                        self.health_event(e);
-                    }
-                }
-            }
-            // Dropping the attempt releases the upstream's in-flight count.
-        }
         if let Some(p) = ex.protection {
             self.metrics.protected(p);
         }
@@ -502,13 +520,11 @@ impl Usher {
             .observe_request(m.route, m.upstream, m.outcome, m.total, m.upstream_time());
         let bytes = (m.bytes_in, m.bytes_out);
         if let Some(s) = m.route.and_then(|r| self.route_stats.get(r as usize)) {
-            s.record(m.total, failed, bytes, m.now_ms);
+            s.record(Some(m.total), failed, bytes, m.now_ms);
         }
-        if let (Some(s), Some(t)) = (
-            m.upstream.and_then(|u| self.upstream_stats.get(u as usize)),
-            m.upstream_time(),
-        ) {
-            s.record(t, failed, bytes, m.now_ms);
+        if let Some(s) = m.upstream.and_then(|u| self.upstream_stats.get(u as usize)) {
+            // Attempts were counted as they ended; the bytes are known only now.
+            s.add_bytes(bytes);
         }
         let target = m
             .route

@@ -257,7 +257,7 @@ impl CustomerStore {
         let score = c.score.value(now_ms, model);
         if let Some((below, duration)) = self.settings.rescue {
             if score < below {
-                let until = (now_ms + duration.as_millis() as u64) / 1000;
+                let until = now_ms.saturating_add(duration.as_millis() as u64) / 1000;
                 c.rescued_until_s = until.min(u32::MAX as u64) as u32;
             }
         }

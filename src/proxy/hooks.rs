@@ -68,7 +68,7 @@ impl UsherHooks {
     /// request_filter: admits the request, identifies the customer, finds the route and decides on
     /// protection. On [`Admission::NoRoute`] usher's own proxy answers 404, an embedder may route the
     /// request its own way; [`Admission::HeadTooLarge`] should be refused (431) by everyone.
-    pub fn on_request(&self, session: &mut Session, ex: &mut Exchange) -> Admission {
+    pub fn on_request(&self, session: &Session, ex: &mut Exchange) -> Admission {
         let req = session.req_header();
         let head = RequestHead {
             method: &req.method,
@@ -79,12 +79,7 @@ impl UsherHooks {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
         };
-        let admission = self.usher.begin(ex, &head, wall_ms());
-        if req.method.is_idempotent() && !session.is_body_empty() {
-            // A retry of an idempotent request with a body needs the body again.
-            session.enable_retry_buffering();
-        }
-        admission
+        self.usher.begin(ex, &head, wall_ms())
     }
 
     /// upstream_peer: usher's choice of upstream for the request's route, another one on retry.
@@ -164,11 +159,21 @@ impl UsherHooks {
     /// idempotent request answered 502, 503 or 504, returns an error when a retry on another
     /// upstream is granted: the proxy must return it so that Pingora retries (nothing has reached
     /// the client yet). Otherwise the upstream's answer goes to the client as it is.
-    pub fn on_upstream_response(&self, resp: &ResponseHeader, ex: &mut Exchange) -> Result<()> {
+    pub fn on_upstream_response(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ex: &mut Exchange,
+    ) -> Result<()> {
         let status = resp.status.as_u16();
         let now = Instant::now();
         self.usher.response_head(ex, status, now);
-        if matches!(status, 502..=504) && self.usher.retry(ex, true, now) == RetryVerdict::Retry {
+        // Pingora keeps at most 64 KiB of request body for a replay: a longer body cannot be sent
+        // again, and the upstream's own answer is better than a retry with half a body.
+        if matches!(status, 502..=504)
+            && !session.as_ref().retry_buffer_truncated()
+            && self.usher.retry(ex, true, now) == RetryVerdict::Retry
+        {
             ex.status_retry = true;
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -212,12 +217,15 @@ impl UsherHooks {
             e.set_retry(retry);
             return e;
         }
+        // Only the upstream's failures are its fault, and only they are worth another upstream:
+        // a malformed request or a client that left would fail the same way anywhere.
+        if e.esource() != &ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
         let now = Instant::now();
-        let outcome = outcome_of(&e);
-        self.usher.attempt_failed(ex, outcome, now);
-        let retry = replayable
-            && outcome != Outcome::ClientGone
-            && self.usher.retry(ex, true, now) == RetryVerdict::Retry;
+        self.usher.attempt_failed(ex, outcome_of(&e), now);
+        let retry = replayable && self.usher.retry(ex, true, now) == RetryVerdict::Retry;
         e.set_retry(retry);
         e
     }

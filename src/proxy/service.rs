@@ -84,11 +84,11 @@ impl ProxyHttp for UsherProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ex: &mut Exchange,
     ) -> Result<()> {
-        self.hooks.on_upstream_response(resp, ex)
+        self.hooks.on_upstream_response(session, resp, ex)
     }
 
     fn fail_to_connect(

@@ -200,6 +200,18 @@ impl Upstreams {
         self.active_up(u) && self.node(u).state.load(Ordering::Relaxed) == HEALTHY
     }
 
+    /// Whether [`Self::pick`] could find an upstream of `pool` outside `exclude`: a serving one, or,
+    /// when `allow_panic` and the pool is in panic mode, any.
+    pub fn has_alternative(&self, pool: PoolId, allow_panic: bool, exclude: &[UpstreamId]) -> bool {
+        let members = self.members(pool);
+        let healthy = members.iter().filter(|u| self.serving(**u)).count();
+        let panic = allow_panic
+            && (healthy as f64) < self.settings.outlier.panic_below * members.len() as f64;
+        members
+            .iter()
+            .any(|u| !exclude.contains(u) && (panic || self.serving(*u)))
+    }
+
     /// A member of `pool` that is out of service (ejected, probing or failing its checks), if any:
     /// the upstream a protected request is being steered clear of.
     pub fn out_of_service(&self, pool: PoolId) -> Option<UpstreamId> {

@@ -288,7 +288,11 @@ impl Passive {
             .saturating_mul(self.ejections)
             .min(s.max_ejection);
         let jitter = base.mul_f64((s.jitter * jitter_draw.clamp(0.0, 1.0)).max(0.0));
-        let until = now + base + jitter;
+        // Settings are bounded by validation, but an Instant overflow would panic on the request
+        // path: saturate instead.
+        let until = now
+            .checked_add(base.saturating_add(jitter))
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         self.state = State::Ejected { until, reason };
         self.consecutive = 0;
         self.consecutive_connect = 0;
