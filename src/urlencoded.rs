@@ -25,7 +25,7 @@ pub fn decode_path(v: &str) -> Option<CompactString> {
 }
 
 fn decode_with(v: &str, plus_is_space: bool) -> Option<CompactString> {
-    if !v.contains('%') && !(plus_is_space && v.contains('+')) {
+    if !(v.contains('%') || plus_is_space && v.contains('+')) {
         return Some(CompactString::from(v));
     }
     let bytes = v.as_bytes();
