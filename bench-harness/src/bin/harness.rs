@@ -1,0 +1,700 @@
+//! Runs every comparison and writes `bench-harness/RESULTS.md` and `bench-harness/brownout.svg`.
+//!
+//! Started by `bench-harness/run`, pinned to core 1 with the load generators and origins; every
+//! proxy under test is pinned to core 0. Contestants take turns within each round, so the ratios
+//! come from the same minutes. `--quick` shortens everything (a smoke run, not for publishing).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use usher::origin::Origin;
+use usher_bench_harness::contestants::{Contestant, Tools};
+use usher_bench_harness::loadgen::{open_loop, Class, Request, Sample};
+use usher_bench_harness::procs::ticks_per_second;
+use usher_bench_harness::report::{chart, figures, ms, pct, per_second, table, Figures};
+
+struct Opts {
+    runs: usize,
+    secs: u64,
+    fault_secs: u64,
+    fault_rate: f64,
+    customers: Vec<u64>,
+    quick: bool,
+}
+
+fn which(cmd: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    anyhow::ensure!(
+        !p.is_empty(),
+        "{cmd} is not installed (bench-harness/run installs it)"
+    );
+    Ok(PathBuf::from(p))
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// wrk's figures for one run.
+struct WrkRun {
+    rps: f64,
+    requests: u64,
+}
+
+fn wrk(target: SocketAddr, secs: u64, script: &Path) -> anyhow::Result<WrkRun> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", &format!("-d{secs}s"), "-s"])
+        .arg(script)
+        .arg(format!("http://{target}/"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("wrk printed no Requests/sec:\n{text}"))?;
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().to_string())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(WrkRun { rps, requests })
+}
+
+/// A wrk script that names one of `n` customers in each request.
+fn customers_script(dir: &Path, n: u64) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("customers-{n}.lua"));
+    std::fs::write(
+        &path,
+        format!(
+            "local i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"/products/\" .. (i % 97), {{ [\"x-customer-id\"] = \"c\" .. (i % {n}) }})\nend\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[derive(Default)]
+struct Throughput {
+    rps: BTreeMap<&'static str, Vec<f64>>,
+    cpu_us: BTreeMap<&'static str, Vec<f64>>,
+    peak_rss_kb: BTreeMap<&'static str, u64>,
+}
+
+fn throughput(
+    tools: &Tools,
+    origin: SocketAddr,
+    o: &Opts,
+    work: &Path,
+) -> anyhow::Result<Throughput> {
+    let script = customers_script(work, 1000)?;
+    let mut t = Throughput::default();
+    for round in 0..o.runs {
+        for c in Contestant::ALL {
+            let running = tools.start(c, &[origin], &format!("tp{round}"))?;
+            wrk(running.target, 1, &script)?;
+            let before = running.proc.as_ref().map(|p| p.cpu_ticks());
+            let r = wrk(running.target, o.secs, &script)?;
+            if let (Some(p), Some(b)) = (&running.proc, before) {
+                let cpu_s = (p.cpu_ticks() - b) as f64 / ticks_per_second();
+                t.cpu_us
+                    .entry(c.name())
+                    .or_default()
+                    .push(cpu_s * 1e6 / r.requests.max(1) as f64);
+                let peak = t.peak_rss_kb.entry(c.name()).or_default();
+                *peak = (*peak).max(p.peak_rss_kb());
+            }
+            eprintln!("  round {round}: {:>12} {:>9.0} req/s", c.name(), r.rps);
+            t.rps.entry(c.name()).or_default().push(r.rps);
+        }
+    }
+    Ok(t)
+}
+
+struct LatencyRow {
+    rate: f64,
+    by: BTreeMap<&'static str, Figures>,
+}
+
+fn latency(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    origin: SocketAddr,
+    rates: &[f64],
+    o: &Opts,
+) -> anyhow::Result<Vec<LatencyRow>> {
+    let reqs: Arc<Vec<Request>> = Arc::new(
+        (0..1000)
+            .map(|i| Request {
+                path: format!("/products/{}", i % 97),
+                headers: vec![("x-customer-id".into(), format!("c{i}"))],
+                class: Class::Standard,
+            })
+            .collect(),
+    );
+    let mut rows = Vec::new();
+    for &rate in rates {
+        let mut by = BTreeMap::new();
+        for c in Contestant::ALL {
+            let running = tools.start(c, &[origin], &format!("lat{rate:.0}"))?;
+            // One second at the rate to warm connections, then the measured run.
+            rt.block_on(open_loop(
+                running.target,
+                rate,
+                Duration::from_secs(1),
+                32,
+                reqs.clone(),
+                Duration::from_secs(10),
+            ));
+            let samples = rt.block_on(open_loop(
+                running.target,
+                rate,
+                Duration::from_secs(o.secs),
+                32,
+                reqs.clone(),
+                Duration::from_secs(10),
+            ));
+            let f = figures(samples.iter());
+            eprintln!(
+                "  {rate:>7.0} req/s {:>12}: p50 {} p99 {} p99.9 {}",
+                c.name(),
+                ms(f.p50),
+                ms(f.p99),
+                ms(f.p999)
+            );
+            by.insert(c.name(), f);
+        }
+        rows.push(LatencyRow { rate, by });
+    }
+    Ok(rows)
+}
+
+struct CustomerRow {
+    n: u64,
+    rps: f64,
+    tracked: f64,
+    rss_kb: u64,
+}
+
+fn customers(
+    tools: &Tools,
+    origin: SocketAddr,
+    o: &Opts,
+    work: &Path,
+) -> anyhow::Result<Vec<CustomerRow>> {
+    let mut rows = Vec::new();
+    for &n in &o.customers {
+        let script = customers_script(work, n)?;
+        let running = tools.start(Contestant::Usher, &[origin], &format!("cust{n}"))?;
+        // Enough requests that every one of the n customers is tracked before measuring.
+        let warm = (n as f64 / 20_000.0 * 1.5).ceil().max(2.0) as u64;
+        wrk(running.target, warm, &script)?;
+        let r = wrk(running.target, o.secs, &script)?;
+        let m = http_get(running.admin.expect("usher has an admin API"), "/metrics");
+        let tracked = metric(&m, "usher_customers_tracked").unwrap_or(0.0);
+        let rss = running.proc.as_ref().map_or(0, |p| p.rss_kb());
+        eprintln!(
+            "  {n:>8} customers: {:.0} req/s, {tracked} tracked, rss {rss} KiB",
+            r.rps
+        );
+        rows.push(CustomerRow {
+            n,
+            rps: r.rps,
+            tracked,
+            rss_kb: rss,
+        });
+    }
+    Ok(rows)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Brownout,
+    Slow,
+    Kill,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Brownout => "brownout: 50% 503, the rest 2 s late, health check green",
+            Fault::Slow => "slow upstream: +300 ms on every answer, no errors",
+            Fault::Kill => "one upstream killed mid-run",
+        }
+    }
+}
+
+struct FaultRun {
+    samples: Vec<Sample>,
+    /// Seconds after the fault until the bad upstream got under 1% of the traffic for good.
+    stopped_after: Option<f64>,
+}
+
+const FAULT_AT: u64 = 5;
+
+fn fault_run(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    c: Contestant,
+    fault: Fault,
+    o: &Opts,
+) -> anyhow::Result<FaultRun> {
+    let mut origins: Vec<Origin> = rt.block_on(async {
+        let mut v = Vec::new();
+        for name in ["a", "b", "c"] {
+            v.push(Origin::start_local(name).await?);
+        }
+        Ok::<_, std::io::Error>(v)
+    })?;
+    let addrs: Vec<SocketAddr> = origins.iter().map(|x| x.addr).collect();
+    let running = tools.start(c, &addrs, &format!("{fault:?}"))?;
+    let reqs: Arc<Vec<Request>> = Arc::new(
+        (0..200)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Request {
+                        path: "/checkout/pay".into(),
+                        headers: vec![
+                            ("x-customer-id".into(), format!("gold-{i}")),
+                            ("x-customer-tier".into(), "gold".into()),
+                        ],
+                        class: Class::Protected,
+                    }
+                } else {
+                    Request {
+                        path: format!("/products/{i}"),
+                        headers: vec![("x-customer-id".into(), format!("std-{i}"))],
+                        class: Class::Standard,
+                    }
+                }
+            })
+            .collect(),
+    );
+    let bad = origins[1].behavior.clone();
+    let samples = rt.block_on(async {
+        let load = tokio::spawn(open_loop(
+            running.target,
+            o.fault_rate,
+            Duration::from_secs(o.fault_secs),
+            64,
+            reqs,
+            Duration::from_secs(15),
+        ));
+        tokio::time::sleep(Duration::from_millis(50) + Duration::from_secs(FAULT_AT)).await;
+        match fault {
+            Fault::Brownout => bad.set_brownout(0.5, Duration::from_secs(2)),
+            Fault::Slow => bad.set_delay(Duration::from_millis(300)),
+            Fault::Kill => drop(origins.remove(1)),
+        }
+        load.await.unwrap_or_default()
+    });
+    drop(running);
+    // When did the bad upstream ("b") stop getting traffic?
+    let secs = o.fault_secs as usize;
+    let share: Vec<f64> = (0..secs)
+        .map(|s| {
+            let lo = Duration::from_secs(s as u64);
+            let in_sec: Vec<&Sample> = samples
+                .iter()
+                .filter(|x| x.due >= lo && x.due < lo + Duration::from_secs(1))
+                .collect();
+            let from_b = in_sec
+                .iter()
+                .filter(|x| x.origin.as_deref() == Some("b"))
+                .count();
+            from_b as f64 / in_sec.len().max(1) as f64
+        })
+        .collect();
+    let stopped_after = match fault {
+        // A killed upstream answers nothing: the question is how soon requests stop failing on it.
+        Fault::Kill => {
+            let last_fail = samples
+                .iter()
+                .filter(|x| {
+                    x.due >= Duration::from_secs(FAULT_AT) && (x.status == 0 || x.status >= 500)
+                })
+                .map(|x| x.due)
+                .max();
+            Some(last_fail.map_or(0.0, |d| (d.as_secs_f64() - FAULT_AT as f64).max(0.0)))
+        }
+        _ => (FAULT_AT as usize..secs)
+            .find(|&s| share[s..].iter().all(|v| *v < 0.01))
+            .map(|s| (s - FAULT_AT as usize) as f64),
+    };
+    Ok(FaultRun {
+        samples,
+        stopped_after,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let o = if quick {
+        Opts {
+            runs: 1,
+            secs: 3,
+            fault_secs: 12,
+            fault_rate: 500.0,
+            customers: vec![1_000, 100_000],
+            quick,
+        }
+    } else {
+        Opts {
+            runs: 3,
+            secs: 8,
+            fault_secs: 20,
+            fault_rate: 1000.0,
+            customers: vec![1_000, 100_000, 1_000_000],
+            quick,
+        }
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let work = std::env::temp_dir().join(format!("usher-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let tools = Tools {
+        usher: root.join("../target/release/usher"),
+        bare: root.join("target/release/bare"),
+        nginx: which("nginx")?,
+        haproxy: which("haproxy")?,
+        peers: root.join("peers"),
+        work: work.clone(),
+    };
+    anyhow::ensure!(
+        tools.usher.exists(),
+        "build usher first: cargo build --release (bench-harness/run does)"
+    );
+    which("wrk")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+
+    eprintln!(
+        "== throughput (wrk -t1 -c32, {} runs of {} s, 1k customers)",
+        o.runs, o.secs
+    );
+    let (origin_proc, origin) = tools.nginx_origin(1)?;
+    let tp = throughput(&tools, origin, &o, &work)?;
+    let rps: BTreeMap<&str, f64> = tp
+        .rps
+        .iter()
+        .map(|(k, v)| (*k, median(v.clone())))
+        .collect();
+    let weakest = Contestant::PROXIES
+        .iter()
+        .map(|c| rps[c.name()])
+        .fold(f64::MAX, f64::min);
+    let rates: Vec<f64> = [0.25, 0.5, 0.75]
+        .iter()
+        .map(|f| (weakest * f / 100.0).round() * 100.0)
+        .collect();
+
+    eprintln!(
+        "== latency at fixed rates {rates:?} (open loop, corrected for coordinated omission)"
+    );
+    let lat = latency(&rt, &tools, origin, &rates, &o)?;
+
+    eprintln!("== customers");
+    let cust = customers(&tools, origin, &o, &work)?;
+    drop(origin_proc);
+
+    eprintln!(
+        "== faults (3 upstreams, {} req/s open loop, fault at {FAULT_AT} s)",
+        o.fault_rate
+    );
+    let mut faults: Vec<(Fault, Vec<(Contestant, FaultRun)>)> = Vec::new();
+    for fault in [Fault::Brownout, Fault::Slow, Fault::Kill] {
+        let mut runs = Vec::new();
+        for c in [
+            Contestant::Nginx,
+            Contestant::Haproxy,
+            Contestant::Bare,
+            Contestant::Usher,
+        ] {
+            let r = fault_run(&rt, &tools, c, fault, &o)?;
+            let post: Vec<&Sample> = r
+                .samples
+                .iter()
+                .filter(|s| s.due >= Duration::from_secs(FAULT_AT))
+                .collect();
+            let p = figures(post.iter().copied().filter(|s| s.class == Class::Protected));
+            eprintln!(
+                "  {:>12} {fault:?}: protected {} p99 {} max {}",
+                c.name(),
+                pct(p.success),
+                ms(p.p99),
+                ms(p.max)
+            );
+            runs.push((c, r));
+        }
+        faults.push((fault, runs));
+    }
+
+    // ---- RESULTS.md ----
+    let mut md = String::new();
+    let cpu = first_line(
+        "sh",
+        &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+    );
+    let _ = writeln!(md, "# usher side by side: results\n");
+    let _ = writeln!(
+        md,
+        "Generated by `bench-harness/run`{} on {} in {:.0} minutes; do not edit by hand.\n",
+        if o.quick {
+            " --quick (a smoke run: short, one round)"
+        } else {
+            ""
+        },
+        first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    let _ = writeln!(
+        md,
+        "- machine: {} cores, {}, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu.trim(),
+        first_line("uname", &["-sr"])
+    );
+    let _ = writeln!(md, "- usher {} (`{}`), Pingora 0.9.1; bare Pingora built with the same release profile (fat LTO, codegen-units 1, mimalloc)", env!("CARGO_PKG_VERSION"), first_line("git", &["-C", root.to_str().unwrap_or("."), "rev-parse", "--short", "HEAD"]));
+    let _ = writeln!(
+        md,
+        "- {}; {}; {}",
+        first_line("nginx", &["-v"]),
+        first_line("haproxy", &["-v"]),
+        first_line("wrk", &["-v"])
+    );
+    let _ = writeln!(md, "- every proxy runs one worker pinned to core 0 (`taskset -c 0`); wrk, the open-loop generator and the origins run on core 1; upstream keep-alive everywhere; peer configs in `bench-harness/peers/`");
+    let _ = writeln!(md, "- usher runs with everything on: identity and trusted tiers, scoring and journeys, protection and rescue, the experience header, latency-aware balancing, passive and active health, retries, metrics, events to a JSON-lines file, a funnel and an objective\n");
+
+    let _ = writeln!(md, "## Throughput\n\n`wrk -t1 -c32 -d{}s` against an nginx `return 200` origin, 1,000 distinct customers in the `x-customer-id` header, median of {} interleaved runs; CPU time per request and peak RSS of the proxy process.\n", o.secs, o.runs);
+    let direct = rps["direct"];
+    let bare = rps["bare Pingora"];
+    let rows: Vec<Vec<String>> = Contestant::ALL
+        .iter()
+        .map(|c| {
+            let n = c.name();
+            let cpu = tp
+                .cpu_us
+                .get(n)
+                .map(|v| format!("{:.1} us", median(v.clone())))
+                .unwrap_or("-".into());
+            let rss = tp
+                .peak_rss_kb
+                .get(n)
+                .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+                .unwrap_or("-".into());
+            vec![
+                n.to_string(),
+                format!("{:.0}", rps[n]),
+                format!("{:.2}x", rps[n] / direct),
+                format!("{:.2}x", rps[n] / bare),
+                cpu,
+                rss,
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &[
+            "",
+            "requests/s",
+            "vs direct",
+            "vs bare Pingora",
+            "CPU per request",
+            "peak RSS",
+        ],
+        &rows,
+    ));
+
+    let _ = writeln!(md, "\n## Latency at fixed rates\n\nOpen loop (wrk2-style: latency counted from when each request was due), 32 connections, {} s per run, at 25/50/75% of the weakest proxy's throughput; what each proxy adds over going direct.\n", o.secs);
+    let mut rows = Vec::new();
+    for row in &lat {
+        let d = &row.by["direct"];
+        for c in Contestant::PROXIES {
+            let f = &row.by[c.name()];
+            let add = |a: Duration, b: Duration| format!("+{}", ms(a.saturating_sub(b)));
+            rows.push(vec![
+                format!("{:.0}", row.rate),
+                c.name().to_string(),
+                add(f.p50, d.p50),
+                add(f.p99, d.p99),
+                add(f.p999, d.p999),
+                pct(f.success),
+            ]);
+        }
+    }
+    md.push_str(&table(
+        &[
+            "req/s",
+            "proxy",
+            "p50 added",
+            "p99 added",
+            "p99.9 added",
+            "success",
+        ],
+        &rows,
+    ));
+
+    let _ = writeln!(md, "\n## Customers\n\nusher's throughput with this many distinct customers (all tracked, each with a 16-step journey), and its resident memory. Memory per tracked customer is the RSS growth between the smallest and largest run divided by the customers added.\n");
+    let rows: Vec<Vec<String>> = cust
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}", r.n),
+                format!("{:.0}", r.rps),
+                format!("{:.2}x", r.rps / cust[0].rps),
+                format!("{:.0}", r.tracked),
+                format!("{:.0} MiB", r.rss_kb as f64 / 1024.0),
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &["customers", "requests/s", "vs fewest", "tracked", "RSS"],
+        &rows,
+    ));
+    if let (Some(a), Some(b)) = (cust.first(), cust.last()) {
+        if b.tracked > a.tracked {
+            let _ = writeln!(md, "\nMemory per tracked customer: {:.0} bytes (RSS). The allocation count (`cargo bench --bench customer_memory`) gives the heap alone.", (b.rss_kb as f64 - a.rss_kb as f64) * 1024.0 / (b.tracked - a.tracked));
+        }
+    }
+
+    let _ = writeln!(md, "\n## Faults\n\nThree upstreams (usher's programmable origins); {} requests/s open loop for {} s, half from gold customers on `/checkout/pay` (usher's protected customers on a critical route; the other proxies treat everyone alike), half from standard customers browsing. The fault starts at {FAULT_AT} s; figures are for everything after it. nginx: `max_fails=1 fail_timeout=10s` and `proxy_next_upstream`; HAProxy: `observe layer7`, `on-error mark-down`, `option redispatch`, `retries 1`, health check; bare Pingora: round robin; usher: defaults.\n", o.fault_rate, o.fault_secs);
+    for (fault, runs) in &faults {
+        let _ = writeln!(md, "### {}\n", fault.name());
+        let mut rows = Vec::new();
+        for (c, r) in runs {
+            let post: Vec<&Sample> = r
+                .samples
+                .iter()
+                .filter(|s| s.due >= Duration::from_secs(FAULT_AT))
+                .collect();
+            let settled: Vec<&Sample> = post
+                .iter()
+                .copied()
+                .filter(|s| s.due >= Duration::from_secs(FAULT_AT + 1))
+                .collect();
+            for (class, label) in [
+                (Class::Protected, "protected"),
+                (Class::Standard, "standard"),
+            ] {
+                let f = figures(post.iter().copied().filter(|s| s.class == class));
+                let fs = figures(settled.iter().copied().filter(|s| s.class == class));
+                let stop = match (class, r.stopped_after) {
+                    (Class::Protected, Some(s)) => format!("{s:.0} s"),
+                    (Class::Protected, None) => "never".into(),
+                    _ => String::new(),
+                };
+                rows.push(vec![
+                    c.name().into(),
+                    label.into(),
+                    pct(f.success),
+                    ms(f.p50),
+                    ms(f.p99),
+                    ms(f.max),
+                    pct(fs.success),
+                    ms(fs.p99),
+                    ms(fs.max),
+                    stop,
+                ]);
+            }
+        }
+        md.push_str(&table(
+            &[
+                "proxy",
+                "customers",
+                "success",
+                "p50",
+                "p99",
+                "max",
+                "success after 1 s",
+                "p99 after 1 s",
+                "max after 1 s",
+                "bad upstream out after",
+            ],
+            &rows,
+        ));
+        md.push('\n');
+    }
+    let (_, brown) = &faults[0];
+    let series: Vec<(String, Vec<(f64, Duration)>)> = brown
+        .iter()
+        .map(|(c, r)| {
+            (
+                c.name().to_string(),
+                per_second(&r.samples, o.fault_secs as usize, None),
+            )
+        })
+        .collect();
+    std::fs::write(
+        root.join("brownout.svg"),
+        chart(
+            "Brownout at 5 s: one of three upstreams answers 50% 503 and 2 s late",
+            &series,
+            FAULT_AT as usize,
+        ),
+    )?;
+    let _ = writeln!(
+        md,
+        "![brownout: success rate and p99 per second, one line per proxy](brownout.svg)\n"
+    );
+    let _ = writeln!(md, "## Reproduce\n\n```sh\nbench-harness/run{}\n```\n\nMicro benchmarks of the hot path: `cargo bench --bench hot_path`; memory per customer: `cargo bench --bench customer_memory`; sinks: `cargo bench --bench sink_throughput`.", if o.quick { " --quick" } else { "" });
+    std::fs::write(root.join("RESULTS.md"), md)?;
+    eprintln!(
+        "wrote {} and {}",
+        root.join("RESULTS.md").display(),
+        root.join("brownout.svg").display()
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The contestants and how each is started in front of a set of upstreams. Peer configs are the
+//! checked-in files in `bench-harness/peers/`, filled in here.
+
+use crate::procs::{self, Proc};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The core the proxy under test runs on; the harness itself (load, origins) runs on the other.
+pub const PROXY_CORE: usize = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contestant {
+    Direct,
+    Bare,
+    Usher,
+    Nginx,
+    Haproxy,
+}
+
+impl Contestant {
+    pub const ALL: [Contestant; 5] = [
+        Contestant::Direct,
+        Contestant::Bare,
+        Contestant::Usher,
+        Contestant::Nginx,
+        Contestant::Haproxy,
+    ];
+    pub const PROXIES: [Contestant; 4] = [
+        Contestant::Bare,
+        Contestant::Usher,
+        Contestant::Nginx,
+        Contestant::Haproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contestant::Direct => "direct",
+            Contestant::Bare => "bare Pingora",
+            Contestant::Usher => "usher",
+            Contestant::Nginx => "nginx",
+            Contestant::Haproxy => "HAProxy",
+        }
+    }
+}
+
+/// Where the binaries are.
+pub struct Tools {
+    pub usher: PathBuf,
+    pub bare: PathBuf,
+    pub nginx: PathBuf,
+    pub haproxy: PathBuf,
+    pub peers: PathBuf,
+    pub work: PathBuf,
+}
+
+/// A running contestant: where to send traffic, and the process to measure (none for direct).
+pub struct Running {
+    pub target: SocketAddr,
+    pub proc: Option<Proc>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// usher with everything on: identity and trusted tiers, scoring and journeys, protection and
+/// rescue, the experience header, latency-aware balancing with passive and active health, retries,
+/// metrics, and follow-up events to a JSON-lines file with a checkout funnel and an objective.
+pub fn usher_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstreams: &[SocketAddr],
+    dir: &Path,
+) -> String {
+    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        r#"
+[server]
+listen = ["{listen}"]
+admin = "{admin}"
+threads = 1
+
+[identity]
+customer_id = [{{ header = "x-customer-id" }}, {{ cookie = "cid" }}]
+tier = [{{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }}]
+default_tier = "standard"
+
+[[tiers]]
+name = "gold"
+protected = true
+follow_up = "phone within 1h"
+notify_failures = true
+
+[[tiers]]
+name = "standard"
+follow_up = "email"
+
+[experience]
+track_max = 1000000
+journey_len = 16
+
+[protection]
+rescue_below = 50
+experience_header = "x-usher-experience"
+
+[events]
+spool_dir = "{dir}/spool"
+
+[[events.sinks]]
+type = "jsonl"
+path = "{dir}/events.jsonl"
+
+[[funnels]]
+name = "checkout"
+abandon_after = "30m"
+steps = [{{ name = "cart", path = "/cart" }}, {{ name = "checkout", path = "/checkout" }}, {{ name = "done", path = "/checkout/done" }}]
+
+[[pools]]
+name = "web"
+upstreams = [{ups}]
+health_check = {{ path = "/healthz", interval = "1s", timeout = "500ms" }}
+
+[[routes]]
+name = "checkout"
+match = {{ path_prefix = "/checkout" }}
+pool = "web"
+critical = true
+target = "100ms"
+slo = 0.999
+
+[[routes]]
+name = "site"
+pool = "web"
+target = "200ms"
+"#,
+        dir = dir.display(),
+        ups = ups.join(", ")
+    )
+}
+
+impl Tools {
+    fn peer(&self, file: &str) -> String {
+        std::fs::read_to_string(self.peers.join(file)).unwrap_or_default()
+    }
+
+    /// Starts `c` in front of `upstreams` (for direct: the first upstream itself).
+    pub fn start(
+        &self,
+        c: Contestant,
+        upstreams: &[SocketAddr],
+        tag: &str,
+    ) -> anyhow::Result<Running> {
+        let listen = procs::free_addr();
+        let dir = self
+            .work
+            .join(format!("{}-{tag}", c.name().replace(' ', "-")));
+        std::fs::create_dir_all(&dir)?;
+        let (proc, admin) = match c {
+            Contestant::Direct => {
+                return Ok(Running {
+                    target: upstreams[0],
+                    proc: None,
+                    admin: None,
+                })
+            }
+            Contestant::Bare => {
+                let mut args = vec![listen.to_string()];
+                args.extend(upstreams.iter().map(|u| u.to_string()));
+                (Proc::pinned("bare", PROXY_CORE, &self.bare, &args)?, None)
+            }
+            Contestant::Usher => {
+                let admin = procs::free_addr();
+                let path = dir.join("usher.toml");
+                std::fs::write(&path, usher_config(listen, admin, upstreams, &dir))?;
+                let args = vec![
+                    "run".to_string(),
+                    "--config".to_string(),
+                    path.display().to_string(),
+                ];
+                (
+                    Proc::pinned("usher", PROXY_CORE, &self.usher, &args)?,
+                    Some(admin),
+                )
+            }
+            Contestant::Nginx => {
+                let servers: Vec<String> = upstreams
+                    .iter()
+                    .map(|u| format!("        server {u} max_fails=1 fail_timeout=10s;"))
+                    .collect();
+                let conf = procs::render(
+                    &self.peer("nginx-proxy.conf"),
+                    &[
+                        ("DIR", dir.display().to_string()),
+                        ("LISTEN", listen.to_string()),
+                        ("SERVERS", servers.join("\n")),
+                    ],
+                );
+                let path = dir.join("nginx.conf");
+                std::fs::write(&path, conf)?;
+                let args = vec![
+                    "-c".into(),
+                    path.display().to_string(),
+                    "-p".into(),
+                    dir.display().to_string(),
+                ];
+                (Proc::pinned("nginx", PROXY_CORE, &self.nginx, &args)?, None)
+            }
+            Contestant::Haproxy => {
+                let servers: Vec<String> = upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        format!("    server s{i} {u} check inter 1s observe layer7 error-limit 10 on-error mark-down")
+                    })
+                    .collect();
+                let conf = procs::render(
+                    &self.peer("haproxy.cfg"),
+                    &[
+                        ("LISTEN", listen.to_string()),
+                        ("SERVERS", servers.join("\n")),
+                    ],
+                );
+                let path = dir.join("haproxy.cfg");
+                std::fs::write(&path, conf)?;
+                let args = vec!["-f".into(), path.display().to_string(), "-db".into()];
+                (
+                    Proc::pinned("haproxy", PROXY_CORE, &self.haproxy, &args)?,
+                    None,
+                )
+            }
+        };
+        procs::wait_listening(listen, Duration::from_secs(15))?;
+        Ok(Running {
+            target: listen,
+            proc: Some(proc),
+            admin,
+        })
+    }
+
+    /// The `return 200` origin for throughput and latency runs, on `core`.
+    pub fn nginx_origin(&self, core: usize) -> anyhow::Result<(Proc, SocketAddr)> {
+        let listen = procs::free_addr();
+        let dir = self.work.join("origin");
+        std::fs::create_dir_all(&dir)?;
+        let conf = procs::render(
+            &self.peer("nginx-origin.conf"),
+            &[
+                ("DIR", dir.display().to_string()),
+                ("LISTEN", listen.to_string()),
+            ],
+        );
+        let path = dir.join("origin.conf");
+        std::fs::write(&path, conf)?;
+        let args = vec![
+            "-c".into(),
+            path.display().to_string(),
+            "-p".into(),
+            dir.display().to_string(),
+        ];
+        let p = Proc::pinned("origin", core, &self.nginx, &args)?;
+        procs::wait_listening(listen, Duration::from_secs(10))?;
+        Ok((p, listen))
+    }
+}
