@@ -13,6 +13,8 @@ pub const PROXY_CORE: usize = 0;
 pub enum Contestant {
     Direct,
     Bare,
+    /// Bare Pingora with usher's default peer timeouts: throughput only.
+    BareTimeouts,
     Usher,
     Nginx,
     Haproxy,
@@ -37,6 +39,7 @@ impl Contestant {
         match self {
             Contestant::Direct => "direct",
             Contestant::Bare => "bare Pingora",
+            Contestant::BareTimeouts => "bare Pingora + timeouts",
             Contestant::Usher => "usher",
             Contestant::Nginx => "nginx",
             Contestant::Haproxy => "HAProxy",
@@ -161,8 +164,11 @@ impl Tools {
                     admin: None,
                 })
             }
-            Contestant::Bare => {
+            Contestant::Bare | Contestant::BareTimeouts => {
                 let mut args = vec![listen.to_string()];
+                if c == Contestant::BareTimeouts {
+                    args.insert(0, "--timeouts".to_string());
+                }
                 args.extend(upstreams.iter().map(|u| u.to_string()));
                 (Proc::pinned("bare", PROXY_CORE, &self.bare, &args)?, None)
             }

@@ -1,8 +1,8 @@
-//! Open-loop load at a fixed rate, corrected for coordinated omission, as wrk2 does it: request i is
-//! due at `start + i / rate`, connections take the requests in turn, and latency is measured from
-//! when a request was due, not from when it was sent. A proxy that stalls is charged for every
-//! request its stall delayed, instead of the generator politely waiting for it (which is how a
-//! closed-loop tool such as wrk hides a 1 s hiccup behind a good p99).
+//! Open-loop load at a fixed rate, corrected for coordinated omission: request i is due at
+//! `start + i / rate` whatever happened to the ones before it, and a request that cannot be sent
+//! when due (every connection busy) is charged from when it was due. A proxy that stalls is charged
+//! for every request its stall delayed, instead of the generator politely waiting for it (which is
+//! how a closed-loop tool such as wrk hides a 1 s hiccup behind a good p99).
 //!
 //! Plain HTTP/1.1 over keep-alive TCP, no client library: the generator must cost little next to
 //! what it measures.
@@ -114,13 +114,17 @@ async fn read_response(
     Ok(Response { status, origin })
 }
 
-/// Runs `rate` requests per second against `target` for `duration` over `conns` keep-alive
-/// connections, cycling through `requests`. Returns one sample per request due.
+/// Runs `rate` requests per second against `target` for `duration`, cycling through `requests`,
+/// over a pool of keep-alive connections that grows as needed up to `max_conns`. Every request is
+/// dispatched when due on any idle connection: one slow answer holds up nobody else, as with real
+/// customers. Latency is counted from when the request was sent, or from when it was due if it had
+/// to wait for a connection (the pool was exhausted: the proxy is not keeping up, and that wait is
+/// its doing). The dispatcher's own timer slop (tokio's millisecond timer) is not charged.
 pub async fn open_loop(
     target: SocketAddr,
     rate: f64,
     duration: Duration,
-    conns: usize,
+    max_conns: usize,
     requests: Arc<Vec<Request>>,
     timeout: Duration,
 ) -> Vec<Sample> {
@@ -128,55 +132,68 @@ pub async fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(50);
     let wires: Arc<Vec<Vec<u8>>> = Arc::new(requests.iter().map(Request::wire).collect());
-    let conns = conns.max(1) as u64;
-    let tasks: Vec<_> = (0..conns)
-        .map(|j| {
-            let (requests, wires) = (requests.clone(), wires.clone());
-            tokio::spawn(async move {
-                let mut out = Vec::with_capacity((total / conns + 1) as usize);
-                let mut conn: Option<BufReader<TcpStream>> = None;
-                let mut line = String::new();
-                let mut i = j;
-                while i < total {
-                    let due = interval * i as u32;
-                    tokio::time::sleep_until((start + due).into()).await;
-                    let k = (i as usize) % requests.len();
-                    let result = tokio::time::timeout(timeout, async {
-                        if conn.is_none() {
-                            let s = TcpStream::connect(target).await?;
-                            s.set_nodelay(true)?;
-                            conn = Some(BufReader::new(s));
-                        }
-                        let c = conn.as_mut().expect("just connected");
-                        c.get_mut().write_all(&wires[k]).await?;
-                        read_response(c, &mut line).await
-                    })
-                    .await;
-                    let (status, origin) = match result {
-                        Ok(Ok(r)) => (r.status, r.origin),
-                        _ => {
-                            conn = None;
-                            (0, None)
-                        }
-                    };
-                    out.push(Sample {
-                        due,
-                        latency: Instant::now().saturating_duration_since(start + due),
-                        status,
-                        class: requests[k].class,
-                        origin,
-                    });
-                    i += conns;
-                }
-                out
+    let pool: Arc<std::sync::Mutex<Vec<BufReader<TcpStream>>>> = Arc::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_conns.max(1)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    for i in 0..total {
+        let due = interval * i as u32;
+        tokio::time::sleep_until((start + due).into()).await;
+        let k = (i as usize) % requests.len();
+        let (wires, pool, slots, tx, class) = (
+            wires.clone(),
+            pool.clone(),
+            slots.clone(),
+            tx.clone(),
+            requests[k].class,
+        );
+        tokio::spawn(async move {
+            let (permit, waited) = match slots.clone().try_acquire_owned() {
+                Ok(p) => (p, false),
+                Err(_) => match slots.acquire_owned().await {
+                    Ok(p) => (p, true),
+                    Err(_) => return,
+                },
+            };
+            let from = if waited { start + due } else { Instant::now() };
+            let pooled = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let mut line = String::new();
+            let result = tokio::time::timeout(timeout, async {
+                let mut c = match pooled {
+                    Some(c) => c,
+                    None => {
+                        let s = TcpStream::connect(target).await?;
+                        s.set_nodelay(true)?;
+                        BufReader::new(s)
+                    }
+                };
+                c.get_mut().write_all(&wires[k]).await?;
+                let r = read_response(&mut c, &mut line).await?;
+                Ok::<_, std::io::Error>((r, c))
             })
-        })
-        .collect();
+            .await;
+            let (status, origin) = match result {
+                Ok(Ok((r, c))) => {
+                    if let Ok(mut p) = pool.lock() {
+                        p.push(c);
+                    }
+                    (r.status, r.origin)
+                }
+                _ => (0, None),
+            };
+            drop(permit);
+            let _ = tx.send(Sample {
+                due,
+                latency: Instant::now().saturating_duration_since(from),
+                status,
+                class,
+                origin,
+            });
+        });
+    }
+    drop(tx);
     let mut all = Vec::with_capacity(total as usize);
-    for t in tasks {
-        if let Ok(v) = t.await {
-            all.extend(v);
-        }
+    while let Some(s) = rx.recv().await {
+        all.push(s);
     }
     all.sort_by_key(|s| s.due);
     all

@@ -47,6 +47,9 @@ pub(crate) struct Attempt {
 #[derive(Debug)]
 pub struct Exchange {
     pub(crate) started: Instant,
+    /// Wall clock at admission, Unix milliseconds; later wall times are derived from `started`
+    /// rather than read again.
+    pub(crate) wall_ms: u64,
     pub(crate) identity: Option<Identity>,
     pub(crate) route: Option<RouteId>,
     pub(crate) protection: Option<Protection>,
@@ -86,6 +89,7 @@ impl Exchange {
     pub fn starting_at(started: Instant) -> Self {
         Exchange {
             started,
+            wall_ms: 0,
             identity: None,
             route: None,
             protection: None,
@@ -131,6 +135,14 @@ impl Exchange {
 
     pub fn retries(&self) -> u8 {
         self.retries
+    }
+
+    /// The wall clock (Unix milliseconds) at `now`, from the one read at admission.
+    pub fn wall_at(&self, now: Instant) -> u64 {
+        if self.wall_ms == 0 {
+            return crate::engine::wall_ms();
+        }
+        self.wall_ms + now.saturating_duration_since(self.started).as_millis() as u64
     }
 }
 

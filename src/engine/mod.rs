@@ -26,6 +26,7 @@ use crate::stats::LatencyStats;
 use crate::upstream::{AttemptResult, HealthEvent, Settings, Upstreams};
 use exchange::Attempt;
 use rand::Rng;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,6 +143,7 @@ impl Usher {
 
     /// Admits the request, identifies the customer, finds the route and decides on protection.
     pub fn begin(&self, ex: &mut Exchange, req: &RequestHead<'_>, now_ms: u64) -> Admission {
+        ex.wall_ms = now_ms;
         let identity = self.identity.resolve(req.uri, req.headers, req.peer);
         if exchange::head_size(req) > self.config.server.max_header_bytes {
             ex.identity = Some(identity);
@@ -319,7 +321,7 @@ impl Usher {
             // upstream's failure. A refused connection has no latency worth timing.
             if let Some(st) = self.upstream_stats.get(u as usize).filter(|_| first_report) {
                 let timed = (result != AttemptResult::ConnectFailed).then_some(latency);
-                st.record(timed, failed, (0, 0), wall_ms());
+                st.record(timed, failed, (0, 0), ex.wall_at(now));
             }
             if let Some(e) =
                 self.upstreams
@@ -592,7 +594,14 @@ impl Usher {
         } else {
             "ok"
         };
-        Some((name, format!("score={score:.0}; state={state}")))
+        // Integer formatting: float formatting with a precision took a visible share of a request.
+        let mut v = String::with_capacity(32);
+        let _ = write!(
+            v,
+            "score={}; state={state}",
+            score.round().clamp(0.0, 100.0) as u8
+        );
+        Some((name, v))
     }
 }
 

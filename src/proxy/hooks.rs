@@ -238,6 +238,7 @@ impl UsherHooks {
         ex: &mut Exchange,
     ) -> Option<Recorded> {
         let req = session.req_header();
+        let now = Instant::now();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let failure = e.map(outcome_of).filter(|o| *o != Outcome::Ok);
         self.usher.finish(
@@ -249,8 +250,8 @@ impl UsherHooks {
                 failure,
                 bytes_in: session.body_bytes_read() as u64,
                 bytes_out: session.body_bytes_sent() as u64,
-                now: Instant::now(),
-                now_ms: wall_ms(),
+                now,
+                now_ms: ex.wall_at(now),
             },
         )
     }

@@ -2,7 +2,8 @@
 //! Pingora's defaults for everything else, no usher logic at all. Built with the same release
 //! profile and allocator as usher, so that a ratio between the two is the cost of usher's work.
 //!
-//! `bare LISTEN UPSTREAM [UPSTREAM ...]`
+//! `bare [--timeouts] LISTEN UPSTREAM [UPSTREAM ...]`; `--timeouts` gives the peers usher's default
+//! connect, read, write and idle timeouts, to tell their cost apart from usher's own work.
 
 use async_trait::async_trait;
 use pingora::lb::selection::RoundRobin;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Bare(Arc<LoadBalancer<RoundRobin>>);
+struct Bare(Arc<LoadBalancer<RoundRobin>>, bool);
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -26,21 +27,33 @@ impl ProxyHttp for Bare {
             .0
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
-        Ok(Box::new(HttpPeer::new(b, false, String::new())))
+        let mut peer = HttpPeer::new(b, false, String::new());
+        if self.1 {
+            // usher's default pool timeouts: what a production proxy needs, at a price per read.
+            peer.options.connection_timeout = Some(std::time::Duration::from_secs(1));
+            peer.options.read_timeout = Some(std::time::Duration::from_secs(10));
+            peer.options.write_timeout = Some(std::time::Duration::from_secs(10));
+            peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let timeouts = args.first().is_some_and(|a| a == "--timeouts");
+    if timeouts {
+        args.remove(0);
+    }
     if args.len() < 2 {
-        eprintln!("usage: bare LISTEN UPSTREAM [UPSTREAM ...]");
+        eprintln!("usage: bare [--timeouts] LISTEN UPSTREAM [UPSTREAM ...]");
         std::process::exit(2);
     }
     let lb = LoadBalancer::try_from_iter(args[1..].iter().map(String::as_str))
         .expect("upstream addresses");
     let mut server = Server::new_with_opt_and_conf(None, ServerConf::default());
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare(Arc::new(lb)));
+    let mut proxy = http_proxy_service(&server.configuration, Bare(Arc::new(lb), timeouts));
     proxy.add_tcp(&args[0]);
     server.add_service(proxy);
     server.run_forever();
