@@ -155,24 +155,35 @@ pub async fn open_loop(
                 },
             };
             let from = if waited { start + due } else { Instant::now() };
-            let pooled = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let mut pooled = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
             let mut line = String::new();
-            let result = tokio::time::timeout(timeout, async {
-                let mut c = match pooled {
-                    Some(c) => c,
-                    None => {
-                        let s = TcpStream::connect(target).await?;
-                        s.set_nodelay(true)?;
-                        BufReader::new(s)
-                    }
-                };
-                c.get_mut().write_all(&wires[k]).await?;
-                let r = read_response(&mut c, &mut line).await?;
-                Ok::<_, std::io::Error>((r, c))
-            })
-            .await;
+            // A pooled connection the server has closed meanwhile (nginx closes one after 1,000
+            // requests) fails at once: like any HTTP client, try again on a new connection.
+            let mut result = None;
+            for _ in 0..2 {
+                let reused = pooled.is_some();
+                let r = tokio::time::timeout(timeout, async {
+                    let mut c = match pooled.take() {
+                        Some(c) => c,
+                        None => {
+                            let s = TcpStream::connect(target).await?;
+                            s.set_nodelay(true)?;
+                            BufReader::new(s)
+                        }
+                    };
+                    c.get_mut().write_all(&wires[k]).await?;
+                    let r = read_response(&mut c, &mut line).await?;
+                    Ok::<_, std::io::Error>((r, c))
+                })
+                .await;
+                let stale = matches!(&r, Ok(Err(e)) if reused && e.kind() == std::io::ErrorKind::UnexpectedEof);
+                result = Some(r);
+                if !stale {
+                    break;
+                }
+            }
             let (status, origin) = match result {
-                Ok(Ok((r, c))) => {
+                Some(Ok(Ok((r, c)))) => {
                     if let Ok(mut p) = pool.lock() {
                         p.push(c);
                     }

@@ -196,7 +196,7 @@ fn latency(
                 running.target,
                 rate,
                 Duration::from_secs(1),
-                32,
+                256,
                 reqs.clone(),
                 Duration::from_secs(10),
             ));
@@ -204,7 +204,7 @@ fn latency(
                 running.target,
                 rate,
                 Duration::from_secs(o.secs),
-                32,
+                256,
                 reqs.clone(),
                 Duration::from_secs(10),
             ));
@@ -330,7 +330,7 @@ fn fault_run(
             running.target,
             o.fault_rate,
             Duration::from_secs(o.fault_secs),
-            64,
+            1024,
             reqs,
             Duration::from_secs(15),
         ));
@@ -381,8 +381,59 @@ fn fault_run(
     })
 }
 
+/// `--only FAULT PROXY` (e.g. `--only slow nginx`): one fault run, figures per second. For looking
+/// into one scenario without the whole run.
+fn only(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    o: &Opts,
+    fault: &str,
+    proxy: &str,
+) -> anyhow::Result<()> {
+    let fault = match fault {
+        "brownout" => Fault::Brownout,
+        "slow" => Fault::Slow,
+        _ => Fault::Kill,
+    };
+    let c = Contestant::ALL
+        .into_iter()
+        .find(|c| c.name().replace(' ', "-").eq_ignore_ascii_case(proxy))
+        .ok_or_else(|| anyhow::anyhow!("no contestant {proxy}"))?;
+    let r = fault_run(rt, tools, c, fault, o)?;
+    for s in 0..o.fault_secs {
+        let lo = Duration::from_secs(s);
+        let sec: Vec<&Sample> = r
+            .samples
+            .iter()
+            .filter(|x| x.due >= lo && x.due < lo + Duration::from_secs(1))
+            .collect();
+        let f = figures(sec.iter().copied());
+        let b = sec
+            .iter()
+            .filter(|x| x.origin.as_deref() == Some("b"))
+            .count();
+        println!(
+            "{s:>3}s n={:>5} ok={} p50={} p99={} max={} from b={b}",
+            f.n,
+            pct(f.success),
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.max)
+        );
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    // The harness itself runs pinned to one core: count the machine's, not its own.
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0)
+}
+
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let o = if quick {
         Opts {
             runs: 1,
@@ -421,6 +472,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        let f = args.get(i + 1).cloned().unwrap_or_default();
+        let p = args.get(i + 2).cloned().unwrap_or_default();
+        return only(&rt, &tools, &o, &f, &p);
+    }
     let started = Instant::now();
 
     eprintln!(
@@ -505,7 +561,7 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "- machine: {} cores, {}, {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores(),
         cpu.trim(),
         first_line("uname", &["-sr"])
     );
