@@ -35,6 +35,7 @@ pub mod names {
     pub const RETRIES: &str = "usher_retries_total";
     pub const RETRY_BUDGET_EXHAUSTED: &str = "usher_retry_budget_exhausted_total";
     pub const PROTECTED_REQUESTS: &str = "usher_protected_requests_total";
+    pub const TRY_TIMEOUTS: &str = "usher_try_timeouts_total";
     pub const EVENTS: &str = "usher_events_total";
     pub const EVENT_QUEUE_DEPTH: &str = "usher_event_queue_depth";
     pub const EVENT_SPOOL_BYTES: &str = "usher_event_spool_bytes";
@@ -78,6 +79,7 @@ pub struct Metrics {
     retries_succeeded: IntCounter,
     retries_failed: IntCounter,
     pub retry_budget_exhausted: IntCounter,
+    pub try_timeouts: IntCounter,
     protected: [IntCounter; 4],
     pub events: EventMetrics,
 }
@@ -187,6 +189,11 @@ impl Metrics {
             "Retries refused because the pool's retry budget was spent.",
         ));
         must(registry.register(Box::new(retry_budget_exhausted.clone())));
+        let try_timeouts = must(IntCounter::new(
+            names::TRY_TIMEOUTS,
+            "Protected requests' tries given up after protection.try_timeout_factor x the route's p99.",
+        ));
+        must(registry.register(Box::new(try_timeouts.clone())));
         let protected_vec = must(IntCounterVec::new(
             Opts::new(
                 names::PROTECTED_REQUESTS,
@@ -238,6 +245,7 @@ impl Metrics {
             retries_succeeded: must(retries.get_metric_with_label_values(&["succeeded"])),
             retries_failed: must(retries.get_metric_with_label_values(&["failed"])),
             retry_budget_exhausted,
+            try_timeouts,
             protected,
             events,
         }

@@ -70,6 +70,8 @@ mod tests {
             rescue_below: Some(40.0),
             rescue_for: Duration::from_secs(600),
             experience_header: None,
+            try_timeout_factor: 4.0,
+            try_timeout_floor: Duration::from_millis(50),
         }
     }
 

@@ -89,17 +89,34 @@ impl LatencyStats {
         self.bytes_out.fetch_add(bytes.1, Ordering::Relaxed);
     }
 
+    /// Requests counted since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The `q` quantile of the latency window in microseconds, with the number of requests it
+    /// rests on.
+    pub fn window_quantile(&self, q: f64, now_ms: u64) -> (u64, u64) {
+        let merged = self.window(now_ms);
+        if merged.is_empty() {
+            return (0, 0);
+        }
+        (merged.len(), merged.value_at_quantile(q))
+    }
+
+    fn window(&self, now_ms: u64) -> Histogram<u64> {
+        let mut w = self.window.lock();
+        w.rotate(now_ms);
+        let mut m = w.previous.clone();
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = m.add(&w.current);
+        m
+    }
+
     pub fn view(&self, now_ms: u64) -> StatsView {
         let requests = self.requests.load(Ordering::Relaxed);
         let failures = self.failures.load(Ordering::Relaxed);
-        let merged = {
-            let mut w = self.window.lock();
-            w.rotate(now_ms);
-            let mut m = w.previous.clone();
-            // Same bounds on both sides, so adding cannot fail.
-            let _ = m.add(&w.current);
-            m
-        };
+        let merged = self.window(now_ms);
         let ms = |q: f64| {
             if merged.is_empty() {
                 0.0

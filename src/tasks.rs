@@ -64,7 +64,11 @@ impl BackgroundService for Periodic {
         events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = events.tick() => self.usher.sweep_events(wall_ms()),
+                _ = events.tick() => {
+                    let now_ms = wall_ms();
+                    self.usher.sweep_events(now_ms);
+                    self.usher.refresh_try_timeouts(now_ms);
+                }
                 _ = summary.tick() => {
                     let usher = self.usher.clone();
                     // A scan of a million customers takes milliseconds: not on the reactor.

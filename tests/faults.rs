@@ -123,12 +123,25 @@ async fn slow_upstream_is_avoided_protected_customers_unharmed() {
         let w = workers();
         async move { load(proxy, &w, Duration::from_secs(6), THINK).await }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Past the first refresh of the routes' try timeouts (every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // No errors, a green health check: just 300 ms more on every answer.
     slow.set_delay(Duration::from_millis(300));
-    let settled = Instant::now() + Duration::from_secs(1);
+    let onset = Instant::now();
+    let settled = onset + Duration::from_secs(1);
     let samples = traffic.await.unwrap();
     report("slow upstream", &samples, settled);
+    report("slow upstream, from onset", &samples, onset);
+
+    // Even the protected requests that reached it before anything was known were cut short and
+    // retried: none waited out the 300 ms.
+    let from_onset = figures(samples.iter().filter(|s| s.at >= onset && s.protected));
+    assert_eq!(from_onset.success, 1.0, "{from_onset:?}");
+    assert!(
+        from_onset.max < Duration::from_millis(200),
+        "protected max from onset {:?}",
+        from_onset.max
+    );
 
     let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
     let protected = figures(window.iter().copied().filter(|s| s.protected));
@@ -160,13 +173,22 @@ async fn brownout_is_routed_around() {
         let w = workers();
         async move { load(proxy, &w, Duration::from_secs(7), THINK).await }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let delay = Duration::from_secs(1);
     // Half its answers are 503, the other half take a second; its /healthz stays 200.
     sick.set_brownout(0.5, delay);
-    let settled = Instant::now() + Duration::from_secs(1);
+    let onset = Instant::now();
+    let settled = onset + Duration::from_secs(1);
     let samples = traffic.await.unwrap();
     report("brownout", &samples, settled);
+    report("brownout, from onset", &samples, onset);
+    let from_onset = figures(samples.iter().filter(|s| s.at >= onset && s.protected));
+    assert_eq!(from_onset.success, 1.0, "{from_onset:?}");
+    assert!(
+        from_onset.max < delay / 2,
+        "protected max from onset {:?}",
+        from_onset.max
+    );
 
     let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
     let protected = figures(window.iter().copied().filter(|s| s.protected));

@@ -180,6 +180,8 @@ pub struct ProtectionFile {
     pub rescue_below: Option<f64>,
     pub rescue_for: Option<String>,
     pub experience_header: Option<String>,
+    pub try_timeout_factor: Option<f64>,
+    pub try_timeout_floor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

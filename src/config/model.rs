@@ -134,6 +134,11 @@ pub struct ProtectionConfig {
     pub rescue_for: Duration,
     /// When set, the customer's experience is forwarded to the upstream in this header.
     pub experience_header: Option<HeaderName>,
+    /// A protected request's first try waits this many times the route's recent p99 for the
+    /// upstream to answer, then goes to another upstream; 0 turns it off.
+    pub try_timeout_factor: f64,
+    /// The try timeout is never shorter than this.
+    pub try_timeout_floor: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -221,7 +221,7 @@ fn shipped_configs_are_valid() {
 #[test]
 fn absurd_values_are_refused_not_left_to_overflow_later() {
     let text = format!(
-        "{MINIMAL}\n[outlier]\nbase_ejection = \"500000000000y\"\nmax_ejection = \"2y\"\n[retries]\nbudget_window = \"2d\"\n[protection]\nrescue_for = \"400d\"\n"
+        "{MINIMAL}\n[outlier]\nbase_ejection = \"500000000000y\"\nmax_ejection = \"2y\"\n[retries]\nbudget_window = \"2d\"\n[protection]\nrescue_for = \"400d\"\ntry_timeout_factor = 0.5\ntry_timeout_floor = \"soon\"\n"
     );
     let errs = parse(&text).unwrap_err();
     for p in [
@@ -229,6 +229,8 @@ fn absurd_values_are_refused_not_left_to_overflow_later() {
         "outlier.max_ejection",
         "retries.budget_window",
         "protection.rescue_for",
+        "protection.try_timeout_factor",
+        "protection.try_timeout_floor",
     ] {
         assert!(errs.paths().contains(&p), "missing {p}: {errs}");
     }

@@ -961,6 +961,18 @@ fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
             );
         }
     }
+    let try_timeout_factor = match f.try_timeout_factor {
+        None => 4.0,
+        Some(x) if x == 0.0 || (1.0..=1000.0).contains(&x) => x,
+        Some(x) => {
+            // Under 1x the route's own p99, a healthy upstream's ordinary answers would be cut off.
+            errs.push(
+                "protection.try_timeout_factor",
+                format!("{x} is out of range: 0 (off) or 1 to 1000"),
+            );
+            4.0
+        }
+    };
     ProtectionConfig {
         protected_anywhere: f.protected_anywhere.unwrap_or(false),
         critical_for_everyone: f.critical_for_everyone.unwrap_or(false),
@@ -972,6 +984,13 @@ fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
             Duration::from_secs(600),
         ),
         experience_header,
+        try_timeout_factor,
+        try_timeout_floor: duration(
+            errs,
+            "protection.try_timeout_floor",
+            f.try_timeout_floor.as_ref(),
+            Duration::from_millis(50),
+        ),
     }
 }
 

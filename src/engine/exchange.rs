@@ -58,6 +58,10 @@ pub struct Exchange {
     /// The request's method is idempotent: it may be retried after reaching an upstream, and used
     /// as a sample.
     pub(crate) idempotent: bool,
+    /// The request announces no body, so a retry never depends on what Pingora kept of one.
+    pub(crate) bodiless: bool,
+    /// The current try was given this shortened read timeout (see [`crate::engine::Usher::try_timeout`]).
+    pub(crate) try_timeout: Option<std::time::Duration>,
     /// The customer's score when the request arrived, if tracked and asked for.
     pub(crate) score: Option<f64>,
     pub(crate) attempt: Option<Attempt>,
@@ -95,6 +99,8 @@ impl Exchange {
             protection: None,
             rerouted_from: None,
             idempotent: false,
+            bodiless: false,
+            try_timeout: None,
             score: None,
             attempt: None,
             tried: Tried::default(),

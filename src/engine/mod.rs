@@ -28,8 +28,13 @@ use exchange::Attempt;
 use rand::Rng;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Requests in a route's latency window before its p99 sets a try timeout: below that the p99 is
+/// a guess, and a guess on the low side would cut off healthy answers.
+const TRY_TIMEOUT_MIN_SAMPLES: u64 = 100;
 
 /// Wall-clock milliseconds since the Unix epoch: the time base of customer state.
 pub fn wall_ms() -> u64 {
@@ -50,6 +55,10 @@ pub struct Usher {
     /// Whether admission needs the customer's current score (rescue or the experience header).
     peek_customer: bool,
     events: Events,
+    /// Each route's current try timeout for protected requests, in microseconds; 0 when none.
+    try_timeouts: Vec<AtomicU64>,
+    /// Each route's request count at the last refresh of its try timeout.
+    try_timeouts_seen: Vec<AtomicU64>,
     /// When each route's burn was last reported, by severity.
     slo_alerted: parking_lot::Mutex<std::collections::HashMap<(usize, &'static str), u64>>,
 }
@@ -92,6 +101,8 @@ impl Usher {
             metrics: Metrics::new(&config),
             peek_customer: prot.rescue_below.is_some() || prot.experience_header.is_some(),
             events: Events::new(&config),
+            try_timeouts: config.routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            try_timeouts_seen: config.routes.iter().map(|_| AtomicU64::new(0)).collect(),
             slo_alerted: Default::default(),
             config,
         })
@@ -173,6 +184,11 @@ impl Usher {
         );
         ex.identity = Some(identity);
         ex.idempotent = req.method.is_idempotent();
+        ex.bodiless = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0");
         match ex.route {
             Some(r) => Admission::Route(r),
             None => Admission::NoRoute,
@@ -377,6 +393,85 @@ impl Usher {
             return RetryVerdict::BudgetExhausted;
         }
         RetryVerdict::Retry
+    }
+
+    /// The read timeout for a protected request's try, when it should be shorter than the pool's:
+    /// `protection.try_timeout_factor` times the route's recent p99, at least
+    /// `protection.try_timeout_floor`. An upstream that has just turned slow then costs a protected
+    /// customer that long, not its whole delay: the try is given up and retried elsewhere. Only for
+    /// a first try that can be retried (idempotent, no body, another upstream, budget left), since
+    /// a try cut short with nowhere to go would fail a request that was merely slow.
+    ///
+    /// Pingora applies a read timeout to every read of the answer, so a body that pauses longer
+    /// than this is cut off too: routes that stream belong in a setup with the factor at 0.
+    pub fn try_timeout(&self, ex: &mut Exchange, now: Instant) -> Option<Duration> {
+        ex.try_timeout = None;
+        if ex.protection.is_none()
+            || ex.retries > 0
+            || !ex.idempotent
+            || !ex.bodiless
+            || !self.config.retries.enabled
+        {
+            return None;
+        }
+        let r = ex.route?;
+        let us = self.try_timeouts.get(r as usize)?.load(Ordering::Relaxed);
+        let pool = self.route_config(r)?.pool;
+        let limit = Duration::from_micros(us);
+        if us == 0 || limit >= self.config.pools.get(pool as usize)?.read_timeout {
+            return None;
+        }
+        if !self
+            .upstreams
+            .has_alternative(pool, true, ex.tried.as_slice())
+            || !self.upstreams.retry_has_room(pool, now)
+        {
+            return None;
+        }
+        ex.try_timeout = Some(limit);
+        Some(limit)
+    }
+
+    /// The current try ran out of its [`Self::try_timeout`]. The upstream is slow, not known to be
+    /// failing (it may well answer a moment later), so it is charged the time waited: enough for
+    /// balancing to steer away, without counting towards failure-rate ejection.
+    pub fn try_timed_out(&self, ex: &mut Exchange, now: Instant) {
+        self.metrics.try_timeouts.inc();
+        self.observe_attempt(ex, AttemptResult::Ok, now);
+    }
+
+    /// Recomputes the try timeout of each route where protection can apply, from the p99 of its
+    /// latency window. Periodic; skips routes without new requests.
+    pub fn refresh_try_timeouts(&self, now_ms: u64) {
+        let p = &self.config.protection;
+        if p.try_timeout_factor == 0.0 {
+            return;
+        }
+        let anywhere = p.protected_anywhere || p.rescue_below.is_some();
+        for (i, route) in self.config.routes.iter().enumerate() {
+            if !(route.critical || anywhere) {
+                continue;
+            }
+            let stats = &self.route_stats[i];
+            let requests = stats.requests();
+            if self.try_timeouts_seen[i].swap(requests, Ordering::Relaxed) == requests {
+                continue;
+            }
+            let (samples, p99_us) = stats.window_quantile(0.99, now_ms);
+            let us = if samples < TRY_TIMEOUT_MIN_SAMPLES {
+                0
+            } else {
+                let floor = p.try_timeout_floor.as_micros() as f64;
+                (p99_us as f64 * p.try_timeout_factor).max(floor) as u64
+            };
+            self.try_timeouts[i].store(us, Ordering::Relaxed);
+        }
+    }
+
+    /// A route's current try timeout for protected requests, if any.
+    pub fn route_try_timeout(&self, r: RouteId) -> Option<Duration> {
+        let us = self.try_timeouts.get(r as usize)?.load(Ordering::Relaxed);
+        (us > 0).then(|| Duration::from_micros(us))
     }
 
     /// A pooled keep-alive connection turned out to be closed: retry on the same upstream, once,

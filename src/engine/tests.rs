@@ -165,6 +165,71 @@ fn the_retry_budget_stops_a_retry_storm() {
 }
 
 #[test]
+fn a_protected_try_is_cut_short_at_a_multiple_of_the_routes_p99() {
+    let (u, t0) = usher("");
+    let ms = Duration::from_millis;
+    let checkout = u.route_stats(0).unwrap();
+    let gold = |u: &Usher, method: Method| begin(u, method, "/checkout/pay", "g", Some("gold"), 1);
+    let first_try = |u: &Usher, ex: &mut Exchange| {
+        u.choose_upstream(ex, t0, &mut rng()).unwrap();
+        u.try_timeout(ex, t0)
+    };
+
+    // Too few requests for a p99 worth trusting: the pool's own timeout stands.
+    for _ in 0..99 {
+        checkout.record(Some(ms(5)), false, (0, 0), 1);
+    }
+    u.refresh_try_timeouts(1);
+    assert_eq!(u.route_try_timeout(0), None);
+    assert_eq!(first_try(&u, &mut gold(&u, Method::GET)), None);
+
+    // 4 x a 5 ms p99 is under the floor: the floor.
+    checkout.record(Some(ms(5)), false, (0, 0), 1);
+    u.refresh_try_timeouts(1);
+    assert_eq!(u.route_try_timeout(0), Some(ms(50)));
+    let mut ex = gold(&u, Method::GET);
+    assert_eq!(first_try(&u, &mut ex), Some(ms(50)));
+
+    // The try runs out: the upstream is charged the wait, the retry goes elsewhere with the
+    // pool's full timeout.
+    let cut = ex.upstream().unwrap();
+    u.try_timed_out(&mut ex, t0 + ms(50));
+    assert_eq!(u.metrics().try_timeouts.get(), 1);
+    assert!(u.upstreams().cost(cut, t0 + ms(50), true) >= 0.05);
+    assert_eq!(u.retry(&mut ex, true, t0 + ms(50)), RetryVerdict::Retry);
+    assert_ne!(first_try(&u, &mut ex), Some(ms(50)));
+    assert_ne!(ex.upstream(), Some(cut));
+
+    // A slower route gets a longer timeout: 4 x its p99 of about 30 ms.
+    for _ in 0..100 {
+        checkout.record(Some(ms(30)), false, (0, 0), 1);
+    }
+    u.refresh_try_timeouts(1);
+    let t = u.route_try_timeout(0).unwrap();
+    assert!(t >= ms(119) && t <= ms(122), "{t:?}");
+
+    // Only what can be retried is cut short: not standard customers, not a POST, not a body.
+    let mut standard = begin(&u, Method::GET, "/checkout/pay", "s", None, 1);
+    assert_eq!(first_try(&u, &mut standard), None);
+    assert_eq!(first_try(&u, &mut gold(&u, Method::POST)), None);
+    let mut with_body = gold(&u, Method::PUT);
+    with_body.bodiless = false;
+    assert_eq!(first_try(&u, &mut with_body), None);
+    assert!(first_try(&u, &mut gold(&u, Method::PUT)).is_some());
+
+    // Off with a factor of 0.
+    let off = BASE.replace("[protection]\n", "[protection]\ntry_timeout_factor = 0\n");
+    let off = Usher::new(Config::parse(&off, Path::new(".")).unwrap());
+    for _ in 0..200 {
+        off.route_stats(0)
+            .unwrap()
+            .record(Some(ms(5)), false, (0, 0), 1);
+    }
+    off.refresh_try_timeouts(1);
+    assert_eq!(off.route_try_timeout(0), None);
+}
+
+#[test]
 fn a_customer_who_suffered_is_rescued_and_the_site_is_told() {
     let (u, t0) = usher("");
     let mut r = rng();

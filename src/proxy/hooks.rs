@@ -82,17 +82,17 @@ impl UsherHooks {
         self.usher.begin(ex, &head, wall_ms())
     }
 
-    /// upstream_peer: usher's choice of upstream for the request's route, another one on retry.
+    /// upstream_peer: usher's choice of upstream for the request's route, another one on retry. A
+    /// protected first try may get a shorter read timeout ([`Usher::try_timeout`]); an embedder that
+    /// builds its own peers can ask for the same.
     pub fn upstream_peer(&self, ex: &mut Exchange) -> Result<Box<HttpPeer>> {
         let route = ex
             .route()
             .and_then(|r| self.usher.route_config(r))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
         let (main, reserved) = (route.pool, route.reserved_pool);
-        let Some(up) = self
-            .usher
-            .choose_upstream(ex, Instant::now(), &mut rand::thread_rng())
-        else {
+        let now = Instant::now();
+        let Some(up) = self.usher.choose_upstream(ex, now, &mut rand::thread_rng()) else {
             return Err(Error::create(
                 ErrorType::ConnectNoRoute,
                 ErrorSource::Upstream,
@@ -105,7 +105,13 @@ impl UsherHooks {
             .flatten()
             .filter_map(|p| self.peers.get(p as usize))
             .find_map(|ps| ps.iter().find(|(u, _)| *u == up))
-            .map(|(_, p)| Box::new(p.clone()))
+            .map(|(_, p)| {
+                let mut peer = Box::new(p.clone());
+                if let Some(t) = self.usher.try_timeout(ex, now) {
+                    peer.options.read_timeout = Some(t);
+                }
+                peer
+            })
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not in pool"))
     }
 
@@ -224,7 +230,14 @@ impl UsherHooks {
             return e;
         }
         let now = Instant::now();
-        self.usher.attempt_failed(ex, outcome_of(&e), now);
+        if ex.try_timeout.is_some()
+            && ex.response_head.is_none()
+            && e.etype() == &ErrorType::ReadTimedout
+        {
+            self.usher.try_timed_out(ex, now);
+        } else {
+            self.usher.attempt_failed(ex, outcome_of(&e), now);
+        }
         let retry = replayable && self.usher.retry(ex, true, now) == RetryVerdict::Retry;
         e.set_retry(retry);
         e

@@ -66,17 +66,21 @@ impl RetryBudget {
         self.bucket(now).1 += 1;
     }
 
-    /// Takes one retry from the budget if there is one left; false means the retry must not happen.
-    pub fn try_retry(&mut self, now: Instant) -> bool {
+    /// Whether a retry would be granted now, without taking it.
+    pub fn has_room(&self, now: Instant) -> bool {
         let (requests, retries) = self.totals(now);
         let allowed = self.settings.min_per_sec * self.settings.window.as_secs_f64()
             + self.settings.ratio * requests as f64;
-        if (retries as f64) < allowed {
+        (retries as f64) < allowed
+    }
+
+    /// Takes one retry from the budget if there is one left; false means the retry must not happen.
+    pub fn try_retry(&mut self, now: Instant) -> bool {
+        let room = self.has_room(now);
+        if room {
             self.bucket(now).2 += 1;
-            true
-        } else {
-            false
         }
+        room
     }
 }
 

@@ -559,6 +559,13 @@ impl Upstreams {
             .is_some_and(|p| p.budget.lock().try_retry(now))
     }
 
+    /// Whether `pool`'s budget has a retry left, without taking it.
+    pub fn retry_has_room(&self, pool: PoolId, now: Instant) -> bool {
+        self.pools
+            .get(pool as usize)
+            .is_some_and(|p| p.budget.lock().has_room(now))
+    }
+
     pub fn view(&self, u: UpstreamId, now: Instant) -> UpstreamView {
         let n = self.node(u);
         let inner = n.inner.lock();
