@@ -408,17 +408,19 @@ fn only(
             .filter(|x| x.due >= lo && x.due < lo + Duration::from_secs(1))
             .collect();
         let f = figures(sec.iter().copied());
+        let p = figures(sec.iter().copied().filter(|x| x.class == Class::Protected));
         let b = sec
             .iter()
             .filter(|x| x.origin.as_deref() == Some("b"))
             .count();
         println!(
-            "{s:>3}s n={:>5} ok={} p50={} p99={} max={} from b={b}",
+            "{s:>3}s n={:>5} ok={} p50={} p99={} max={} protected max={} from b={b}",
             f.n,
             pct(f.success),
             ms(f.p50),
             ms(f.p99),
-            ms(f.max)
+            ms(f.max),
+            ms(p.max)
         );
     }
     Ok(())
