@@ -177,6 +177,42 @@ fn latency(
     rates: &[f64],
     o: &Opts,
 ) -> anyhow::Result<Vec<LatencyRow>> {
+    // Rounds interleaved like the throughput runs; per rate and proxy, the round with the median
+    // p99 is reported, so that one stall of the shared machine (seen for every proxy, ~50 ms,
+    // about one run in five) does not decide a row.
+    let mut runs: BTreeMap<(u64, &'static str), Vec<Figures>> = BTreeMap::new();
+    for round in 0..o.runs {
+        eprintln!("  round {round}");
+        for ((rate, c), samples) in latency_runs(rt, tools, origin, rates, &Contestant::ALL, o)? {
+            runs.entry((rate as u64, c.name()))
+                .or_default()
+                .push(figures(samples.iter()));
+        }
+    }
+    let mut rows = Vec::new();
+    for &rate in rates {
+        let mut by = BTreeMap::new();
+        for c in Contestant::ALL {
+            if let Some(mut v) = runs.remove(&(rate as u64, c.name())) {
+                v.sort_by_key(|f| f.p99);
+                by.insert(c.name(), v.swap_remove(v.len() / 2));
+            }
+        }
+        rows.push(LatencyRow { rate, by });
+    }
+    Ok(rows)
+}
+
+/// Open-loop runs at each rate against each contestant, in that order: the samples of each.
+#[allow(clippy::type_complexity)]
+fn latency_runs(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    origin: SocketAddr,
+    rates: &[f64],
+    contestants: &[Contestant],
+    o: &Opts,
+) -> anyhow::Result<Vec<((f64, Contestant), Vec<Sample>)>> {
     let reqs: Arc<Vec<Request>> = Arc::new(
         (0..1000)
             .map(|i| Request {
@@ -186,28 +222,29 @@ fn latency(
             })
             .collect(),
     );
-    let mut rows = Vec::new();
+    let mut out = Vec::new();
     for &rate in rates {
-        let mut by = BTreeMap::new();
-        for c in Contestant::ALL {
+        for &c in contestants {
             let running = tools.start(c, &[origin], &format!("lat{rate:.0}"))?;
-            // One second at the rate to warm connections, then the measured run.
-            rt.block_on(open_loop(
-                running.target,
-                rate,
-                Duration::from_secs(1),
-                256,
-                reqs.clone(),
-                Duration::from_secs(10),
-            ));
-            let samples = rt.block_on(open_loop(
-                running.target,
-                rate,
-                Duration::from_secs(o.secs),
-                256,
-                reqs.clone(),
-                Duration::from_secs(10),
-            ));
+            // One run: its first second (connections being opened, a backlog they leave that a
+            // proxy near its limit takes a while to work off) warms up, the rest is measured.
+            let warm = Duration::from_secs(1);
+            let samples: Vec<Sample> = rt
+                .block_on(open_loop(
+                    running.target,
+                    rate,
+                    warm + Duration::from_secs(o.secs),
+                    256,
+                    reqs.clone(),
+                    Duration::from_secs(10),
+                ))
+                .into_iter()
+                .filter(|x| x.due >= warm)
+                .map(|x| Sample {
+                    due: x.due - warm,
+                    ..x
+                })
+                .collect();
             let f = figures(samples.iter());
             eprintln!(
                 "  {rate:>7.0} req/s {:>12}: p50 {} p99 {} p99.9 {}",
@@ -216,11 +253,10 @@ fn latency(
                 ms(f.p99),
                 ms(f.p999)
             );
-            by.insert(c.name(), f);
+            out.push(((rate, c), samples));
         }
-        rows.push(LatencyRow { rate, by });
     }
-    Ok(rows)
+    Ok(out)
 }
 
 struct CustomerRow {
@@ -383,6 +419,44 @@ fn fault_run(
 
 /// `--only FAULT PROXY` (e.g. `--only slow nginx`): one fault run, figures per second. For looking
 /// into one scenario without the whole run.
+fn contestant(name: &str) -> anyhow::Result<Contestant> {
+    Contestant::ALL
+        .into_iter()
+        .find(|c| c.name().replace(' ', "-").eq_ignore_ascii_case(name))
+        .ok_or_else(|| anyhow::anyhow!("no contestant {name}"))
+}
+
+/// `--only latency PROXY RATE`: one latency run, second by second, to look into a tail.
+fn only_latency(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    o: &Opts,
+    proxy: &str,
+    rate: f64,
+) -> anyhow::Result<()> {
+    let c = contestant(proxy)?;
+    let (_origin_proc, origin) = tools.nginx_origin(1)?;
+    let mut rows = latency_runs(rt, tools, origin, &[rate], &[c], o)?;
+    let samples = rows.pop().map(|r| r.1).unwrap_or_default();
+    for s in 0..o.secs {
+        let lo = Duration::from_secs(s);
+        let f = figures(
+            samples
+                .iter()
+                .filter(|x| x.due >= lo && x.due < lo + Duration::from_secs(1)),
+        );
+        println!(
+            "{s:>3}s n={:>6} ok={} p50={} p99={} max={}",
+            f.n,
+            pct(f.success),
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.max)
+        );
+    }
+    Ok(())
+}
+
 fn only(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
@@ -395,10 +469,7 @@ fn only(
         "slow" => Fault::Slow,
         _ => Fault::Kill,
     };
-    let c = Contestant::ALL
-        .into_iter()
-        .find(|c| c.name().replace(' ', "-").eq_ignore_ascii_case(proxy))
-        .ok_or_else(|| anyhow::anyhow!("no contestant {proxy}"))?;
+    let c = contestant(proxy)?;
     let r = fault_run(rt, tools, c, fault, o)?;
     for s in 0..o.fault_secs {
         let lo = Duration::from_secs(s);
@@ -477,6 +548,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let f = args.get(i + 1).cloned().unwrap_or_default();
         let p = args.get(i + 2).cloned().unwrap_or_default();
+        if f == "latency" {
+            let rate = args
+                .get(i + 3)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(10_000.0);
+            return only_latency(&rt, &tools, &o, &p, rate);
+        }
         return only(&rt, &tools, &o, &f, &p);
     }
     let started = Instant::now();
@@ -619,7 +697,7 @@ fn main() -> anyhow::Result<()> {
         &rows,
     ));
 
-    let _ = writeln!(md, "\n## Latency at fixed rates\n\nOpen loop (each request sent when due on any idle connection, up to 256; counted from when it was due if it had to wait for one), {} s per run, at 25/50/75% of the weakest proxy's throughput; what each proxy adds over going direct.\n", o.secs);
+    let _ = writeln!(md, "\n## Latency at fixed rates\n\nOpen loop (each request sent when due on any idle connection, up to 256; counted from when it was due if it had to wait for one), a warm-up second then {} s measured, at 25/50/75% of the weakest proxy's throughput; {} interleaved rounds, and per rate and proxy the round with the median p99; what each proxy adds over going direct.\n", o.secs, o.runs);
     let mut rows = Vec::new();
     for row in &lat {
         let d = &row.by["direct"];
