@@ -52,7 +52,7 @@ pub fn ms(d: Duration) -> String {
 }
 
 pub fn pct(v: f64) -> String {
-    if v >= 0.9995 && v < 1.0 {
+    if (0.9995..1.0).contains(&v) {
         format!("{:.2}%", v * 100.0)
     } else {
         format!("{:.1}%", v * 100.0)
