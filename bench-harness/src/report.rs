@@ -161,6 +161,8 @@ pub fn chart(title: &str, series: &[(String, Vec<(f64, Duration)>)], fault_at: u
     );
     for (k, (name, points)) in series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
+        // Earlier lines wider, so that one hidden under a later one still shows at its edges.
+        let width = 2.0 + 1.5 * (series.len() - 1 - k) as f64;
         let line = |f: &dyn Fn(&(f64, Duration)) -> f64| {
             points
                 .iter()
@@ -171,12 +173,12 @@ pub fn chart(title: &str, series: &[(String, Vec<(f64, Duration)>)], fault_at: u
         };
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="{width}" points="{}"/>"#,
             line(&|p| y_ok(p.0))
         );
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="{width}" points="{}"/>"#,
             line(&|p| y_lat(p.1))
         );
         let ly = t1 + 20.0 + 22.0 * k as f64;
