@@ -8,7 +8,8 @@
 //! happened) -> [`experience`] (what it did to the customer) and [`stats`]/[`metrics`] (what it did to
 //! the aggregates). [`engine`] wires them as plain Rust; [`proxy`] is the only module that knows
 //! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
-//! serves what usher knows; [`server`] assembles a runnable server; [`origin`] and [`demo`] are the
+//! serves what usher knows; [`server`] assembles a runnable server, [`process`]
+//! readying the process first; [`origin`] and [`demo`] are the
 //! programmable origins and synthetic traffic behind `usher demo` and the tests.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod measure;
 pub mod metrics;
 pub mod origin;
+pub mod process;
 pub mod protection;
 pub mod proxy;
 pub mod routing;

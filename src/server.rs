@@ -65,6 +65,18 @@ fn pingora_conf(config: &Config) -> ServerConf {
 /// Builds the Pingora server for `usher` without starting it.
 pub fn build(usher: Arc<Usher>) -> Server {
     let config = usher.config().clone();
+    match crate::process::prepare() {
+        Ok(p) => tracing::info!(
+            open_files = p.limit,
+            was = p.limit_before,
+            fd_table = p.table,
+            huge_pages_off = p.thp_off,
+            "process readied: no fd-table growth or huge-page faults under load"
+        ),
+        Err(e) => tracing::warn!(
+            "process not readied ({e}): the kernel may stall the proxy as connections grow"
+        ),
+    }
     let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config));
     server.bootstrap();
     let mut proxy = http_proxy_service_with_name(
