@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The core the proxy under test runs on; the harness itself (load, origins) runs on the other.
+/// The core the proxy under test runs on.
 pub const PROXY_CORE: usize = 0;
+/// The core the harness itself runs on (`bench-harness/run` pins it), with the load generators
+/// and the origins.
+pub const LOAD_CORE: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contestant {

@@ -77,6 +77,37 @@ impl Drop for Proc {
     }
 }
 
+/// Busy and total clock ticks of one core so far, from /proc/stat: how much of that core a
+/// stretch of time took, whoever ran on it (processes, interrupts, the loopback TCP stack).
+pub fn core_ticks(core: usize) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{core}");
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+    else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// The share of `core` that was busy between two `core_ticks` readings, 0..=1.
+pub fn busy_between(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
 pub fn ticks_per_second() -> f64 {
     // The kernel's USER_HZ; 100 on every Linux the harness runs on.
     100.0
