@@ -36,6 +36,7 @@ pub struct Behavior {
     slow_paths: Mutex<Vec<(String, Duration)>>,
     requests: AtomicU64,
     failed: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl Behavior {
@@ -86,6 +87,11 @@ impl Behavior {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted so far: how often a proxy in front had to connect anew.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     fn delay_for(&self, path: &str) -> Duration {
         let mut d = Duration::from_micros(self.delay_us.load(Ordering::Relaxed));
         for (prefix, extra) in self.slow_paths.lock().iter() {
@@ -134,6 +140,7 @@ impl Origin {
                     _ = stopped_accept.changed() => return,
                 };
                 let Ok((stream, _)) = conn else { continue };
+                b.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let (b, name, mut stopped) = (b.clone(), name_arc.clone(), stopped.clone());
                 tokio::spawn(async move {

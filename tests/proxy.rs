@@ -606,3 +606,44 @@ pool = "good"
     );
     running.stop();
 }
+
+/// More requests in flight than Pingora's default pool of 128 idle upstream connections: usher
+/// keeps them all, so a second burst reuses the first one's connections instead of connecting
+/// anew (with Pingora's default, 72 of the 200 would be closed after the first burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_wider_than_pingoras_default_pool_keeps_its_upstream_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::start_local("o").await.unwrap();
+    // Long enough that all 200 requests of a burst are in flight at once.
+    o.behavior.set_delay(Duration::from_millis(300));
+    let cfg = config(
+        &format!(
+            "[[pools]]\nname = \"w\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"w\"\n",
+            o.addr
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let url = format!("http://{}/", running.listen());
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let burst = || {
+        futures::future::join_all((0..200).map(|i| {
+            let (c, url) = (c.clone(), url.clone());
+            async move { get(&c, url, &[("x-customer-id", &format!("c{i}"))]).await.0 }
+        }))
+    };
+    assert!(burst().await.iter().all(|s| *s == 200));
+    let first = o.behavior.connections();
+    assert!(
+        first >= 200,
+        "a burst of 200 opened only {first} connections"
+    );
+    assert!(burst().await.iter().all(|s| *s == 200));
+    let again = o.behavior.connections() - first;
+    assert!(again <= 8, "the second burst connected anew {again} times");
+    running.stop();
+}

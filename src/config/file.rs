@@ -15,6 +15,7 @@ pub struct ServerFile {
     pub threads: Option<i64>,
     pub grace_period: Option<String>,
     pub max_header_bytes: Option<i64>,
+    pub upstream_idle_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -149,6 +149,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Largest request head (request line and headers) proxied; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Idle upstream connections kept for reuse, per worker thread, across all upstreams.
+    pub upstream_idle_connections: usize,
 }
 
 #[derive(Debug, Clone)]

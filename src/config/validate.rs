@@ -342,12 +342,21 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         1 << 20,
         64 * 1024,
     ) as usize;
+    let upstream_idle_connections = int_in(
+        errs,
+        "server.upstream_idle_connections",
+        f.upstream_idle_connections,
+        1,
+        1 << 20,
+        1024,
+    ) as usize;
     ServerConfig {
         listen,
         admin,
         threads,
         grace_period,
         max_header_bytes,
+        upstream_idle_connections,
     }
 }
 
