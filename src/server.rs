@@ -58,10 +58,9 @@ fn pingora_conf(config: &Config) -> ServerConf {
         // Retries are usher's decision, made per request in the proxy hooks: at most one on another
         // upstream and one on a stale pooled connection, so three attempts in all.
         max_retries: 3,
-        // Pingora keeps 128 by default. Once more requests than that are in flight (a burst, or
-        // a stall the proxy is catching up from), the extras' connections are closed after one
-        // use and each later request pays a new connect: the proxy gets slower exactly when it
-        // is behind, and under open-loop load it stays behind (measured by the bench harness).
+        // Pingora's 128 unless set: after a burst with more requests in flight, the extras'
+        // connections are closed and later requests pay a new connect (and handshake), which
+        // matters with far-away or TLS upstreams and bursty traffic.
         upstream_keepalive_pool_size: config.server.upstream_idle_connections,
         ..ServerConf::default()
     }

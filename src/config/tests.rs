@@ -21,7 +21,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
     assert_eq!(c.server.admin, Some("127.0.0.1:9090".parse().unwrap()));
     assert_eq!(c.server.threads, 1);
-    assert_eq!(c.server.upstream_idle_connections, 1024);
+    assert_eq!(c.server.upstream_idle_connections, 128);
     assert_eq!(c.tiers.len(), 1);
     assert_eq!(c.experience.half_life, Duration::from_secs(600));
     assert_eq!(c.experience.track_max, 1_000_000);

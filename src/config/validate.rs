@@ -348,7 +348,7 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         f.upstream_idle_connections,
         1,
         1 << 20,
-        1024,
+        128,
     ) as usize;
     ServerConfig {
         listen,

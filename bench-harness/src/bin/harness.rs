@@ -217,14 +217,11 @@ fn latency(
 }
 
 /// The highest open-loop rate every proxy sustains here. wrk's closed loop cannot overload a
-/// proxy: it waits for answers. Open-loop arrivals keep coming, and above this rate the Pingora
-/// proxies fall into a queue they do not leave within the run, though neither core is saturated:
-/// after a stall more than 128 requests are in flight, Pingora's upstream pool (128 idle
-/// connections by default; usher's is 1024) closes the extras after use, and each new connection
-/// costs more.
-/// Each proxy is tried from the lowest ceiling found so far (at most 90% of its wrk rate),
-/// stepping down by 10% until a 3 s run keeps p99 under 10 ms, with a second try at each step so
-/// that one stall of the shared machine does not lower it.
+/// proxy: it waits for answers. Open-loop arrivals keep coming, and well below wrk's rate the
+/// Pingora proxies fall into a queue they do not leave within the run, though neither core is
+/// saturated. Each proxy is tried from the lowest ceiling found so far (at most 90% of its wrk
+/// rate), stepping down by 10% until a 3 s run keeps p99 under 10 ms, with a second try at each
+/// step so that one stall of the shared machine does not lower it.
 fn open_loop_ceiling(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
@@ -763,7 +760,7 @@ fn main() -> anyhow::Result<()> {
         &rows,
     ));
 
-    let _ = writeln!(md, "\n## Latency at fixed rates\n\nOpen loop (each request sent when due on any idle connection, up to 256; counted from when it was due if it had to wait for one), a warm-up second then {} s measured, at 25/50/75% of the weakest proxy's maximum. That maximum is the open-loop one: the highest rate at which every proxy kept p99 under 10 ms in a 3 s run ({:.0} req/s here), not wrk's {:.0}: wrk waits for answers and cannot overload a proxy, open-loop arrivals keep coming, and above that rate the Pingora proxies fall into a queue they do not leave within the run though neither core is saturated (after a stall more than 128 requests are in flight and Pingora's upstream pool, 128 idle connections by default, closes the extras after use; usher keeps 1024 by default, `server.upstream_idle_connections`). {} interleaved rounds, and per rate and proxy the round with the median p99; what each proxy adds over going direct, and how busy the load core was (near 100%, the figure is the load core's limit, not the proxy's).\n", o.secs, ceiling, weakest, o.latency_rounds);
+    let _ = writeln!(md, "\n## Latency at fixed rates\n\nOpen loop (each request sent when due on any idle connection, up to 256; counted from when it was due if it had to wait for one), a warm-up second then {} s measured, at 25/50/75% of the weakest proxy's maximum. That maximum is the open-loop one: the highest rate at which every proxy kept p99 under 10 ms in a 3 s run ({:.0} req/s here), not wrk's {:.0}: wrk waits for answers and cannot overload a proxy; open-loop arrivals keep coming, and well below wrk's rate the Pingora proxies (bare and usher alike) fall into a queue they do not leave within the run, though neither core is saturated. {} interleaved rounds, and per rate and proxy the round with the median p99; what each proxy adds over going direct, and how busy the load core was (near 100%, the figure is the load core's limit, not the proxy's).\n", o.secs, ceiling, weakest, o.latency_rounds);
     let mut rows = Vec::new();
     for row in &lat {
         let d = &row.by["direct"].0;
