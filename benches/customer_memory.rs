@@ -64,14 +64,14 @@ fn main() {
     let ids: Vec<String> = (0..n).map(|i| format!("customer-{i:08}")).collect();
     let heap0 = LIVE.load(Ordering::Relaxed);
     let rss0 = rss_bytes();
-    let store = CustomerStore::new(StoreSettings {
-        track_max: n,
+    let settings = StoreSettings {
         journey_len,
         model: ScoreModel::new(Duration::from_secs(600)),
         rescue: Some((40.0, Duration::from_secs(600))),
         degraded_below: 70.0,
         recover_above: 80.0,
-    });
+    };
+    let store = CustomerStore::new(n);
     let path = "/checkout/payment/confirm-and-pay";
     for round in 0..journey_len as u64 {
         for (i, id) in ids.iter().enumerate() {
@@ -99,6 +99,7 @@ fn main() {
                     step,
                 },
                 round * 1000,
+                &settings,
             );
         }
     }

@@ -17,7 +17,7 @@ use usher::experience::{
 };
 use usher::measure::Outcome;
 use usher::routing::RouteTable;
-use usher::upstream::{AttemptResult, Settings, Upstreams};
+use usher::upstream::{AttemptResult, PoolSpec, Registry, Settings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -85,14 +85,14 @@ fn score(c: &mut Criterion) {
 
 fn store(c: &mut Criterion) {
     let n = 1_000_000;
-    let store = CustomerStore::new(StoreSettings {
-        track_max: n,
+    let settings = StoreSettings {
         journey_len: 16,
         model: ScoreModel::new(Duration::from_secs(600)),
         rescue: Some((40.0, Duration::from_secs(600))),
         degraded_below: 70.0,
         recover_above: 80.0,
-    });
+    };
+    let store = CustomerStore::new(n);
     let ids: Vec<String> = (0..n).map(|i| format!("customer-{i:08}")).collect();
     let obs = |at| Observation {
         tier: 0,
@@ -101,19 +101,19 @@ fn store(c: &mut Criterion) {
         step: step(at),
     };
     for (i, id) in ids.iter().enumerate() {
-        store.record(id, &obs(i as u64), i as u64);
+        store.record(id, &obs(i as u64), i as u64, &settings);
     }
     let mut i = 0usize;
     c.bench_function("store record, 1M customers tracked", |b| {
         b.iter(|| {
             i = (i + 7919) % n;
-            black_box(store.record(&ids[i], &obs(i as u64), 2_000_000 + i as u64))
+            black_box(store.record(&ids[i], &obs(i as u64), 2_000_000 + i as u64, &settings))
         })
     });
     c.bench_function("store peek, 1M customers tracked", |b| {
         b.iter(|| {
             i = (i + 7919) % n;
-            black_box(store.peek(&ids[i], 3_000_000))
+            black_box(store.peek(&ids[i], 3_000_000, &settings.model))
         })
     });
     // Inserting new customers into a full store: each evicts the least recently seen.
@@ -121,7 +121,7 @@ fn store(c: &mut Criterion) {
     c.bench_function("store insert with eviction, at 1M", |b| {
         b.iter(|| {
             k += 1;
-            black_box(store.record(&format!("new-{k}"), &obs(k), 4_000_000 + k))
+            black_box(store.record(&format!("new-{k}"), &obs(k), 4_000_000 + k, &settings))
         })
     });
 }
@@ -140,7 +140,16 @@ fn routing(c: &mut Criterion) {
 fn selection(c: &mut Criterion) {
     let cfg = config();
     let t0 = Instant::now();
-    let up = Upstreams::new(&cfg, Settings::default(), t0);
+    let pools: Vec<PoolSpec<'_>> = cfg
+        .pools
+        .iter()
+        .map(|p| PoolSpec {
+            name: &p.name,
+            members: &p.upstreams,
+            checked: false,
+        })
+        .collect();
+    let up = Registry::new(t0).reconcile(&cfg.upstreams, &pools, Settings::default(), t0);
     let mut rng = SmallRng::seed_from_u64(1);
     for u in 0..3 {
         for _ in 0..10 {
@@ -176,10 +185,9 @@ fn handoff(c: &mut Criterion) {
         .unwrap();
     // Drain both sinks' queues as a running proxy would, so the hand-off never finds them full...
     let drain = usher.clone();
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let dir = tempfile::tempdir().unwrap();
     std::env::set_current_dir(dir.path()).unwrap();
-    rt.spawn(async move { drain.events().run(&drain.metrics().events, stop).await });
+    rt.spawn(async move { drain.state().events.run().await });
     let ev = CloudEvent::new(
         "usher://bench",
         EventType::UpstreamEjected,
@@ -189,7 +197,8 @@ fn handoff(c: &mut Criterion) {
         serde_json::json!({ "rule": "latency" }),
     );
     c.bench_function("event hand-off to 2 sinks (emit)", |b| {
-        b.iter(|| black_box(usher.events().emit(ev.clone(), 1, &usher.metrics().events)))
+        let (cooldown, recent) = (Duration::from_secs(600), 1000);
+        b.iter(|| black_box(usher.state().events.emit(ev.clone(), 1, cooldown, recent)))
     });
     // ...and the cost of the event itself, which only transitions pay.
     c.bench_function("event build (CloudEvent::new)", |b| {

@@ -38,18 +38,19 @@ async fn run(
     let text = format!("[events]\nspool_dir = \"spool\"\n{sinks}\n[[pools]]\nname = \"p\"\nupstreams = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n");
     let cfg = Config::parse(&text, dir).expect("bench config");
     let u = usher::Usher::new(cfg);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let runner = {
         let u = u.clone();
-        tokio::spawn(async move { u.events().run(&u.metrics().events, stop).await })
+        tokio::spawn(async move { u.state().events.run().await })
     };
+    let (cooldown, recent) = (Duration::from_secs(600), 1000);
     let start = Instant::now();
     let mut dropped = 0;
     for i in 0..n {
         // Customer events are subject to a cooldown per customer: distinct customers, all pass.
         while !u
-            .events()
-            .emit(event(i), 1_700_000_000_000 + i, &u.metrics().events)
+            .state()
+            .events
+            .emit(event(i), 1_700_000_000_000 + i, cooldown, recent)
         {
             dropped += 1;
         }
@@ -69,7 +70,7 @@ async fn run(
         }
     }
     let total = start.elapsed();
-    let _ = stop_tx.send(true);
+    u.state().events.close();
     let _ = runner.await;
     println!(
         "{name:8} {n} events delivered in {:.2} s: {:.0} events/s (hand-off of all {n}: {:.0} ms){}",
@@ -81,7 +82,7 @@ async fn run(
 }
 
 fn delivered_count(u: &usher::Usher, sink: &str) -> u64 {
-    let text = u.metrics().encode();
+    let text = u.state().metrics.encode();
     let needle =
         format!("outcome=\"delivered\",sink=\"{sink}\",type=\"usher.customer.degraded\"}} ");
     text.lines()

@@ -6,7 +6,11 @@
 //! Layout follows the request's path through the proxy, one way only:
 //! [`identity`] (who) -> [`routing`] (which route) -> [`upstream`] (which server) -> [`measure`] (what
 //! happened) -> [`experience`] (what it did to the customer) and [`stats`]/[`metrics`] (what it did to
-//! the aggregates). [`engine`] wires them as plain Rust; [`proxy`] is the only module that knows
+//! the aggregates). [`engine`] wires them as plain Rust, keeping what a configuration decides (a
+//! [`engine::Generation`], swapped whole on reload) apart from what usher learns (the
+//! [`engine::State`], which lasts, and which [`snapshot`] carries across restarts). Leaf modules hold
+//! the shared vocabulary and import no other part of usher: [`ids`], [`names`], [`settings`],
+//! [`defaults`], [`time`], [`matchers`]. [`proxy`] is the only module that knows
 //! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
 //! serves what usher knows; [`server`] assembles a runnable server, [`process`]
 //! readying the process first; [`origin`] and [`demo`] are the
@@ -14,25 +18,32 @@
 
 pub mod admin;
 pub mod config;
+pub mod defaults;
 pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod experience;
 pub mod identity;
+pub mod ids;
+pub mod matchers;
 pub mod measure;
 pub mod metrics;
+pub mod names;
 pub mod origin;
 pub mod process;
 pub mod protection;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod settings;
+pub mod snapshot;
 pub mod stats;
 pub mod tasks;
+pub mod time;
 pub mod upstream;
 pub mod urlencoded;
 pub mod views;
 
 pub use config::{Config, ConfigError, ConfigErrors};
-pub use engine::{Exchange, Usher};
+pub use engine::{Exchange, Generation, Usher};
 pub use proxy::{UsherHooks, UsherProxy};

@@ -1,4 +1,4 @@
-//! The `usher` command: run, check, demo.
+//! The `usher` command: run, check, reload, demo.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -23,10 +23,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy with a configuration file.
+    /// Run the proxy with a configuration file. SIGHUP reloads it; SIGTERM and SIGINT stop
+    /// gracefully (state saved); SIGQUIT hands over to a new process started with --upgrade.
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from a running usher (then send it SIGQUIT), and the
+        /// state it writes on its way out.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Ask the running usher to read its configuration file again, through its admin API.
+    Reload {
+        /// The configuration file; the running usher's admin address is read from it.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The admin address, if not the file's `server.admin`.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Validate a configuration file: exit 0, or list every error with its path.
     Check {
@@ -67,6 +81,61 @@ fn main() -> ExitCode {
     }
 }
 
+/// The admin address written in `path` (read leniently: the file may be the invalid one being
+/// reloaded), else the default.
+fn admin_of(path: &std::path::Path) -> anyhow::Result<SocketAddr> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let admin = toml::from_str::<toml::Table>(&text)
+        .ok()
+        .and_then(|t| t.get("server")?.get("admin")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| usher::defaults::ADMIN.to_string());
+    admin.parse().with_context(|| {
+        format!(
+            "{}: server.admin {admin:?} is not an address; pass --admin",
+            path.display()
+        )
+    })
+}
+
+fn reload(config: &std::path::Path, admin: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let admin = match admin {
+        Some(a) => a,
+        None => admin_of(config)?,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = rt
+        .block_on(async {
+            let resp = reqwest::Client::new()
+                .post(format!("http://{admin}/reload"))
+                .timeout(std::time::Duration::from_secs(60))
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            Ok::<_, reqwest::Error>((status, resp.text().await.unwrap_or_default()))
+        })
+        .with_context(|| format!("cannot reach usher's admin API on {admin}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if status == 200 {
+        println!(
+            "reloaded: generation {} (sha256 {})",
+            v["generation"],
+            v["sha256"].as_str().unwrap_or("?")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "reload refused ({status}): {}",
+        v["error"].as_str().unwrap_or(body.trim())
+    );
+    for e in v["errors"].as_array().into_iter().flatten() {
+        eprintln!("  {}", e.as_str().unwrap_or_default());
+    }
+    Ok(ExitCode::from(2))
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
@@ -89,12 +158,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Command::Run { config } => {
-            let cfg = Config::load(&config)
+        Command::Run { config, upgrade } => {
+            let (cfg, text) = Config::load_with_text(&config)
                 .map_err(|errs| anyhow::anyhow!("{} is not valid:\n{errs}", config.display()))?;
-            usher::server::run(cfg).context("starting usher")?;
+            let source = usher::engine::Source::of_text(
+                Some(config.clone()),
+                &text,
+                usher::time::wall_ms(),
+                "start",
+            );
+            usher::server::run(cfg, source, upgrade).context("running usher")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload { config, admin } => reload(&config, admin),
         Command::Demo {
             listen,
             admin,

@@ -5,8 +5,8 @@
 //! different facts with different remedies. Mapping Pingora's errors onto these classes is the
 //! proxy's job; this module is plain data.
 
-use crate::config::{RouteId, UpstreamId};
 use crate::identity::Identity;
+use crate::ids::{RouteId, UpstreamId};
 use http::Method;
 use std::time::Duration;
 

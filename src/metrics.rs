@@ -2,22 +2,26 @@
 //!
 //! Labels are bounded by the config: route names, upstream addresses, outcome classes. Never a
 //! customer id: per-customer figures live in the experience store and the admin API, and reach
-//! Prometheus only as the distribution `usher_customer_score`. Label handles are resolved once (per
-//! route and upstream at startup, per route x upstream x outcome on first use) so the request path
-//! does an array index and an atomic add, not a label hash. Each `Metrics` owns its registry, so
-//! several usher instances (tests, embedders) never collide.
+//! Prometheus only as the distribution `usher_customer_score`. Label handles are resolved once per
+//! configuration ([`Metrics::for_generation`]: per route and upstream when it is compiled, per
+//! route x upstream x outcome on first use) so the request path does an array index and an atomic
+//! add, not a label hash. The registry and its families outlast configurations, so a counter keeps
+//! counting across a reload; gauges of upstreams a reload removed are taken out. Each `Metrics` owns
+//! its registry, so several usher instances (tests, embedders) never collide.
+//!
+//! Other modules that count things register their own handles here (`crate::events` does, for its
+//! sinks); this module imports none of them.
 
-use crate::config::{Config, RouteId, UpstreamId};
-use crate::events::model::EventType;
 use crate::experience::Summary;
+use crate::ids::{RouteId, UpstreamId};
 use crate::measure::Outcome;
 use crate::protection::Protection;
 use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -40,6 +44,12 @@ pub mod names {
     pub const EVENT_QUEUE_DEPTH: &str = "usher_event_queue_depth";
     pub const EVENT_SPOOL_BYTES: &str = "usher_event_spool_bytes";
     pub const EVENT_DELIVERY: &str = "usher_event_delivery_seconds";
+    pub const CONFIG_RELOADS: &str = "usher_config_reloads_total";
+    pub const CONFIG_GENERATION: &str = "usher_config_generation";
+    pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+        "usher_config_last_reload_success_timestamp_seconds";
+    pub const UPSTREAM_RESOLUTIONS: &str = "usher_upstream_resolutions_total";
+    pub const SNAPSHOTS: &str = "usher_state_snapshots_total";
 }
 
 /// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
@@ -52,8 +62,36 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The families and the handles that do not depend on a configuration.
 pub struct Metrics {
     registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_state: IntGaugeVec,
+    /// The upstream labels of the configuration in force, to take out a removed upstream's gauges.
+    upstream_labels: Mutex<Vec<String>>,
+    pub customers_tracked: IntGauge,
+    pub customers_degraded: IntGauge,
+    pub customers_evicted: IntCounter,
+    score: Arc<ScoreDistribution>,
+    ejections: IntCounterVec,
+    retries_granted: IntCounter,
+    retries_succeeded: IntCounter,
+    retries_failed: IntCounter,
+    pub retry_budget_exhausted: IntCounter,
+    pub try_timeouts: IntCounter,
+    protected: [IntCounter; 4],
+    reloads_ok: IntCounter,
+    reloads_failed: IntCounter,
+    pub config_generation: IntGauge,
+    pub config_last_success: Gauge,
+    resolutions: IntCounterVec,
+    snapshots: IntCounterVec,
+}
+
+/// One configuration's handles: routes and upstreams of that configuration, by position.
+pub struct GenMetrics {
     requests: IntCounterVec,
     /// Per route (and "none"), a block of `(upstreams it can use + 1 for none) x outcomes` cells,
     /// created on first use: routes x pools, not routes x every upstream.
@@ -68,37 +106,26 @@ pub struct Metrics {
     upstream_labels: Vec<String>,
     request_duration: Vec<Histogram>,
     upstream_duration: Vec<Histogram>,
-    pub customers_tracked: IntGauge,
-    pub customers_degraded: IntGauge,
-    pub customers_evicted: IntCounter,
-    score: Arc<ScoreDistribution>,
     /// `[upstream][state]`.
     upstream_state: Vec<[IntGauge; 4]>,
-    ejections: IntCounterVec,
-    retries_granted: IntCounter,
-    retries_succeeded: IntCounter,
-    retries_failed: IntCounter,
-    pub retry_budget_exhausted: IntCounter,
-    pub try_timeouts: IntCounter,
-    protected: [IntCounter; 4],
-    pub events: EventMetrics,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Names and labels are static or validated config values; a failure here is a bug in this
     // module, caught by its tests, not something user input can cause.
-    r.expect("metric definitions are valid")
+    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    pub fn new(config: &Config) -> Self {
+    pub fn new() -> Self {
         let registry = Registry::new();
-        let mut route_labels: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
-        route_labels.push(NONE_LABEL.to_string());
-        let mut upstream_labels: Vec<String> =
-            config.upstreams.iter().map(|a| a.to_string()).collect();
-        upstream_labels.push(NONE_LABEL.to_string());
-
+        let reg = |c: Box<dyn Collector>| must(registry.register(c));
         let requests = must(IntCounterVec::new(
             Opts::new(
                 names::REQUESTS_TOTAL,
@@ -106,140 +133,121 @@ impl Metrics {
             ),
             &["route", "upstream", "outcome"],
         ));
-        must(registry.register(Box::new(requests.clone())));
-
-        let hist = |name: &str, help: &str, label: &str, values: &[String]| -> Vec<Histogram> {
-            let vec = must(prometheus::HistogramVec::new(
+        reg(Box::new(requests.clone()));
+        let hist = |name: &str, help: &str, label: &str| {
+            let vec = must(HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
                 &[label],
             ));
-            must(registry.register(Box::new(vec.clone())));
-            values
-                .iter()
-                .map(|v| must(vec.get_metric_with_label_values(&[v])))
-                .collect()
+            reg(Box::new(vec.clone()));
+            vec
         };
         let request_duration = hist(
             names::REQUEST_DURATION,
             "Request duration, from request head read to response finished, by route.",
             "route",
-            &route_labels,
         );
         let upstream_duration = hist(
             names::UPSTREAM_DURATION,
             "Upstream time (connect plus time to first byte), by upstream.",
             "upstream",
-            &upstream_labels[..upstream_labels.len() - 1],
         );
-
-        let customers_tracked = must(IntGauge::new(
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            reg(Box::new(g.clone()));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            reg(Box::new(c.clone()));
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            reg(Box::new(c.clone()));
+            c
+        };
+        let customers_tracked = gauge(
             names::CUSTOMERS_TRACKED,
             "Customers currently tracked in the experience store.",
-        ));
-        let customers_degraded = must(IntGauge::new(
+        );
+        let customers_degraded = gauge(
             names::CUSTOMERS_DEGRADED,
             "Tracked customers whose score is below experience.degraded_below.",
-        ));
-        let customers_evicted = must(IntCounter::new(
+        );
+        let customers_evicted = counter(
             names::CUSTOMERS_EVICTED,
             "Customers evicted from the store to keep it within experience.track_max.",
-        ));
-        for m in [&customers_tracked, &customers_degraded] {
-            must(registry.register(Box::new(m.clone())));
-        }
-        must(registry.register(Box::new(customers_evicted.clone())));
+        );
         let score = Arc::new(ScoreDistribution::new());
-        must(registry.register(Box::new(ScoreCollectorHandle(score.clone()))));
-
-        let state_vec = must(IntGaugeVec::new(
+        reg(Box::new(ScoreCollectorHandle(score.clone())));
+        let upstream_state = must(IntGaugeVec::new(
             Opts::new(
                 names::UPSTREAM_STATE,
                 "1 for the upstream's current state (healthy, probing, ejected, unhealthy by active checks), else 0.",
             ),
             &["upstream", "state"],
         ));
-        must(registry.register(Box::new(state_vec.clone())));
-        let upstream_state = upstream_labels[..upstream_labels.len() - 1]
-            .iter()
-            .map(|u| {
-                let g =
-                    UPSTREAM_STATES.map(|s| must(state_vec.get_metric_with_label_values(&[u, s])));
-                g[0].set(1);
-                g
-            })
-            .collect();
-        let ejections = must(IntCounterVec::new(
-            Opts::new(
-                names::EJECTIONS,
-                "Upstreams ejected by passive health, by rule.",
-            ),
+        reg(Box::new(upstream_state.clone()));
+        let ejections = counter_vec(
+            names::EJECTIONS,
+            "Upstreams ejected by passive health, by rule.",
             &["upstream", "reason"],
-        ));
-        must(registry.register(Box::new(ejections.clone())));
-        let retries = must(IntCounterVec::new(
-            Opts::new(
-                names::RETRIES,
-                "Retries on another upstream: granted, and how the retried requests ended.",
-            ),
+        );
+        let retries = counter_vec(
+            names::RETRIES,
+            "Retries on another upstream: granted, and how the retried requests ended.",
             &["outcome"],
-        ));
-        must(registry.register(Box::new(retries.clone())));
-        let retry_budget_exhausted = must(IntCounter::new(
+        );
+        let retry_budget_exhausted = counter(
             names::RETRY_BUDGET_EXHAUSTED,
             "Retries refused because the pool's retry budget was spent.",
-        ));
-        must(registry.register(Box::new(retry_budget_exhausted.clone())));
-        let try_timeouts = must(IntCounter::new(
+        );
+        let try_timeouts = counter(
             names::TRY_TIMEOUTS,
             "Protected requests' tries given up after protection.try_timeout_factor x the route's p99.",
-        ));
-        must(registry.register(Box::new(try_timeouts.clone())));
-        let protected_vec = must(IntCounterVec::new(
-            Opts::new(
-                names::PROTECTED_REQUESTS,
-                "Requests given protected treatment, by why.",
-            ),
+        );
+        let protected_vec = counter_vec(
+            names::PROTECTED_REQUESTS,
+            "Requests given protected treatment, by why.",
             &["why"],
-        ));
-        must(registry.register(Box::new(protected_vec.clone())));
+        );
         let protected = Protection::ALL
             .map(|p| must(protected_vec.get_metric_with_label_values(&[p.as_str()])));
-
-        let events = EventMetrics::new(&registry, config);
-        let mut cell_blocks = Vec::new();
-        let mut cells = 0;
-        for r in &config.routes {
-            let mut ups: Vec<UpstreamId> = Vec::new();
-            for p in std::iter::once(r.pool).chain(r.reserved_pool) {
-                if let Some(pool) = config.pools.get(p as usize) {
-                    for u in &pool.upstreams {
-                        if !ups.contains(u) {
-                            ups.push(*u);
-                        }
-                    }
-                }
-            }
-            let n = (ups.len() + 1) * Outcome::ALL.len();
-            cell_blocks.push((cells, ups));
-            cells += n;
-        }
-        cell_blocks.push((cells, Vec::new()));
-        cells += upstream_labels.len() * Outcome::ALL.len();
+        let reloads = counter_vec(
+            names::CONFIG_RELOADS,
+            "Configuration reloads, by result: success, or failure (the running configuration stayed).",
+            &["result"],
+        );
+        let config_generation = gauge(
+            names::CONFIG_GENERATION,
+            "Number of the configuration in force: 1 at start, one more per reload or upstream re-resolution.",
+        );
+        let config_last_success = must(Gauge::new(
+            names::CONFIG_LAST_RELOAD_SUCCESS,
+            "When the configuration in force was loaded, Unix seconds.",
+        ));
+        reg(Box::new(config_last_success.clone()));
+        let resolutions = counter_vec(
+            names::UPSTREAM_RESOLUTIONS,
+            "Look-ups of pools' upstream host names, by result: unchanged, changed, failure.",
+            &["result"],
+        );
+        let snapshots = counter_vec(
+            names::SNAPSHOTS,
+            "State snapshots written and read, by what and result.",
+            &["op", "result"],
+        );
         Metrics {
-            registry,
             requests,
-            request_cells: (0..cells).map(|_| OnceLock::new()).collect(),
-            cell_blocks,
-            cell_overflow: Mutex::new(std::collections::HashMap::new()),
-            route_labels,
-            upstream_labels,
             request_duration,
             upstream_duration,
+            upstream_state,
+            upstream_labels: Mutex::new(Vec::new()),
             customers_tracked,
             customers_degraded,
             customers_evicted,
             score,
-            upstream_state,
             ejections,
             retries_granted: must(retries.get_metric_with_label_values(&["granted"])),
             retries_succeeded: must(retries.get_metric_with_label_values(&["succeeded"])),
@@ -247,27 +255,80 @@ impl Metrics {
             retry_budget_exhausted,
             try_timeouts,
             protected,
-            events,
+            reloads_ok: must(reloads.get_metric_with_label_values(&["success"])),
+            reloads_failed: must(reloads.get_metric_with_label_values(&["failure"])),
+            config_generation,
+            config_last_success,
+            resolutions,
+            snapshots,
+            registry,
         }
     }
 
-    pub fn set_upstream_state(&self, u: UpstreamId, state: &str) {
-        if let Some(gauges) = self.upstream_state.get(u as usize) {
-            for (g, s) in gauges.iter().zip(UPSTREAM_STATES) {
-                g.set(i64::from(s == state));
+    /// Handles for one configuration: `routes[i]` is route i's name and the upstreams it can use,
+    /// `upstreams[u]` upstream u's label (its address). Gauges of upstreams no longer listed are
+    /// taken out, so `usher_upstream_state` shows what is configured now.
+    pub fn for_generation(
+        &self,
+        routes: &[(&str, Vec<UpstreamId>)],
+        upstreams: &[String],
+    ) -> GenMetrics {
+        let mut route_labels: Vec<String> = routes.iter().map(|(n, _)| n.to_string()).collect();
+        route_labels.push(NONE_LABEL.to_string());
+        let mut upstream_labels = upstreams.to_vec();
+        upstream_labels.push(NONE_LABEL.to_string());
+        {
+            let mut current = self.upstream_labels.lock();
+            for gone in current.iter().filter(|l| !upstreams.contains(l)) {
+                for s in UPSTREAM_STATES {
+                    let _ = self.upstream_state.remove_label_values(&[gone, s]);
+                }
             }
+            *current = upstreams.to_vec();
+        }
+        let request_duration = route_labels
+            .iter()
+            .map(|r| must(self.request_duration.get_metric_with_label_values(&[r])))
+            .collect();
+        let upstream_duration = upstreams
+            .iter()
+            .map(|u| must(self.upstream_duration.get_metric_with_label_values(&[u])))
+            .collect();
+        let upstream_state = upstreams
+            .iter()
+            .map(|u| {
+                UPSTREAM_STATES
+                    .map(|s| must(self.upstream_state.get_metric_with_label_values(&[u, s])))
+            })
+            .collect();
+        let mut cell_blocks = Vec::new();
+        let mut cells = 0;
+        for (_, ups) in routes {
+            cell_blocks.push((cells, ups.clone()));
+            cells += (ups.len() + 1) * Outcome::ALL.len();
+        }
+        cell_blocks.push((cells, Vec::new()));
+        cells += upstream_labels.len() * Outcome::ALL.len();
+        GenMetrics {
+            requests: self.requests.clone(),
+            request_cells: (0..cells).map(|_| OnceLock::new()).collect(),
+            cell_blocks,
+            cell_overflow: Mutex::new(std::collections::HashMap::new()),
+            route_labels,
+            upstream_labels,
+            request_duration,
+            upstream_duration,
+            upstream_state,
         }
     }
 
     /// Ejections are rare: the labelled handle is looked up when one happens.
-    pub fn ejected(&self, u: UpstreamId, reason: &str) {
-        if let Some(label) = self.upstream_labels.get(u as usize) {
-            must(
-                self.ejections
-                    .get_metric_with_label_values(&[label, reason]),
-            )
-            .inc();
-        }
+    pub fn ejected(&self, upstream: &str, reason: &str) {
+        must(
+            self.ejections
+                .get_metric_with_label_values(&[upstream, reason]),
+        )
+        .inc();
     }
 
     pub fn retry_granted(&self) {
@@ -284,6 +345,63 @@ impl Metrics {
 
     pub fn protected(&self, p: Protection) {
         self.protected[p as usize].inc();
+    }
+
+    /// A reload (or re-resolution) put configuration number `generation` in force, at `at_ms`.
+    pub fn config_loaded(&self, generation: u64, at_ms: u64) {
+        self.config_generation.set(generation as i64);
+        self.config_last_success.set(at_ms as f64 / 1000.0);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.inc();
+        } else {
+            self.reloads_failed.inc();
+        }
+    }
+
+    pub fn resolution(&self, result: &str) {
+        must(self.resolutions.get_metric_with_label_values(&[result])).inc();
+    }
+
+    pub fn snapshot(&self, op: &str, result: &str) {
+        must(self.snapshots.get_metric_with_label_values(&[op, result])).inc();
+    }
+
+    /// Publishes a fresh scan of the experience store.
+    pub fn set_summary(&self, s: &Summary) {
+        self.customers_tracked.set(s.tracked as i64);
+        self.customers_degraded.set(s.below as i64);
+        *self.score.latest.lock() = s.clone();
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl GenMetrics {
+    pub fn set_upstream_state(&self, u: UpstreamId, state: &str) {
+        if let Some(gauges) = self.upstream_state.get(u as usize) {
+            for (g, s) in gauges.iter().zip(UPSTREAM_STATES) {
+                g.set(i64::from(s == state));
+            }
+        }
+    }
+
+    pub fn upstream_label(&self, u: UpstreamId) -> &str {
+        self.upstream_labels
+            .get(u as usize)
+            .map_or(NONE_LABEL, |s| s.as_str())
     }
 
     pub fn observe_request(
@@ -331,25 +449,6 @@ impl Metrics {
                 h.observe(t.as_secs_f64());
             }
         }
-    }
-
-    /// Publishes a fresh scan of the experience store.
-    pub fn set_summary(&self, s: &Summary) {
-        self.customers_tracked.set(s.tracked as i64);
-        self.customers_degraded.set(s.below as i64);
-        *self.score.latest.lock() = s.clone();
-    }
-
-    /// The Prometheus text exposition of everything.
-    pub fn encode(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding our own well-formed families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
-    }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 }
 
@@ -407,116 +506,5 @@ impl Collector for ScoreCollectorHandle {
         mf.set_field_type(MetricType::HISTOGRAM);
         mf.set_metric(vec![m]);
         vec![mf]
-    }
-}
-
-/// What happened to an event, per sink: the `outcome` label of `usher_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventOutcome {
-    /// Handed to the sink's queue.
-    Queued = 0,
-    /// Lost: the sink's queue (or spool) was full.
-    Dropped = 1,
-    /// Written (jsonl) or acknowledged by the receiver (webhook, nats).
-    Delivered = 2,
-    /// Not sent at all: the cooldown for this customer and type was running (sink "none").
-    Suppressed = 3,
-}
-
-const EVENT_OUTCOMES: [&str; 4] = ["queued", "dropped", "delivered", "suppressed"];
-
-/// Handles for one sink, moved into its task.
-#[derive(Clone)]
-pub struct SinkMetrics {
-    /// `[type][outcome]`.
-    counts: Vec<[IntCounter; 4]>,
-    pub queue_depth: IntGauge,
-    pub spool_bytes: IntGauge,
-    pub delivery: Histogram,
-}
-
-impl SinkMetrics {
-    pub fn count(&self, t: EventType, o: EventOutcome) {
-        if let Some(c) = self.counts.get(t as usize) {
-            c[o as usize].inc();
-        }
-    }
-}
-
-pub struct EventMetrics {
-    sinks: Vec<SinkMetrics>,
-    /// `[type]`, sink "none".
-    suppressed: Vec<IntCounter>,
-}
-
-impl EventMetrics {
-    fn new(registry: &Registry, config: &Config) -> Self {
-        let counts = must(IntCounterVec::new(
-            Opts::new(
-                names::EVENTS,
-                "Follow-up events, by type, sink and what happened to them.",
-            ),
-            &["type", "sink", "outcome"],
-        ));
-        must(registry.register(Box::new(counts.clone())));
-        let gauge = |name: &str, help: &str| {
-            let g = must(IntGaugeVec::new(Opts::new(name, help), &["sink"]));
-            must(registry.register(Box::new(g.clone())));
-            g
-        };
-        let depth = gauge(
-            names::EVENT_QUEUE_DEPTH,
-            "Events waiting in memory for the sink.",
-        );
-        let spool = gauge(
-            names::EVENT_SPOOL_BYTES,
-            "Bytes of events spooled on disk, not yet delivered.",
-        );
-        let delivery = must(prometheus::HistogramVec::new(
-            HistogramOpts::new(
-                names::EVENT_DELIVERY,
-                "From an event's time to its delivery.",
-            )
-            .buckets(vec![
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
-            ]),
-            &["sink"],
-        ));
-        must(registry.register(Box::new(delivery.clone())));
-        let sinks = config
-            .events
-            .sinks
-            .iter()
-            .map(|sink| SinkMetrics {
-                counts: EventType::ALL
-                    .iter()
-                    .map(|t| {
-                        EVENT_OUTCOMES.map(|o| {
-                            must(counts.get_metric_with_label_values(&[t.as_str(), &sink.name, o]))
-                        })
-                    })
-                    .collect(),
-                queue_depth: must(depth.get_metric_with_label_values(&[&sink.name])),
-                spool_bytes: must(spool.get_metric_with_label_values(&[&sink.name])),
-                delivery: must(delivery.get_metric_with_label_values(&[&sink.name])),
-            })
-            .collect();
-        let suppressed = EventType::ALL
-            .iter()
-            .map(|t| {
-                must(counts.get_metric_with_label_values(&[t.as_str(), NONE_LABEL, "suppressed"]))
-            })
-            .collect();
-        EventMetrics { sinks, suppressed }
-    }
-
-    pub fn sink(&self, i: usize) -> Option<&SinkMetrics> {
-        self.sinks.get(i)
-    }
-
-    pub fn suppressed(&self, t: EventType) {
-        if let Some(c) = self.suppressed.get(t as usize) {
-            c.inc();
-        }
     }
 }

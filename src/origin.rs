@@ -95,7 +95,7 @@ impl Behavior {
     fn delay_for(&self, path: &str) -> Duration {
         let mut d = Duration::from_micros(self.delay_us.load(Ordering::Relaxed));
         for (prefix, extra) in self.slow_paths.lock().iter() {
-            if crate::routing::path_has_prefix(path, prefix) {
+            if crate::matchers::path_has_prefix(path, prefix) {
                 d += *extra;
             }
         }

@@ -1,11 +1,17 @@
-//! usher's periodic work, as Pingora background services: the store summary behind the score
-//! metrics, the passive-health sweep, active health checks, the event sinks and the events sweep
-//! (abandoned funnels, burning objectives).
+//! usher's periodic work, as one Pingora background service: the store summary behind the score
+//! metrics, the passive-health sweep, active health checks, the event sinks, the events sweep
+//! (abandoned funnels, burning objectives), and looking upstream host names up again. It follows
+//! the generation in force: when a reload puts a new one in force, the checks and timers start
+//! over on it (a check's rise/fall state lives in the upstream's node and carries over).
 //!
-//! Each is a thin loop around a plain function of the engine, so usher's binary and an embedding
-//! proxy add them to their `Server` the same way, and tests call the functions directly.
+//! At shutdown it is what makes a restart lose nothing: once Pingora has stopped accepting, it
+//! waits for the requests in flight (returning as soon as they are done, at most
+//! `server.grace_period`), lets every sink write out what it holds, writes the state snapshot,
+//! and marks usher closed. Each job is a thin loop around a plain function of the engine, so
+//! usher's binary and an embedding proxy add this service to their `Server` the same way.
 
-use crate::engine::{wall_ms, Usher};
+use crate::engine::{wall_ms, Generation, Usher};
+use crate::snapshot;
 use crate::upstream::checker;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -13,88 +19,185 @@ use pingora::services::background::{background_service, BackgroundService, GenBa
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+/// Sinks get this long to write out what they hold once usher closes.
+const SINKS_CLOSE: Duration = Duration::from_secs(10);
 
 pub struct Periodic {
     usher: Arc<Usher>,
 }
 
+/// Starts every pool's active health checks on generation `g`.
+fn spawn_checks(usher: &Arc<Usher>, g: &Arc<Generation>) -> Vec<JoinHandle<()>> {
+    g.config
+        .pools
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let check = p.health_check.clone()?;
+            let addrs: Vec<SocketAddr> = p
+                .upstreams
+                .iter()
+                .map(|u| g.config.upstreams[*u as usize])
+                .collect();
+            let (usher, g) = (usher.clone(), g.clone());
+            Some(tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(check.timeout)
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap_or_default();
+                let mut tick = tokio::time::interval(check.interval);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    for e in checker::round(g.upstreams(), i as u16, &addrs, &check, &client).await
+                    {
+                        usher.health_event(&g, e);
+                    }
+                }
+            }))
+        })
+        .collect()
+}
+
+fn every(d: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(d);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
 #[async_trait]
 impl BackgroundService for Periodic {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let cfg = self.usher.config();
-        let mut summary = tokio::time::interval(cfg.experience.summary_interval);
-        let mut sweep = tokio::time::interval(cfg.sweep_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let checks: Vec<_> = cfg
-            .pools
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let check = p.health_check.clone()?;
-                let addrs: Vec<SocketAddr> = p.upstreams.iter().map(|u| cfg.upstreams[*u as usize]).collect();
-                let usher = self.usher.clone();
-                let mut stop = shutdown.clone();
-                Some(tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .timeout(check.timeout)
-                        .pool_max_idle_per_host(1)
-                        .build()
-                        .unwrap_or_default();
-                    let mut tick = tokio::time::interval(check.interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => {
-                                for e in checker::round(usher.upstreams(), i as u16, &addrs, &check, &client).await {
-                                    usher.health_event(e);
-                                }
-                            }
-                            _ = stop.changed() => return,
-                        }
-                    }
-                }))
-            })
-            .collect();
+        let usher = self.usher.clone();
         let sinks = {
-            let usher = self.usher.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move { usher.events().run(&usher.metrics().events, stop).await })
+            let usher = usher.clone();
+            tokio::spawn(async move { usher.state().events.run().await })
         };
-        let mut events = tokio::time::interval(Duration::from_secs(1));
-        events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = events.tick() => {
-                    let now_ms = wall_ms();
-                    self.usher.sweep_events(now_ms);
-                    self.usher.refresh_try_timeouts(now_ms);
+        let mut generations = usher.generations();
+        'generation: loop {
+            generations.borrow_and_update();
+            let g = usher.generation();
+            let checks = spawn_checks(&usher, &g);
+            let mut summary = every(g.config.experience.summary_interval);
+            let mut sweep = every(g.config.sweep_interval);
+            let mut events = every(Duration::from_secs(1));
+            let resolve_every = g
+                .config
+                .pools
+                .iter()
+                .filter(|p| {
+                    p.specs
+                        .iter()
+                        .any(|s| matches!(s, crate::config::UpstreamSpec::Name { .. }))
+                })
+                .map(|p| p.resolve_interval)
+                .min();
+            let mut resolve = every(resolve_every.unwrap_or(Duration::from_secs(3600)));
+            resolve.reset();
+            drop(g);
+            let stop = loop {
+                tokio::select! {
+                    _ = events.tick() => {
+                        let now_ms = wall_ms();
+                        usher.sweep_events(now_ms);
+                        usher.refresh_try_timeouts(now_ms);
+                    }
+                    _ = summary.tick() => {
+                        let usher = usher.clone();
+                        // A scan of a million customers takes milliseconds: not on the reactor.
+                        let _ = tokio::task::spawn_blocking(move || {
+                            usher.state().store.trim();
+                            usher.refresh_summary(wall_ms());
+                        }).await;
+                    }
+                    _ = sweep.tick() => usher.sweep(Instant::now()),
+                    _ = resolve.tick(), if resolve_every.is_some() => {
+                        let usher = usher.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            usher.re_resolve(&mut crate::config::system_resolve)
+                        }).await;
+                    }
+                    _ = generations.changed() => break false,
+                    _ = shutdown.changed() => break true,
                 }
-                _ = summary.tick() => {
-                    let usher = self.usher.clone();
-                    // A scan of a million customers takes milliseconds: not on the reactor.
-                    let _ = tokio::task::spawn_blocking(move || usher.refresh_summary(wall_ms())).await;
-                }
-                _ = sweep.tick() => self.usher.sweep(Instant::now()),
-                _ = shutdown.changed() => break,
+            };
+            for c in checks {
+                c.abort();
+            }
+            if stop {
+                break 'generation;
             }
         }
-        for c in checks {
-            c.abort();
+        close(&usher, sinks).await;
+    }
+}
+
+/// The end of usher: waits for the requests in flight (at most the grace period), closes the
+/// sinks and waits for them to write out what they hold, writes the snapshot, marks usher closed.
+pub async fn close(usher: &Arc<Usher>, sinks: JoinHandle<()>) {
+    let started = Instant::now();
+    let grace = usher.generation().config.server.grace_period;
+    while usher.state().in_flight() > 0 && started.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = usher.state().in_flight();
+    if left > 0 {
+        tracing::warn!(
+            in_flight = left,
+            "grace period over with requests still in flight"
+        );
+    } else {
+        tracing::info!(
+            after_ms = started.elapsed().as_millis() as u64,
+            "requests in flight are done"
+        );
+    }
+    usher.state().events.close();
+    if tokio::time::timeout(SINKS_CLOSE, sinks).await.is_err() {
+        tracing::error!("event sinks did not finish writing out within {SINKS_CLOSE:?}");
+    }
+    save(usher).await;
+    usher.mark_closed();
+}
+
+/// Writes the snapshot, logging the outcome.
+pub async fn save(usher: &Arc<Usher>) {
+    let path = snapshot::path_of(usher);
+    let u = usher.clone();
+    let written = tokio::task::spawn_blocking(move || snapshot::write(&u, &path)).await;
+    match written {
+        Ok(Ok(w)) => {
+            usher.state().metrics.snapshot("write", "success");
+            tracing::info!(
+                path = %w.path.display(),
+                customers = w.customers,
+                bytes = w.bytes,
+                took_ms = w.took.as_millis() as u64,
+                "state snapshot written"
+            );
         }
-        // Sinks saw the same shutdown: let them write what is queued to their files and spools.
-        let _ = tokio::time::timeout(Duration::from_secs(5), sinks).await;
+        Ok(Err(e)) => {
+            usher.state().metrics.snapshot("write", "failure");
+            tracing::error!(path = %snapshot::path_of(usher).display(), "cannot write the state snapshot: {e}");
+        }
+        Err(e) => tracing::error!("state snapshot task failed: {e}"),
     }
 }
 
 /// Store summary every `experience.summary_interval`, outlier sweep every `outlier.sweep_interval`,
-/// and each pool's `health_check`.
+/// each pool's `health_check`, the sinks, and the orderly end at shutdown.
 pub fn periodic_service(usher: Arc<Usher>) -> GenBackgroundService<Periodic> {
     background_service("usher periodic", Periodic { usher })
 }
 
 /// For tests and tools: how long until every periodic job has run at least once.
 pub fn first_round_within(usher: &Usher) -> Duration {
-    let cfg = usher.config();
+    let g = usher.generation();
+    let cfg = &g.config;
     cfg.experience.summary_interval.max(cfg.sweep_interval).max(
         cfg.pools
             .iter()

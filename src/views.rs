@@ -1,24 +1,15 @@
-//! JSON views of usher's state: customers and journey steps with names instead of indices, times as
+//! JSON views of usher's state: customers and journey steps with names instead of ids, times as
 //! RFC 3339. Shared by the admin API and the follow-up events, so that a customer reads the same in
 //! `GET /customers/{id}` and in an event.
+//!
+//! Names come from the interned tables of the state (a step served by a route that a reload removed
+//! still names it); judgements that depend on the configuration (degraded or not) from the
+//! generation in force.
 
-use crate::config::TierId;
-use crate::engine::Usher;
+use crate::engine::{Generation, State};
 use crate::experience::{CustomerSnapshot, Step};
+use crate::time::rfc3339;
 use serde::Serialize;
-use std::time::{Duration, UNIX_EPOCH};
-
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-pub fn tier_name(usher: &Usher, t: TierId) -> String {
-    usher
-        .config()
-        .tiers
-        .get(t as usize)
-        .map_or_else(|| "?".to_string(), |t| t.name.clone())
-}
 
 #[derive(Serialize)]
 pub struct CustomerJson {
@@ -48,37 +39,41 @@ pub struct StepJson {
     pub outcome: &'static str,
 }
 
+/// "degraded" or "ok" for a score under generation `g`'s threshold.
+pub fn state_of(g: &Generation, score: f64) -> &'static str {
+    if g.is_degraded(score) {
+        "degraded"
+    } else {
+        "ok"
+    }
+}
+
 impl CustomerJson {
-    pub fn new(usher: &Usher, c: &CustomerSnapshot) -> Self {
+    pub fn new(st: &State, g: &Generation, c: &CustomerSnapshot) -> Self {
         CustomerJson {
             id: c.id.clone(),
-            tier: tier_name(usher, c.tier),
+            tier: st.tier_name(c.tier),
             score: (c.score * 10.0).round() / 10.0,
-            state: if usher.is_degraded(c.score) {
-                "degraded"
-            } else {
-                "ok"
-            },
+            state: state_of(g, c.score),
             requests: c.requests,
             errors: c.errors,
             frustrated: c.frustrated,
             first_seen: rfc3339(c.first_seen_ms),
             last_seen: rfc3339(c.last_seen_ms),
-            journey: c.journey.iter().map(|s| StepJson::new(usher, s)).collect(),
+            journey: c.journey.iter().map(|s| StepJson::new(st, s)).collect(),
         }
     }
 }
 
 impl StepJson {
-    pub fn new(usher: &Usher, s: &Step) -> Self {
+    pub fn new(st: &State, s: &Step) -> Self {
         let (path, path_truncated) = s.path();
-        let cfg = usher.config();
         StepJson {
             at: rfc3339(s.at_ms()),
             route: s
                 .route()
-                .and_then(|r| cfg.routes.get(r as usize))
-                .map(|r| r.name.clone()),
+                .and_then(|r| st.route_names.get(r))
+                .map(|r| r.to_string()),
             method: s.method(),
             path: path.to_string(),
             path_truncated,
@@ -86,7 +81,7 @@ impl StepJson {
             latency_ms: s.latency_us() as f64 / 1000.0,
             upstream: s
                 .upstream()
-                .and_then(|u| cfg.upstreams.get(u as usize))
+                .and_then(|u| st.upstreams.addrs().get(u))
                 .map(|a| a.to_string()),
             outcome: s.outcome().as_str(),
         }

@@ -45,7 +45,7 @@ async fn degrade(proxy: std::net::SocketAddr, from: usize, n: usize) {
 /// Every event usher raised (the customers' degraded events, and the broken upstream's ejection),
 /// and how many of them are customers degraded.
 fn expected_ids(running: &usher::server::Running) -> (HashSet<String>, usize) {
-    let all = running.usher().events().recent(100_000);
+    let all = running.usher().state().events.recent(100_000);
     let degraded = all
         .iter()
         .filter(|e| e.kind == usher::events::EventType::CustomerDegraded)

@@ -1,13 +1,13 @@
 //! The admin API's answers, as plain functions of (usher, request line, time): testable without a
 //! socket. Serving them over HTTP is `service.rs`'s job.
 //!
-//! JSON throughout, names rather than indices, times as RFC 3339. Read-only: nothing here changes
-//! what the proxy does.
+//! JSON throughout, names rather than indices, times as RFC 3339. Read-only but for `POST /reload`,
+//! which only a caller on loopback may make.
 
-use crate::engine::Usher;
+use crate::engine::{ReloadError, Usher};
 use crate::stats::StatsView;
+pub use crate::time::rfc3339;
 use crate::urlencoded;
-pub use crate::views::rfc3339;
 use crate::views::CustomerJson;
 use serde::Serialize;
 
@@ -51,11 +51,37 @@ const INDEX: &str = "usher admin API
   GET /routes                  per-route requests, failure rate, p50/p90/p99
   GET /upstreams               per-upstream state, why, requests, failure rate, p50/p90/p99
   GET /events?limit=N          the most recent follow-up events, newest first
+  GET /config                  the configuration in force: generation, file, hash, load time
+  POST /reload                 read the configuration file again (from loopback only)
 ";
 
-pub fn handle(usher: &Usher, method: &str, path: &str, query: Option<&str>, now_ms: u64) -> Reply {
+/// Who is asking, as far as the admin API cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The request came from this machine.
+    pub loopback: bool,
+}
+
+pub fn handle(
+    usher: &Usher,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    now_ms: u64,
+    caller: Caller,
+) -> Reply {
+    if path == "/reload" {
+        return match method {
+            "POST" if caller.loopback => reload(usher),
+            "POST" => Reply::error(403, "POST /reload is accepted from loopback only"),
+            _ => Reply::error(405, "use POST /reload"),
+        };
+    }
     if method != "GET" && method != "HEAD" {
-        return Reply::error(405, "the admin API is read-only: use GET");
+        return Reply::error(
+            405,
+            "the admin API is read-only but for POST /reload: use GET",
+        );
     }
     match path {
         "/" => Reply::text(200, INDEX),
@@ -63,12 +89,13 @@ pub fn handle(usher: &Usher, method: &str, path: &str, query: Option<&str>, now_
         "/metrics" => Reply {
             status: 200,
             content_type: "text/plain; version=0.0.4",
-            body: usher.metrics().encode().into_bytes(),
+            body: usher.state().metrics.encode().into_bytes(),
         },
         "/customers" | "/customers/" => worst(usher, query, now_ms),
         "/routes" => Reply::json(200, &routes(usher, now_ms)),
         "/events" => events(usher, query),
         "/upstreams" => Reply::json(200, &upstreams(usher, now_ms)),
+        "/config" => Reply::json(200, &config(usher)),
         p => match p.strip_prefix("/customers/") {
             Some(raw) => customer(usher, raw, now_ms),
             None => Reply::error(404, "no such admin endpoint; GET / lists them"),
@@ -80,9 +107,57 @@ fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
     let Some(id) = urlencoded::decode_path(raw) else {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
-    match usher.store().get(&id, now_ms) {
-        Some(c) => Reply::json(200, &CustomerJson::new(usher, &c)),
+    let g = usher.generation();
+    let st = usher.state();
+    match st.store.get(&id, now_ms, &g.store_settings().model) {
+        Some(c) => Reply::json(200, &CustomerJson::new(st, &g, &c)),
         None => Reply::error(404, "customer not tracked (never seen, or evicted)"),
+    }
+}
+
+fn config(usher: &Usher) -> serde_json::Value {
+    let g = usher.generation();
+    serde_json::json!({
+        "generation": g.number,
+        "file": g.source.path.as_ref().map(|p| p.display().to_string()),
+        "sha256": g.source.hash,
+        "loaded_at": rfc3339(g.source.loaded_ms),
+        "cause": g.source.cause,
+        "routes": g.config.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+        "pools": g.config.pools.iter().map(|p| serde_json::json!({
+            "name": p.name,
+            "upstreams": p.upstreams.iter().map(|u| g.config.upstreams[*u as usize].to_string()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "sinks": usher.state().events.sink_names(),
+    })
+}
+
+fn reload(usher: &Usher) -> Reply {
+    match usher.reload() {
+        Ok(r) => Reply::json(
+            200,
+            &serde_json::json!({
+                "reloaded": true,
+                "generation": r.generation,
+                "sha256": r.source.hash,
+            }),
+        ),
+        Err(ReloadError::Invalid { path, errors }) => Reply::json(
+            422,
+            &serde_json::json!({
+                "reloaded": false,
+                "error": format!("{} is not valid; the running configuration stays", path.display()),
+                "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e @ ReloadError::Cold(_)) => Reply::json(
+            409,
+            &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
+        ),
+        Err(e @ ReloadError::NoSource) => Reply::json(
+            409,
+            &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
+        ),
     }
 }
 
@@ -96,7 +171,7 @@ fn events(usher: &Usher, query: Option<&str>) -> Reply {
             Some(Ok(n)) => n.min(MAX_EVENTS),
             Some(Err(_)) => return Reply::error(400, "limit must be a number, e.g. ?limit=50"),
         };
-    let recent = usher.events().recent(limit);
+    let recent = usher.state().events.recent(limit);
     let list: Vec<&crate::events::model::CloudEvent> = recent.iter().map(|e| e.as_ref()).collect();
     Reply::json(200, &serde_json::json!({ "events": list }))
 }
@@ -108,16 +183,18 @@ fn worst(usher: &Usher, query: Option<&str>, now_ms: u64) -> Reply {
         Some(Err(_)) => return Reply::error(400, "worst must be a number, e.g. ?worst=10"),
         None => return Reply::error(400, "say how many: /customers?worst=10"),
     };
+    let g = usher.generation();
+    let st = usher.state();
     let min = match urlencoded::query_param(q, "min_requests").map(|v| v.parse::<u32>()) {
         Some(Ok(m)) => m,
         Some(Err(_)) => return Reply::error(400, "min_requests must be a number"),
-        None => usher.config().experience.min_requests,
+        None => g.config.experience.min_requests,
     };
-    let list: Vec<CustomerJson> = usher
-        .store()
-        .worst(n, min, now_ms)
+    let list: Vec<CustomerJson> = st
+        .store
+        .worst(n, min, now_ms, &g.store_settings().model)
         .iter()
-        .map(|c| CustomerJson::new(usher, c))
+        .map(|c| CustomerJson::new(st, &g, c))
         .collect();
     Reply::json(
         200,
@@ -136,7 +213,8 @@ struct RouteJson {
 }
 
 fn routes(usher: &Usher, now_ms: u64) -> serde_json::Value {
-    let cfg = usher.config();
+    let g = usher.generation();
+    let cfg = &g.config;
     let list: Vec<RouteJson> = cfg
         .routes
         .iter()
@@ -147,7 +225,7 @@ fn routes(usher: &Usher, now_ms: u64) -> serde_json::Value {
                 pool: cfg.pools.get(r.pool as usize)?.name.clone(),
                 critical: r.critical,
                 target_ms: r.target.as_secs_f64() * 1000.0,
-                stats: usher.route_stats(i as u16)?.view(now_ms),
+                stats: g.route_state(i as u16)?.stats.view(now_ms),
             })
         })
         .collect();
@@ -190,22 +268,23 @@ struct RecentJson {
 }
 
 fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
-    let cfg = usher.config();
+    let g = usher.generation();
+    let cfg = &g.config;
     let now = std::time::Instant::now();
     let list: Vec<UpstreamJson> = cfg
         .upstreams
         .iter()
         .enumerate()
-        .filter_map(|(i, a)| {
+        .map(|(i, a)| {
             let id = i as u16;
             let pools: Vec<&crate::config::PoolConfig> = cfg
                 .pools
                 .iter()
                 .filter(|p| p.upstreams.contains(&id))
                 .collect();
-            let v = usher.upstreams().view(id, now);
+            let v = g.upstreams().view(id, now);
             let checked = pools.iter().any(|p| p.health_check.is_some());
-            Some(UpstreamJson {
+            UpstreamJson {
                 address: a.to_string(),
                 pools: pools.iter().map(|p| p.name.clone()).collect(),
                 state: if v.active_up { v.state } else { "unhealthy" },
@@ -229,8 +308,8 @@ fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
                     failure_rate: (v.recent.failure_rate * 1000.0).round() / 1000.0,
                     mean_latency_ms: v.recent.mean_latency.map(|d| d.as_secs_f64() * 1000.0),
                 },
-                stats: usher.upstream_stats(id)?.view(now_ms),
-            })
+                stats: g.upstreams().node(id).stats().view(now_ms),
+            }
         })
         .collect();
     serde_json::json!({ "upstreams": list })

@@ -24,10 +24,17 @@ impl ServeHttp for AdminApp {
             req.uri.path().to_string(),
             req.uri.query().map(str::to_string),
         );
+        let caller = api::Caller {
+            loopback: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| a.ip().is_loopback()),
+        };
         let usher = self.usher.clone();
-        // Scans of a large store take milliseconds: keep them off the admin listener's reactor.
+        // Scans of a large store take milliseconds, and a reload reads and checks a file: keep them
+        // off the admin listener's reactor.
         let reply = tokio::task::spawn_blocking(move || {
-            api::handle(&usher, &method, &path, query.as_deref(), wall_ms())
+            api::handle(&usher, &method, &path, query.as_deref(), wall_ms(), caller)
         })
         .await
         .unwrap_or_else(|_| api::Reply {

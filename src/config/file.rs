@@ -118,11 +118,18 @@ pub struct ExperienceFile {
 pub struct PoolFile {
     pub name: Option<String>,
     pub upstreams: Option<Vec<String>>,
+    pub resolve_interval: Option<String>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub health_check: Option<HealthCheckFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -52,14 +52,23 @@ impl ConfigErrors {
 impl Config {
     /// Reads and validates a configuration file; relative paths inside it are relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        Self::load_with_text(path).map(|(c, _)| c)
+    }
+
+    /// As [`Self::load`], also returning the file's bytes (whose hash identifies what was loaded).
+    pub fn load_with_text(path: &Path) -> Result<(Config, Vec<u8>), ConfigErrors> {
+        let cannot = |e: String| {
             ConfigErrors(vec![ConfigError {
                 path: path.display().to_string(),
                 message: format!("cannot read the configuration: {e}"),
             }])
-        })?;
+        };
+        let bytes = std::fs::read(path).map_err(|e| cannot(e.to_string()))?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|e| cannot(format!("not UTF-8 text ({e})")))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        Self::parse(&text, base)
+        let config = Self::parse(text, base)?;
+        Ok((config, bytes))
     }
 
     /// Validates configuration text; `base_dir` anchors relative paths such as tier tables.

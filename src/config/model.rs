@@ -4,10 +4,15 @@
 //! addresses are resolved, tier tables are loaded. Code downstream never re-validates and never has a
 //! reason to panic on a value from here. Deliberately independent of the file format (`file.rs`), so
 //! the TOML can change shape without touching the request path.
+//!
+//! The ids below are positions in *this* configuration's vectors: a configuration is compiled and
+//! swapped whole (`crate::engine::Generation`), so inside one they are stable. Nothing that outlives a
+//! configuration (customers, upstream health, statistics) is keyed by them: that state is keyed by
+//! names and addresses.
 
-use crate::upstream::budget::BudgetSettings;
-use crate::upstream::ewma::EwmaSettings;
-use crate::upstream::outlier::OutlierSettings;
+use crate::matchers::PathPattern;
+pub use crate::settings::HealthCheck;
+use crate::settings::{BudgetSettings, EwmaSettings, OutlierSettings};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -15,14 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Index of a tier in [`Config::tiers`].
-pub type TierId = u8;
-/// Index of a pool in [`Config::pools`].
-pub type PoolId = u16;
-/// Index of a route in [`Config::routes`].
-pub type RouteId = u16;
-/// Index of an upstream in [`Config::upstreams`]; the same address in two pools is one upstream.
-pub type UpstreamId = u16;
+pub use crate::ids::{PoolId, RouteId, TierId, UpstreamId};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +40,14 @@ pub struct Config {
     pub protection: ProtectionConfig,
     pub events: EventsConfig,
     pub funnels: Vec<Funnel>,
+    pub state: StateConfig,
+}
+
+/// Where what usher learns is kept across restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    /// The snapshot written on SIGTERM and read at start lives here.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +69,7 @@ pub struct EventsConfig {
     pub sinks: Vec<SinkConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkConfig {
     pub name: String,
     /// Events waiting in memory for this sink; beyond it, events are dropped and counted.
@@ -71,7 +77,7 @@ pub struct SinkConfig {
     pub kind: SinkKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     /// Append JSON lines to a file, rotating at `max_bytes` and keeping `keep` old files.
     Jsonl {
@@ -108,7 +114,7 @@ pub struct Funnel {
 pub struct FunnelStep {
     pub name: String,
     pub method: Option<Method>,
-    pub path: crate::routing::PathPattern,
+    pub path: PathPattern,
 }
 
 impl FunnelStep {
@@ -141,7 +147,7 @@ pub struct ProtectionConfig {
     pub try_timeout_floor: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
@@ -178,7 +184,8 @@ pub enum TierSource {
     /// A table of customer id to tier, loaded from a CSV file when the config is loaded.
     Table {
         path: PathBuf,
-        entries: HashMap<Box<str>, TierId>,
+        /// Shared: a configuration is cloned into each generation, a large table is not.
+        entries: std::sync::Arc<HashMap<Box<str>, TierId>>,
     },
 }
 
@@ -209,7 +216,12 @@ pub struct ExperienceConfig {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
+    /// Distinct addresses, in order: literal ones and what the host names resolved to.
     pub upstreams: Vec<UpstreamId>,
+    /// The upstreams as written, for looking host names up again.
+    pub specs: Vec<UpstreamSpec>,
+    /// How often host names among `specs` are looked up again.
+    pub resolve_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -217,13 +229,40 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone)]
-pub struct HealthCheck {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
+/// One entry of a pool's `upstreams` as written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamSpec {
+    Addr(SocketAddr),
+    /// `host:port`, resolved when the configuration is loaded and again every `resolve_interval`;
+    /// every address returned is an upstream.
+    Name {
+        host: String,
+        port: u16,
+        /// What it resolved to last.
+        addrs: Vec<SocketAddr>,
+    },
+}
+
+impl UpstreamSpec {
+    pub fn addrs(&self) -> &[SocketAddr] {
+        match self {
+            UpstreamSpec::Addr(a) => std::slice::from_ref(a),
+            UpstreamSpec::Name { addrs, .. } => addrs,
+        }
+    }
+}
+
+/// Looks a host name up: every address it has, for `port`.
+pub type Resolve<'a> = dyn FnMut(&str, u16) -> std::io::Result<Vec<SocketAddr>> + 'a;
+
+/// The system resolver, as `usher check` and `usher run` use it.
+pub fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut v: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    // The order a resolver returns varies between calls; the set is what matters.
+    v.sort();
+    v.dedup();
+    Ok(v)
 }
 
 #[derive(Debug, Clone)]
@@ -264,7 +303,91 @@ pub struct HeaderMatch {
     pub value: Option<HeaderValue>,
 }
 
+/// Recomputes [`Config::upstreams`] and each pool's `upstreams` from the pools' specs: distinct
+/// addresses in order of first appearance, each pool's without repeats.
+pub(crate) fn index_pools(pools: &mut [PoolConfig]) -> Vec<SocketAddr> {
+    let mut all: Vec<SocketAddr> = Vec::new();
+    for p in pools.iter_mut() {
+        p.upstreams.clear();
+        for addr in p.specs.iter().flat_map(|s| s.addrs()) {
+            let id = match all.iter().position(|a| a == addr) {
+                Some(i) => i,
+                None => {
+                    all.push(*addr);
+                    all.len() - 1
+                }
+            } as UpstreamId;
+            if !p.upstreams.contains(&id) {
+                p.upstreams.push(id);
+            }
+        }
+    }
+    all
+}
+
 impl Config {
+    /// The same configuration with every host name among the pools' upstreams looked up again.
+    /// A name that fails to resolve, or resolves to nothing, keeps its last addresses (and is
+    /// returned with the error). `None` when no address changed.
+    pub fn re_resolved(
+        &self,
+        resolve: &mut Resolve<'_>,
+    ) -> (Option<Config>, Vec<(String, String)>) {
+        let mut next = self.clone();
+        let mut failures = Vec::new();
+        let mut changed = false;
+        for p in &mut next.pools {
+            for s in &mut p.specs {
+                if let UpstreamSpec::Name { host, port, addrs } = s {
+                    match resolve(host, *port) {
+                        Ok(found) if !found.is_empty() => {
+                            if found != *addrs {
+                                *addrs = found;
+                                changed = true;
+                            }
+                        }
+                        Ok(_) => {
+                            failures.push((format!("{host}:{port}"), "no addresses".to_string()))
+                        }
+                        Err(e) => failures.push((format!("{host}:{port}"), e.to_string())),
+                    }
+                }
+            }
+        }
+        if !changed {
+            return (None, failures);
+        }
+        next.upstreams = index_pools(&mut next.pools);
+        (Some(next), failures)
+    }
+
+    /// Whether any pool names a host to look up again.
+    pub fn has_host_names(&self) -> bool {
+        self.pools
+            .iter()
+            .flat_map(|p| &p.specs)
+            .any(|s| matches!(s, UpstreamSpec::Name { .. }))
+    }
+
+    /// Replaces upstream address `old` with `new` everywhere (the demo starts its origins on free
+    /// ports and puts them in place of the addresses written in its file).
+    pub fn replace_upstream(&mut self, old: SocketAddr, new: SocketAddr) {
+        for p in &mut self.pools {
+            for s in &mut p.specs {
+                match s {
+                    UpstreamSpec::Addr(a) if *a == old => *a = new,
+                    UpstreamSpec::Name { addrs, .. } => {
+                        for a in addrs.iter_mut().filter(|a| **a == old) {
+                            *a = new;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.upstreams = index_pools(&mut self.pools);
+    }
+
     pub fn tier_id(&self, name: &str) -> Option<TierId> {
         self.tiers
             .iter()

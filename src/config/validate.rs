@@ -8,14 +8,14 @@
 use super::file::*;
 use super::model::*;
 use super::{ConfigError, ConfigErrors};
-use crate::upstream::budget::BudgetSettings;
-use crate::upstream::ewma::EwmaSettings;
-use crate::upstream::outlier::OutlierSettings;
+use crate::defaults as d;
+use crate::matchers::PathPattern;
+use crate::settings::{BudgetSettings, EwmaSettings, OutlierSettings};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "protection",
     "events",
     "funnels",
+    "state",
 ];
 
 /// No duration in a config means more than a year; longer ones are mistakes, and near the limits of
@@ -95,6 +96,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let protection: ProtectionFile = section(&mut errs, &table, "protection").unwrap_or_default();
     let events: EventsFile = section(&mut errs, &table, "events").unwrap_or_default();
     let funnels: Vec<Option<FunnelFile>> = array(&mut errs, &table, "funnels");
+    let state: StateFile = section(&mut errs, &table, "state").unwrap_or_default();
 
     let server = server_config(&mut errs, server);
     let tiers = tier_list(&mut errs, &tiers);
@@ -108,6 +110,9 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let protection = protection_config(&mut errs, protection);
     let events = events_config(&mut errs, events, experience.degraded_below, base_dir);
     let funnels = funnel_list(&mut errs, &funnels);
+    let state = StateConfig {
+        dir: base_dir.join(state.dir.as_deref().unwrap_or(d::STATE_DIR)),
+    };
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -125,6 +130,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
             protection,
             events,
             funnels,
+            state,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -269,18 +275,35 @@ fn header_name(errs: &mut Errors, path: &str, name: &str) -> Option<HeaderName> 
 }
 
 fn socket_addr(errs: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {
-    if let Ok(a) = text.parse::<SocketAddr>() {
-        return Some(a);
-    }
-    match text.to_socket_addrs().map(|mut it| it.next()) {
-        Ok(Some(a)) => Some(a),
-        _ => {
-            errs.push(
-                path,
-                format!("{text:?} is not an address; write host:port, e.g. \"127.0.0.1:8080\""),
-            );
+    match upstream_spec(text, &mut system_resolve) {
+        Ok(spec) => spec.addrs().first().copied(),
+        Err(message) => {
+            errs.push(path, message);
             None
         }
+    }
+}
+
+/// One upstream as written: an address, or a host name looked up now (and again later).
+fn upstream_spec(text: &str, resolve: &mut Resolve<'_>) -> Result<UpstreamSpec, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(UpstreamSpec::Addr(a));
+    }
+    let not_an_address =
+        || format!("{text:?} is not an address; write host:port, e.g. \"127.0.0.1:8080\"");
+    let (host, port) = text.rsplit_once(':').ok_or_else(not_an_address)?;
+    let port: u16 = port.parse().map_err(|_| not_an_address())?;
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(not_an_address());
+    }
+    match resolve(host, port) {
+        Ok(addrs) if !addrs.is_empty() => Ok(UpstreamSpec::Name {
+            host: host.to_string(),
+            port,
+            addrs,
+        }),
+        Ok(_) => Err(format!("{host:?} has no addresses")),
+        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
     }
 }
 
@@ -306,9 +329,7 @@ fn int_in(
 }
 
 fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
-    let listen_text = f
-        .listen
-        .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()]);
+    let listen_text = f.listen.unwrap_or_else(|| vec![d::LISTEN.to_string()]);
     if listen_text.is_empty() {
         errs.push("server.listen", "needs at least one address");
     }
@@ -318,7 +339,7 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         .filter_map(|(i, a)| socket_addr(errs, &format!("server.listen[{i}]"), a))
         .collect();
     let admin = match f.admin.as_deref() {
-        None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        None => socket_addr(errs, "server.admin", d::ADMIN),
         Some("") | Some("off") => None,
         Some(a) => socket_addr(errs, "server.admin", a),
     };
@@ -327,12 +348,12 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
             errs.push("server.admin", format!("{a} is also in server.listen"));
         }
     }
-    let threads = int_in(errs, "server.threads", f.threads, 1, 1024, 1) as usize;
+    let threads = int_in(errs, "server.threads", f.threads, 1, 1024, d::THREADS) as usize;
     let grace_period = duration(
         errs,
         "server.grace_period",
         f.grace_period.as_ref(),
-        Duration::from_secs(5),
+        d::GRACE_PERIOD,
     );
     let max_header_bytes = int_in(
         errs,
@@ -340,7 +361,7 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         f.max_header_bytes,
         1024,
         1 << 20,
-        64 * 1024,
+        d::MAX_HEADER_BYTES,
     ) as usize;
     let upstream_idle_connections = int_in(
         errs,
@@ -348,7 +369,7 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         f.upstream_idle_connections,
         1,
         1 << 20,
-        128,
+        d::UPSTREAM_IDLE_CONNECTIONS,
     ) as usize;
     ServerConfig {
         listen,
@@ -380,7 +401,7 @@ fn tier_list(errs: &mut Errors, tiers: &[Option<TierFile>]) -> Vec<Tier> {
     }
     if out.is_empty() {
         out.push(Tier {
-            name: "standard".to_string(),
+            name: d::DEFAULT_TIER.to_string(),
             protected: false,
             follow_up: None,
             notify_failures: false,
@@ -415,7 +436,7 @@ fn identity_config(
 ) -> IdentityConfig {
     let sources = f.customer_id.unwrap_or_else(|| {
         vec![IdSourceFile {
-            header: Some("x-customer-id".into()),
+            header: Some(d::CUSTOMER_ID_HEADER.into()),
             ..Default::default()
         }]
     });
@@ -474,7 +495,7 @@ fn identity_config(
                 if let Some(entries) = load_table(errs, &format!("{path}.table"), &file, tiers) {
                     tier.push(TierSource::Table {
                         path: file,
-                        entries,
+                        entries: std::sync::Arc::new(entries),
                     });
                 }
             }
@@ -483,7 +504,7 @@ fn identity_config(
     }
 
     let default_tier = match f.default_tier.as_deref() {
-        None => tier_by_name(tiers, "standard").unwrap_or((tiers.len() - 1) as TierId),
+        None => tier_by_name(tiers, d::DEFAULT_TIER).unwrap_or((tiers.len() - 1) as TierId),
         Some(n) => tier_by_name(tiers, n).unwrap_or_else(|| {
             errs.push(
                 "identity.default_tier",
@@ -498,7 +519,7 @@ fn identity_config(
         f.max_id_len,
         1,
         MAX_ID_LEN,
-        128,
+        d::MAX_ID_LEN,
     ) as usize;
     IdentityConfig {
         customer_id,
@@ -572,17 +593,17 @@ fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
         errs,
         "experience.half_life",
         f.half_life.as_ref(),
-        Duration::from_secs(600),
+        d::HALF_LIFE,
     );
     let degraded_below = match f.degraded_below {
-        None => 70.0,
+        None => d::DEGRADED_BELOW,
         Some(v) if (0.0..=100.0).contains(&v) => v,
         Some(v) => {
             errs.push(
                 "experience.degraded_below",
                 format!("{v} is out of range; scores run from 0 to 100"),
             );
-            70.0
+            d::DEGRADED_BELOW
         }
     };
     let track_max = int_in(
@@ -591,7 +612,7 @@ fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
         f.track_max,
         1,
         u32::MAX as i64 - 1,
-        1_000_000,
+        d::TRACK_MAX,
     ) as usize;
     let journey_len = int_in(
         errs,
@@ -599,7 +620,7 @@ fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
         f.journey_len,
         1,
         MAX_JOURNEY_LEN,
-        16,
+        d::JOURNEY_LEN,
     ) as usize;
     let min_requests = int_in(
         errs,
@@ -607,13 +628,13 @@ fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
         f.min_requests,
         1,
         u32::MAX as i64,
-        3,
+        d::MIN_REQUESTS,
     ) as u32;
     let summary_interval = duration(
         errs,
         "experience.summary_interval",
         f.summary_interval.as_ref(),
-        Duration::from_secs(5),
+        d::SUMMARY_INTERVAL,
     );
     ExperienceConfig {
         half_life,
@@ -627,7 +648,6 @@ fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
 
 fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>, Vec<SocketAddr>) {
     let mut out: Vec<PoolConfig> = Vec::new();
-    let mut upstreams: Vec<SocketAddr> = Vec::new();
     let mut names = HashSet::new();
     for (i, p) in pools.iter().enumerate() {
         let path = format!("pools[{i}]");
@@ -651,7 +671,7 @@ fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>,
                 n.to_string()
             }
         };
-        let mut ids = Vec::new();
+        let mut specs: Vec<UpstreamSpec> = Vec::new();
         match &p.upstreams {
             None => errs.push(
                 format!("{path}.upstreams"),
@@ -664,56 +684,45 @@ fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>,
             Some(list) => {
                 for (j, u) in list.iter().enumerate() {
                     let upath = format!("{path}.upstreams[{j}]");
-                    if let Some(addr) = socket_addr(errs, &upath, u) {
-                        let id = match upstreams.iter().position(|a| *a == addr) {
-                            Some(id) => id,
-                            None => {
-                                upstreams.push(addr);
-                                upstreams.len() - 1
-                            }
-                        };
-                        if ids.contains(&(id as UpstreamId)) {
-                            errs.push(upath, format!("{addr} is listed twice in this pool"));
-                        } else {
-                            ids.push(id as UpstreamId);
+                    match upstream_spec(u, &mut system_resolve) {
+                        Ok(spec) if specs.contains(&spec) => {
+                            errs.push(upath, format!("{u} is listed twice in this pool"))
                         }
+                        Ok(spec) => specs.push(spec),
+                        Err(message) => errs.push(upath, message),
                     }
                 }
             }
         }
+        let timeout = |errs: &mut Errors, key: &str, v: &Option<String>, default| {
+            duration(errs, &format!("{path}.{key}"), v.as_ref(), default)
+        };
         out.push(PoolConfig {
             name,
-            upstreams: ids,
-            connect_timeout: duration(
+            upstreams: Vec::new(),
+            specs,
+            resolve_interval: timeout(
                 errs,
-                &format!("{path}.connect_timeout"),
-                p.connect_timeout.as_ref(),
-                Duration::from_secs(1),
+                "resolve_interval",
+                &p.resolve_interval,
+                d::RESOLVE_INTERVAL,
             ),
-            read_timeout: duration(
+            connect_timeout: timeout(
                 errs,
-                &format!("{path}.read_timeout"),
-                p.read_timeout.as_ref(),
-                Duration::from_secs(10),
+                "connect_timeout",
+                &p.connect_timeout,
+                d::CONNECT_TIMEOUT,
             ),
-            write_timeout: duration(
-                errs,
-                &format!("{path}.write_timeout"),
-                p.write_timeout.as_ref(),
-                Duration::from_secs(10),
-            ),
-            idle_timeout: duration(
-                errs,
-                &format!("{path}.idle_timeout"),
-                p.idle_timeout.as_ref(),
-                Duration::from_secs(60),
-            ),
+            read_timeout: timeout(errs, "read_timeout", &p.read_timeout, d::READ_TIMEOUT),
+            write_timeout: timeout(errs, "write_timeout", &p.write_timeout, d::WRITE_TIMEOUT),
+            idle_timeout: timeout(errs, "idle_timeout", &p.idle_timeout, d::IDLE_TIMEOUT),
             health_check: p
                 .health_check
                 .as_ref()
                 .map(|h| health_check(errs, &format!("{path}.health_check"), h)),
         });
     }
+    let upstreams = index_pools(&mut out);
     if upstreams.len() > MAX_UPSTREAMS {
         errs.push(
             "pools",
@@ -730,16 +739,18 @@ fn placeholder_pool() -> PoolConfig {
     PoolConfig {
         name: String::new(),
         upstreams: Vec::new(),
-        connect_timeout: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(1),
-        write_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(1),
+        specs: Vec::new(),
+        resolve_interval: d::RESOLVE_INTERVAL,
+        connect_timeout: d::CONNECT_TIMEOUT,
+        read_timeout: d::READ_TIMEOUT,
+        write_timeout: d::WRITE_TIMEOUT,
+        idle_timeout: d::IDLE_TIMEOUT,
         health_check: None,
     }
 }
 
 fn health_check(errs: &mut Errors, path: &str, h: &HealthCheckFile) -> HealthCheck {
-    let check_path = h.path.clone().unwrap_or_else(|| "/healthz".to_string());
+    let check_path = h.path.clone().unwrap_or_else(|| d::CHECK_PATH.to_string());
     if !check_path.starts_with('/') {
         errs.push(
             format!("{path}.path"),
@@ -750,13 +761,13 @@ fn health_check(errs: &mut Errors, path: &str, h: &HealthCheckFile) -> HealthChe
         errs,
         &format!("{path}.interval"),
         h.interval.as_ref(),
-        Duration::from_secs(2),
+        d::CHECK_INTERVAL,
     );
     let timeout = duration(
         errs,
         &format!("{path}.timeout"),
         h.timeout.as_ref(),
-        Duration::from_secs(1),
+        d::CHECK_TIMEOUT,
     );
     if timeout > interval {
         errs.push(
@@ -768,8 +779,8 @@ fn health_check(errs: &mut Errors, path: &str, h: &HealthCheckFile) -> HealthChe
         path: check_path,
         interval,
         timeout,
-        rise: int_in(errs, &format!("{path}.rise"), h.rise, 1, 100, 2) as u32,
-        fall: int_in(errs, &format!("{path}.fall"), h.fall, 1, 100, 3) as u32,
+        rise: int_in(errs, &format!("{path}.rise"), h.rise, 1, 100, d::CHECK_RISE) as u32,
+        fall: int_in(errs, &format!("{path}.fall"), h.fall, 1, 100, d::CHECK_FALL) as u32,
     }
 }
 
@@ -886,7 +897,7 @@ fn outlier_config(errs: &mut Errors, f: OutlierFile) -> (OutlierSettings, Durati
         errs,
         "outlier.sweep_interval",
         f.sweep_interval.as_ref(),
-        Duration::from_millis(250),
+        d::SWEEP_INTERVAL,
     );
     (s, sweep)
 }
@@ -918,7 +929,7 @@ fn retries_config(errs: &mut Errors, f: RetriesFile) -> RetriesConfig {
         errs.push("retries.budget_window", "must be between 1s and 1h");
     }
     RetriesConfig {
-        enabled: f.enabled.unwrap_or(true),
+        enabled: f.enabled.unwrap_or(d::RETRIES_ENABLED),
         budget,
     }
 }
@@ -971,7 +982,7 @@ fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
         }
     }
     let try_timeout_factor = match f.try_timeout_factor {
-        None => 4.0,
+        None => d::TRY_TIMEOUT_FACTOR,
         Some(x) if x == 0.0 || (1.0..=1000.0).contains(&x) => x,
         Some(x) => {
             // Under 1x the route's own p99, a healthy upstream's ordinary answers would be cut off.
@@ -979,7 +990,7 @@ fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
                 "protection.try_timeout_factor",
                 format!("{x} is out of range: 0 (off) or 1 to 1000"),
             );
-            4.0
+            d::TRY_TIMEOUT_FACTOR
         }
     };
     ProtectionConfig {
@@ -990,7 +1001,7 @@ fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
             errs,
             "protection.rescue_for",
             f.rescue_for.as_ref(),
-            Duration::from_secs(600),
+            d::RESCUE_FOR,
         ),
         experience_header,
         try_timeout_factor,
@@ -998,7 +1009,7 @@ fn protection_config(errs: &mut Errors, f: ProtectionFile) -> ProtectionConfig {
             errs,
             "protection.try_timeout_floor",
             f.try_timeout_floor.as_ref(),
-            Duration::from_millis(50),
+            d::TRY_TIMEOUT_FLOOR,
         ),
     }
 }
@@ -1053,7 +1064,7 @@ fn route_list(
             errs,
             &format!("{path}.target"),
             r.target.as_ref(),
-            Duration::from_millis(500),
+            d::TARGET,
         );
         out.push(RouteConfig {
             name,
@@ -1198,7 +1209,7 @@ fn events_config(
         );
     }
     let recover_above = match f.recover_above {
-        None => (degraded_below + 10.0).min(100.0),
+        None => (degraded_below + d::RECOVER_MARGIN).min(100.0),
         Some(x) if (degraded_below..=100.0).contains(&x) => x,
         Some(x) => {
             errs.push(
@@ -1208,7 +1219,7 @@ fn events_config(
             degraded_below
         }
     };
-    let spool_dir = base_dir.join(f.spool_dir.as_deref().unwrap_or("usher-spool"));
+    let spool_dir = base_dir.join(f.spool_dir.as_deref().unwrap_or(d::SPOOL_DIR));
     let mut sinks: Vec<SinkConfig> = Vec::new();
     for (i, k) in f.sinks.iter().flatten().enumerate() {
         let path = format!("events.sinks[{i}]");
@@ -1227,21 +1238,23 @@ fn events_config(
     }
     EventsConfig {
         source,
-        cooldown: duration(
-            errs,
-            "events.cooldown",
-            f.cooldown.as_ref(),
-            Duration::from_secs(600),
-        ),
+        cooldown: duration(errs, "events.cooldown", f.cooldown.as_ref(), d::COOLDOWN),
         recover_above,
-        recent: int_in(errs, "events.recent", f.recent, 0, 100_000, 1000) as usize,
+        recent: int_in(
+            errs,
+            "events.recent",
+            f.recent,
+            0,
+            100_000,
+            d::RECENT_EVENTS,
+        ) as usize,
         funnel_track_max: int_in(
             errs,
             "events.funnel_track_max",
             f.funnel_track_max,
             1,
             100_000_000,
-            100_000,
+            d::FUNNEL_TRACK_MAX,
         ) as usize,
         spool_dir,
         slo_min_requests: int_in(
@@ -1250,13 +1263,13 @@ fn events_config(
             f.slo_min_requests,
             1,
             1_000_000,
-            20,
+            d::SLO_MIN_REQUESTS,
         ) as u32,
         slo_realert: duration(
             errs,
             "events.slo_realert",
             f.slo_realert.as_ref(),
-            Duration::from_secs(3600),
+            d::SLO_REALERT,
         ),
         sinks,
     }
@@ -1313,13 +1326,13 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
         f.queue,
         1,
         10_000_000,
-        10_000,
+        d::SINK_QUEUE,
     ) as usize;
     let timeout = duration(
         errs,
         &format!("{path}.timeout"),
         f.timeout.as_ref(),
-        Duration::from_secs(5),
+        d::SINK_TIMEOUT,
     );
     let max_spool_bytes = int_in(
         errs,
@@ -1327,7 +1340,7 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
         f.max_spool_bytes,
         4096,
         i64::MAX,
-        1 << 30,
+        d::MAX_SPOOL_BYTES,
     ) as u64;
     let url = |errs: &mut Errors, schemes: &[&str]| -> Option<String> {
         match &f.url {
@@ -1350,20 +1363,34 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
     };
     let kind = match kind_name {
         "jsonl" => SinkKind::Jsonl {
-            path: base_dir.join(f.path.as_deref().unwrap_or("usher-events.jsonl")),
+            path: base_dir.join(f.path.as_deref().unwrap_or(d::JSONL_PATH)),
             max_bytes: int_in(
                 errs,
                 &format!("{path}.max_bytes"),
                 f.max_bytes,
                 1024,
                 i64::MAX,
-                100 << 20,
+                d::JSONL_MAX_BYTES,
             ) as u64,
-            keep: int_in(errs, &format!("{path}.keep"), f.keep, 0, 1000, 5) as u32,
+            keep: int_in(
+                errs,
+                &format!("{path}.keep"),
+                f.keep,
+                0,
+                1000,
+                d::JSONL_KEEP,
+            ) as u32,
         },
         "webhook" => SinkKind::Webhook {
             url: url(errs, &["http://", "https://"])?,
-            batch: int_in(errs, &format!("{path}.batch"), f.batch, 1, 10_000, 100) as usize,
+            batch: int_in(
+                errs,
+                &format!("{path}.batch"),
+                f.batch,
+                1,
+                10_000,
+                d::WEBHOOK_BATCH,
+            ) as usize,
             timeout,
             max_spool_bytes,
         },
@@ -1372,11 +1399,11 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
             stream: f
                 .stream
                 .clone()
-                .unwrap_or_else(|| "USHER_EVENTS".to_string()),
+                .unwrap_or_else(|| d::NATS_STREAM.to_string()),
             subject: f
                 .subject
                 .clone()
-                .unwrap_or_else(|| "usher.events".to_string()),
+                .unwrap_or_else(|| d::NATS_SUBJECT.to_string()),
             timeout,
             max_spool_bytes,
         },
@@ -1444,7 +1471,7 @@ fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel>
                     None
                 }
                 Some(p) => {
-                    let parsed = crate::routing::PathPattern::parse(p);
+                    let parsed = PathPattern::parse(p);
                     if parsed.is_none() {
                         errs.push(
                             format!("{spath}.path"),
@@ -1472,7 +1499,7 @@ fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel>
                 errs,
                 &format!("{path}.abandon_after"),
                 f.abandon_after.as_ref(),
-                Duration::from_secs(1800),
+                d::ABANDON_AFTER,
             ),
         });
     }

@@ -72,8 +72,8 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         .enable_all()
         .build()?;
     // One origin per upstream, named after its pool: web-1..3 and payments-1.
-    let names: Vec<String> = config
-        .upstreams
+    let written: Vec<SocketAddr> = config.upstreams.clone();
+    let names: Vec<String> = written
         .iter()
         .enumerate()
         .map(|(u, _)| {
@@ -104,8 +104,8 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     if let Some(pay) = find("payments-1") {
         pay.behavior.set_failure_ratio(PAYMENT_FAILURES);
     }
-    for (slot, o) in config.upstreams.iter_mut().zip(&origins) {
-        *slot = o.addr;
+    for (old, o) in written.iter().zip(&origins) {
+        config.replace_upstream(*old, o.addr);
     }
     println!("usher demo: starting {} demo origins:", origins.len());
     for o in &origins {
@@ -199,9 +199,14 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
 
 fn print_worst(usher: &crate::Usher) {
     let now = wall_ms();
-    let worst = usher
-        .store()
-        .worst(3, usher.config().experience.min_requests, now);
+    let g = usher.generation();
+    let st = usher.state();
+    let worst = st.store.worst(
+        3,
+        g.config.experience.min_requests,
+        now,
+        &g.store_settings().model,
+    );
     let line: Vec<String> = worst
         .iter()
         .map(|c| {
@@ -214,7 +219,7 @@ fn print_worst(usher: &crate::Usher) {
                 "{} {:.0}{}{}",
                 c.id,
                 c.score,
-                if usher.is_degraded(c.score) {
+                if g.is_degraded(c.score) {
                     " DEGRADED"
                 } else {
                     ""
@@ -225,7 +230,7 @@ fn print_worst(usher: &crate::Usher) {
         .collect();
     println!(
         "usher demo: {} customers tracked; worst now: {}",
-        usher.store().len(),
+        st.store.len(),
         line.join(" | ")
     );
 }

@@ -1,11 +1,13 @@
 //! Per-request state, and the small types the engine's callers exchange with it.
 
-use crate::config::{RouteId, UpstreamId};
+use super::{Generation, InFlight};
 use crate::identity::Identity;
+use crate::ids::{RouteId, UpstreamId};
 use crate::measure::Outcome;
 use crate::protection::Protection;
 use crate::upstream::Pick;
 use http::{HeaderMap, Method, Uri};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Upstreams already tried by one request; a request tries at most a handful, so no allocation.
@@ -44,8 +46,11 @@ pub(crate) struct Attempt {
 }
 
 /// Per-request state. Create it when the request head has been read; keep it in the proxy's context.
-#[derive(Debug)]
+/// From admission on it pins the generation the request started on: routes, upstreams and
+/// thresholds stay that generation's until the request ends, whatever a reload does meanwhile.
 pub struct Exchange {
+    pub(crate) gen: Option<Arc<Generation>>,
+    pub(crate) in_flight: Option<InFlight>,
     pub(crate) started: Instant,
     /// Wall clock at admission, Unix milliseconds; later wall times are derived from `started`
     /// rather than read again.
@@ -67,6 +72,8 @@ pub struct Exchange {
     pub(crate) attempt: Option<Attempt>,
     pub(crate) tried: Tried,
     pub(crate) upstream: Option<UpstreamId>,
+    /// The pool the current attempt's upstream was chosen from, when usher chose it.
+    pub(crate) pool: Option<crate::ids::PoolId>,
     pub(crate) connected: Option<Instant>,
     pub(crate) response_head: Option<Instant>,
     pub(crate) upstream_status: Option<u16>,
@@ -92,6 +99,8 @@ impl Exchange {
 
     pub fn starting_at(started: Instant) -> Self {
         Exchange {
+            gen: None,
+            in_flight: None,
             started,
             wall_ms: 0,
             identity: None,
@@ -105,6 +114,7 @@ impl Exchange {
             attempt: None,
             tried: Tried::default(),
             upstream: None,
+            pool: None,
             connected: None,
             response_head: None,
             upstream_status: None,
@@ -113,6 +123,11 @@ impl Exchange {
             status_retry: false,
             recorded: false,
         }
+    }
+
+    /// The generation the request started on, once admitted.
+    pub fn generation(&self) -> Option<&Arc<Generation>> {
+        self.gen.as_ref()
     }
 
     pub fn identity(&self) -> Option<&Identity> {
@@ -125,6 +140,14 @@ impl Exchange {
 
     pub fn upstream(&self) -> Option<UpstreamId> {
         self.upstream
+    }
+
+    /// Where the current attempt goes: the upstream's address and the settings of the pool usher
+    /// chose it from.
+    pub fn peer(&self) -> Option<(std::net::SocketAddr, &crate::config::PoolConfig)> {
+        let g = self.gen.as_deref()?;
+        let addr = g.upstreams().node(self.upstream?).addr();
+        Some((addr, g.config.pools.get(self.pool? as usize)?))
     }
 
     pub fn protection(&self) -> Option<Protection> {
@@ -146,7 +169,7 @@ impl Exchange {
     /// The wall clock (Unix milliseconds) at `now`, from the one read at admission.
     pub fn wall_at(&self, now: Instant) -> u64 {
         if self.wall_ms == 0 {
-            return crate::engine::wall_ms();
+            return crate::time::wall_ms();
         }
         self.wall_ms + now.saturating_duration_since(self.started).as_millis() as u64
     }
@@ -220,4 +243,17 @@ pub struct Finish<'a> {
     pub bytes_out: u64,
     pub now: Instant,
     pub now_ms: u64,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("generation", &self.gen.as_ref().map(|g| g.number))
+            .field("identity", &self.identity)
+            .field("route", &self.route)
+            .field("protection", &self.protection)
+            .field("upstream", &self.upstream)
+            .field("retries", &self.retries)
+            .finish()
+    }
 }

@@ -1,69 +1,57 @@
 //! The usher engine: identity, routing, protection, upstream choice and health, measurement and the
 //! experience store, wired together as plain Rust.
 //!
-//! One [`Usher`] per configuration, shared by every request. Each request carries an [`Exchange`]: the
-//! per-request state that the proxy (or an embedding proxy) keeps in its own context and hands back at
-//! each step. Data flows one way: request -> identity -> route -> protection -> upstream -> measured
-//! response -> upstream health and customer experience. Nothing here knows Pingora; `crate::proxy`
-//! adapts its phases to these calls. Time is passed in by the caller.
+//! Two lifetimes, kept apart. What a configuration decides is a [`Generation`]: compiled once,
+//! immutable, held in an `ArcSwap` and replaced whole by a reload. What usher learns is the
+//! [`State`]: it lasts for the process and is keyed by names and addresses, so a reload carries it
+//! over. Each request carries an [`Exchange`]: the per-request state that the proxy (or an
+//! embedding proxy) keeps in its own context and hands back at each step; it pins the generation
+//! the request started on. Data flows one way: request -> identity -> route -> protection ->
+//! upstream -> measured response -> upstream health and customer experience. Nothing here knows
+//! Pingora; `crate::proxy` adapts its phases to these calls. Time is passed in by the caller.
 
 mod exchange;
+mod generation;
 mod notify;
+mod reload;
+mod state;
 
 pub use exchange::{Admission, Exchange, Finish, RequestHead, RetryVerdict};
+pub use generation::{Generation, Source};
+pub use reload::{ReloadError, Reloaded};
+pub use state::{InFlight, RouteState, State};
 
-use crate::config::{Config, RouteConfig, RouteId, UpstreamId};
-use crate::events::Events;
-use crate::experience::{
-    CustomerStore, Judgement, Observation, Recorded, ScoreModel, Step, StoreSettings,
-};
-use crate::identity::{Identity, IdentityResolver};
+use crate::config::Config;
+use crate::experience::{Judgement, Observation, Recorded, Step};
+use crate::identity::Identity;
+use crate::ids::UpstreamId;
 use crate::measure::{Measurement, Outcome};
-use crate::metrics::Metrics;
 use crate::protection;
-use crate::routing::RouteTable;
-use crate::stats::LatencyStats;
-use crate::upstream::{AttemptResult, HealthEvent, Settings, Upstreams};
+use crate::upstream::{AttemptResult, HealthEvent};
+use arc_swap::ArcSwap;
 use exchange::Attempt;
 use http::HeaderValue;
 use rand::Rng;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+pub use crate::time::wall_ms;
 
 /// Requests in a route's latency window before its p99 sets a try timeout: below that the p99 is
 /// a guess, and a guess on the low side would cut off healthy answers.
 const TRY_TIMEOUT_MIN_SAMPLES: u64 = 100;
 
-/// Wall-clock milliseconds since the Unix epoch: the time base of customer state.
-pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub struct Usher {
-    config: Config,
-    identity: IdentityResolver,
-    routes: RouteTable,
-    upstreams: Upstreams,
-    store: CustomerStore,
-    route_stats: Vec<LatencyStats>,
-    upstream_stats: Vec<LatencyStats>,
-    metrics: Metrics,
-    /// Whether admission needs the customer's current score (rescue or the experience header).
-    peek_customer: bool,
-    events: Events,
-    /// Every value of the experience header, by rounded score and state, made once: formatting one
-    /// per request took a visible share of a request's time.
-    experience_values: Vec<HeaderValue>,
-    /// Each route's current try timeout for protected requests, in microseconds; 0 when none.
-    try_timeouts: Vec<AtomicU64>,
-    /// Each route's request count at the last refresh of its try timeout.
-    try_timeouts_seen: Vec<AtomicU64>,
-    /// When each route's burn was last reported, by severity.
-    slo_alerted: parking_lot::Mutex<std::collections::HashMap<(usize, &'static str), u64>>,
+    state: State,
+    current: ArcSwap<Generation>,
+    /// One reload at a time.
+    reloading: parking_lot::Mutex<()>,
+    /// The number of the generation in force, for tasks that follow it (health checks, timers).
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Set once usher has stopped for good: requests drained, events written out, state saved.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Usher {
@@ -72,125 +60,79 @@ impl Usher {
     }
 
     pub fn starting_at(config: Config, now: Instant) -> Arc<Usher> {
-        let prot = &config.protection;
-        let store = CustomerStore::new(StoreSettings {
-            track_max: config.experience.track_max,
-            journey_len: config.experience.journey_len,
-            model: ScoreModel::new(config.experience.half_life),
-            rescue: prot.rescue_below.map(|b| (b, prot.rescue_for)),
-            degraded_below: config.experience.degraded_below,
-            recover_above: config.events.recover_above,
-        });
-        let settings = Settings {
-            outlier: config.outlier,
-            ewma: config.balancing,
-            budget: config.retries.budget,
-        };
+        let source = Source::of_text(None, format!("{config:?}").as_bytes(), wall_ms(), "start");
+        Self::with_source(config, source, now)
+    }
+
+    /// A usher on `config`, loaded from `source`.
+    pub fn with_source(config: Config, source: Source, now: Instant) -> Arc<Usher> {
+        let state = State::new(config.experience.track_max, now, wall_ms());
+        let gen = Generation::build(config, &state, 1, source, now);
+        state
+            .events
+            .reconcile(&gen.config.events.sinks, &gen.config.events.spool_dir);
+        state.metrics.config_loaded(1, gen.source.loaded_ms);
         Arc::new(Usher {
-            identity: IdentityResolver::new(&config.identity, &config.tiers),
-            routes: RouteTable::new(&config.routes),
-            upstreams: Upstreams::new(&config, settings, now),
-            store,
-            route_stats: config
-                .routes
-                .iter()
-                .map(|_| LatencyStats::default())
-                .collect(),
-            upstream_stats: config
-                .upstreams
-                .iter()
-                .map(|_| LatencyStats::default())
-                .collect(),
-            metrics: Metrics::new(&config),
-            peek_customer: prot.rescue_below.is_some() || prot.experience_header.is_some(),
-            events: Events::new(&config),
-            experience_values: match prot.experience_header {
-                Some(_) => (0..=100u8)
-                    .flat_map(|score| ["ok", "degraded"].map(|state| (score, state)))
-                    .map(|(score, state)| {
-                        HeaderValue::from_str(&format!("score={score}; state={state}"))
-                            .expect("digits, letters and spaces make a valid header value")
-                    })
-                    .collect(),
-                None => Vec::new(),
-            },
-            try_timeouts: config.routes.iter().map(|_| AtomicU64::new(0)).collect(),
-            try_timeouts_seen: config.routes.iter().map(|_| AtomicU64::new(0)).collect(),
-            slo_alerted: Default::default(),
-            config,
+            state,
+            current: ArcSwap::from_pointee(gen),
+            reloading: parking_lot::Mutex::new(()),
+            changed: tokio::sync::watch::channel(1).0,
+            closed: tokio::sync::watch::channel(false).0,
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Watches for usher having stopped for good (see `crate::tasks`).
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
-    pub fn store(&self) -> &CustomerStore {
-        &self.store
+    pub(crate) fn mark_closed(&self) {
+        self.closed.send_replace(true);
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    /// The generation in force now. A request keeps the one it started on (see [`Exchange`]).
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 
-    pub fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    /// Watches the number of the generation in force.
+    pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
-    pub fn events(&self) -> &Events {
-        &self.events
-    }
-
-    pub fn identity_resolver(&self) -> &IdentityResolver {
-        &self.identity
-    }
-
-    pub fn route_stats(&self, id: RouteId) -> Option<&LatencyStats> {
-        self.route_stats.get(id as usize)
-    }
-
-    pub fn upstream_stats(&self, id: UpstreamId) -> Option<&LatencyStats> {
-        self.upstream_stats.get(id as usize)
-    }
-
-    pub fn route_config(&self, id: RouteId) -> Option<&RouteConfig> {
-        self.config.routes.get(id as usize)
-    }
-
-    pub fn upstream_addr(&self, id: UpstreamId) -> Option<SocketAddr> {
-        self.config.upstreams.get(id as usize).copied()
-    }
-
-    pub fn is_degraded(&self, score: f64) -> bool {
-        score < self.config.experience.degraded_below
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     /// Admits the request, identifies the customer, finds the route and decides on protection.
     pub fn begin(&self, ex: &mut Exchange, req: &RequestHead<'_>, now_ms: u64) -> Admission {
+        let g = self.current.load_full();
         ex.wall_ms = now_ms;
-        let identity = self.identity.resolve(req.uri, req.headers, req.peer);
-        if exchange::head_size(req) > self.config.server.max_header_bytes {
+        ex.in_flight = Some(self.state.enter());
+        let identity = g.identity.resolve(req.uri, req.headers, req.peer);
+        if exchange::head_size(req) > g.config.server.max_header_bytes {
             ex.identity = Some(identity);
+            ex.gen = Some(g);
             return Admission::HeadTooLarge;
         }
-        ex.route = self.routes.find(req.method, req.uri, req.headers);
-        let peek = if self.peek_customer {
-            self.store.peek(&identity.id, now_ms)
+        ex.route = g.routes.find(req.method, req.uri, req.headers);
+        let peek = if g.peek_customer {
+            self.state.store.peek(&identity.id, now_ms, &g.store.model)
         } else {
             None
         };
         ex.score = peek.map(|p| p.score);
-        let tier_protected = self
+        let tier_protected = g
             .config
             .tiers
             .get(identity.tier as usize)
             .is_some_and(|t| t.protected);
         let critical = ex
             .route
-            .and_then(|r| self.route_config(r))
+            .and_then(|r| g.config.routes.get(r as usize))
             .is_some_and(|r| r.critical);
         ex.protection = protection::decide(
-            &self.config.protection,
+            &g.config.protection,
             tier_protected,
             critical,
             peek.is_some_and(|p| p.rescued),
@@ -204,6 +146,7 @@ impl Usher {
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .is_none_or(|v| v.as_bytes() == b"0");
+        ex.gen = Some(g);
         match ex.route {
             Some(r) => Admission::Route(r),
             None => Admission::NoRoute,
@@ -218,32 +161,34 @@ impl Usher {
         now: Instant,
         rng: &mut R,
     ) -> Option<UpstreamId> {
-        let route = self.route_config(ex.route?)?;
+        let g = ex.gen.as_deref()?;
+        let route = g.config.routes.get(ex.route? as usize)?;
+        let ups = &g.upstreams;
         let protected = ex.protection.is_some();
         let first = ex.attempt.is_none() && ex.tried.as_slice().is_empty();
         if first {
-            self.upstreams.count_request(route.pool, now);
+            ups.count_request(route.pool, now);
             if protected {
-                ex.rerouted_from = self.upstreams.out_of_service(route.pool);
+                ex.rerouted_from = ups.out_of_service(route.pool);
             }
         }
         // End the previous attempt (its in-flight count) and its measurements before the next:
         // if no upstream is left, nothing stale may be attributed to the request.
         ex.attempt = None;
         ex.upstream = None;
+        ex.pool = None;
         ex.connected = None;
         ex.response_head = None;
         ex.upstream_status = None;
         let reserved = if protected {
-            route.reserved_pool.and_then(|p| {
-                self.upstreams
-                    .pick_serving(p, true, ex.tried.as_slice(), now, rng)
-            })
+            route
+                .reserved_pool
+                .and_then(|p| ups.pick_serving(p, true, ex.tried.as_slice(), now, rng))
         } else {
             None
         };
         let pick = reserved.or_else(|| {
-            self.upstreams.pick(
+            ups.pick(
                 route.pool,
                 protected,
                 ex.idempotent,
@@ -253,6 +198,7 @@ impl Usher {
             )
         })?;
         let up = pick.upstream;
+        ex.pool = Some(pick.pool);
         ex.attempt = Some(Attempt {
             upstream: Some(up),
             _pick: Some(pick),
@@ -268,7 +214,7 @@ impl Usher {
     /// to it and its result feeds that upstream's health. Addresses usher does not know are recorded
     /// as no upstream.
     pub fn attribute_upstream(&self, ex: &mut Exchange, addr: SocketAddr, now: Instant) {
-        let up = self.config.upstream_id(addr);
+        let up = ex.gen.as_deref().and_then(|g| g.upstreams.find(addr));
         ex.attempt = Some(Attempt {
             upstream: up,
             _pick: None,
@@ -287,8 +233,11 @@ impl Usher {
     /// Whether an embedding proxy's own balancer should accept upstream `addr` for this request
     /// (for `LoadBalancer::select_with`): not ejected, not failing its checks, not tried already.
     pub fn accepts(&self, ex: &Exchange, addr: SocketAddr) -> bool {
-        match self.config.upstream_id(addr) {
-            Some(u) => !ex.tried.as_slice().contains(&u) && self.upstreams.serving(u),
+        let Some(g) = ex.gen.as_deref() else {
+            return true;
+        };
+        match g.upstreams.find(addr) {
+            Some(u) => !ex.tried.as_slice().contains(&u) && g.upstreams.serving(u),
             None => true,
         }
     }
@@ -337,7 +286,10 @@ impl Usher {
     /// Feeds the current attempt's result to its upstream's health, once; a failure after a good
     /// head (a body cut short) is fed once more.
     fn observe_attempt(&self, ex: &mut Exchange, result: AttemptResult, now: Instant) {
-        let Some(a) = ex.attempt.as_mut() else { return };
+        let wall = ex.wall_at(now);
+        let (Some(g), Some(a)) = (ex.gen.as_deref(), ex.attempt.as_mut()) else {
+            return;
+        };
         let failed = result != AttemptResult::Ok;
         match a.observed {
             None => {}
@@ -346,20 +298,22 @@ impl Usher {
         }
         let first_report = a.observed.is_none();
         a.observed = Some(failed);
-        if let Some(u) = a.upstream {
-            let latency = now.saturating_duration_since(a.started);
-            // /upstreams counts attempts: a failed try that was retried elsewhere is still the
-            // upstream's failure. A refused connection has no latency worth timing.
-            if let Some(st) = self.upstream_stats.get(u as usize).filter(|_| first_report) {
-                let timed = (result != AttemptResult::ConnectFailed).then_some(latency);
-                st.record(timed, failed, (0, 0), ex.wall_at(now));
-            }
-            if let Some(e) =
-                self.upstreams
-                    .observe(u, result, latency, now, &mut rand::thread_rng())
-            {
-                self.health_event(e);
-            }
+        let Some(u) = a.upstream else { return };
+        let latency = now.saturating_duration_since(a.started);
+        // /upstreams counts attempts: a failed try that was retried elsewhere is still the
+        // upstream's failure. A refused connection has no latency worth timing.
+        if first_report {
+            let timed = (result != AttemptResult::ConnectFailed).then_some(latency);
+            g.upstreams
+                .node(u)
+                .stats()
+                .record(timed, failed, (0, 0), wall);
+        }
+        if let Some(e) = g
+            .upstreams
+            .observe(u, result, latency, now, &mut rand::thread_rng())
+        {
+            self.health_event(g, e);
         }
     }
 
@@ -367,44 +321,41 @@ impl Usher {
     /// request may have been seen by the upstream (anything but a failed connect), so only idempotent
     /// methods may be retried. Takes the retry from the pool's budget when granting it.
     pub fn retry(&self, ex: &mut Exchange, reached_upstream: bool, now: Instant) -> RetryVerdict {
-        let idempotent = ex.idempotent;
-        let verdict = self.retry_verdict(ex, idempotent, reached_upstream, now);
+        let verdict = Self::retry_verdict(ex, reached_upstream, now);
         match verdict {
             RetryVerdict::Retry => {
                 ex.retries += 1;
-                self.metrics.retry_granted();
+                self.state.metrics.retry_granted();
             }
-            RetryVerdict::BudgetExhausted => self.metrics.retry_budget_exhausted.inc(),
+            RetryVerdict::BudgetExhausted => self.state.metrics.retry_budget_exhausted.inc(),
             _ => {}
         }
         verdict
     }
 
-    fn retry_verdict(
-        &self,
-        ex: &Exchange,
-        idempotent: bool,
-        reached: bool,
-        now: Instant,
-    ) -> RetryVerdict {
-        if !self.config.retries.enabled || ex.retries >= 1 {
+    fn retry_verdict(ex: &Exchange, reached: bool, now: Instant) -> RetryVerdict {
+        let Some(g) = ex.gen.as_deref() else {
+            return RetryVerdict::NoAlternative;
+        };
+        if !g.config.retries.enabled || ex.retries >= 1 {
             return RetryVerdict::NotAllowed;
         }
-        if reached && !idempotent {
+        if reached && !ex.idempotent {
             return RetryVerdict::NotIdempotent;
         }
-        let Some(route) = ex.route.and_then(|r| self.route_config(r)) else {
+        let Some(route) = ex.route.and_then(|r| g.config.routes.get(r as usize)) else {
             return RetryVerdict::NoAlternative;
         };
         let tried = ex.tried.as_slice();
+        let ups = &g.upstreams;
         let reserved = ex.protection.is_some()
             && route
                 .reserved_pool
-                .is_some_and(|p| self.upstreams.has_alternative(p, false, tried));
-        if !reserved && !self.upstreams.has_alternative(route.pool, true, tried) {
+                .is_some_and(|p| ups.has_alternative(p, false, tried));
+        if !reserved && !ups.has_alternative(route.pool, true, tried) {
             return RetryVerdict::NoAlternative;
         }
-        if !self.upstreams.try_retry(route.pool, now) {
+        if !ups.try_retry(route.pool, now) {
             return RetryVerdict::BudgetExhausted;
         }
         RetryVerdict::Retry
@@ -421,25 +372,24 @@ impl Usher {
     /// than this is cut off too: routes that stream belong in a setup with the factor at 0.
     pub fn try_timeout(&self, ex: &mut Exchange, now: Instant) -> Option<Duration> {
         ex.try_timeout = None;
+        let g = ex.gen.as_deref()?;
         if ex.protection.is_none()
             || ex.retries > 0
             || !ex.idempotent
             || !ex.bodiless
-            || !self.config.retries.enabled
+            || !g.config.retries.enabled
         {
             return None;
         }
         let r = ex.route?;
-        let us = self.try_timeouts.get(r as usize)?.load(Ordering::Relaxed);
-        let pool = self.route_config(r)?.pool;
+        let us = g.route_state(r)?.try_timeout_us.load(Ordering::Relaxed);
+        let pool = g.config.routes.get(r as usize)?.pool;
         let limit = Duration::from_micros(us);
-        if us == 0 || limit >= self.config.pools.get(pool as usize)?.read_timeout {
+        if us == 0 || limit >= g.config.pools.get(pool as usize)?.read_timeout {
             return None;
         }
-        if !self
-            .upstreams
-            .has_alternative(pool, true, ex.tried.as_slice())
-            || !self.upstreams.retry_has_room(pool, now)
+        if !g.upstreams.has_alternative(pool, true, ex.tried.as_slice())
+            || !g.upstreams.retry_has_room(pool, now)
         {
             return None;
         }
@@ -451,41 +401,45 @@ impl Usher {
     /// failing (it may well answer a moment later), so it is charged the time waited: enough for
     /// balancing to steer away, without counting towards failure-rate ejection.
     pub fn try_timed_out(&self, ex: &mut Exchange, now: Instant) {
-        self.metrics.try_timeouts.inc();
+        self.state.metrics.try_timeouts.inc();
         self.observe_attempt(ex, AttemptResult::Ok, now);
     }
 
     /// Recomputes the try timeout of each route where protection can apply, from the p99 of its
     /// latency window. Periodic; skips routes without new requests.
     pub fn refresh_try_timeouts(&self, now_ms: u64) {
-        let p = &self.config.protection;
+        let g = self.generation();
+        let p = &g.config.protection;
         if p.try_timeout_factor == 0.0 {
             return;
         }
         let anywhere = p.protected_anywhere || p.rescue_below.is_some();
-        for (i, route) in self.config.routes.iter().enumerate() {
+        for (route, rs) in g.config.routes.iter().zip(&g.route_states) {
             if !(route.critical || anywhere) {
                 continue;
             }
-            let stats = &self.route_stats[i];
-            let requests = stats.requests();
-            if self.try_timeouts_seen[i].swap(requests, Ordering::Relaxed) == requests {
+            let requests = rs.stats.requests();
+            if rs.try_seen.swap(requests, Ordering::Relaxed) == requests {
                 continue;
             }
-            let (samples, p99_us) = stats.window_quantile(0.99, now_ms);
+            let (samples, p99_us) = rs.stats.window_quantile(0.99, now_ms);
             let us = if samples < TRY_TIMEOUT_MIN_SAMPLES {
                 0
             } else {
                 let floor = p.try_timeout_floor.as_micros() as f64;
                 (p99_us as f64 * p.try_timeout_factor).max(floor) as u64
             };
-            self.try_timeouts[i].store(us, Ordering::Relaxed);
+            rs.try_timeout_us.store(us, Ordering::Relaxed);
         }
     }
 
     /// A route's current try timeout for protected requests, if any.
-    pub fn route_try_timeout(&self, r: RouteId) -> Option<Duration> {
-        let us = self.try_timeouts.get(r as usize)?.load(Ordering::Relaxed);
+    pub fn route_try_timeout(&self, route: &str) -> Option<Duration> {
+        let us = self
+            .state
+            .route(route)?
+            .try_timeout_us
+            .load(Ordering::Relaxed);
         (us > 0).then(|| Duration::from_micros(us))
     }
 
@@ -505,25 +459,24 @@ impl Usher {
         true
     }
 
-    /// Applies one health change: metrics and a log line.
-    pub fn health_event(&self, e: HealthEvent) {
-        let addr = |u: UpstreamId| {
-            self.upstream_addr(u)
-                .map_or_else(|| "?".to_string(), |a| a.to_string())
-        };
+    /// Applies one health change of generation `g`: metrics, a log line, an event.
+    pub fn health_event(&self, g: &Generation, e: HealthEvent) {
+        let addr = |u: UpstreamId| g.upstreams.node(u).addr().to_string();
         match e {
             HealthEvent::Ejected {
                 upstream,
                 reason,
                 until,
             } => {
-                self.metrics.ejected(upstream, reason.as_str());
+                self.state
+                    .metrics
+                    .ejected(g.metrics.upstream_label(upstream), reason.as_str());
                 tracing::warn!(
                     upstream = %addr(upstream),
                     reason = reason.as_str(),
                     for_secs = until.saturating_duration_since(Instant::now()).as_secs(),
                     "upstream ejected: {}",
-                    reason.describe(&self.config.outlier)
+                    reason.describe(&g.config.outlier)
                 );
             }
             HealthEvent::EjectionSuppressed { upstream, reason } => {
@@ -543,22 +496,15 @@ impl Usher {
                 tracing::info!(upstream = %addr(upstream), "upstream passes its health checks again");
             }
         }
-        self.refresh_upstream_states(Instant::now());
-        self.notify_health(&e, wall_ms());
+        g.refresh_upstream_states(Instant::now());
+        self.notify_health(g, &e, wall_ms());
     }
 
     /// Periodic: ends ejections that are over and applies the windowed outlier rules.
     pub fn sweep(&self, now: Instant) {
-        for e in self.upstreams.sweep(now, &mut rand::thread_rng()) {
-            self.health_event(e);
-        }
-    }
-
-    fn refresh_upstream_states(&self, now: Instant) {
-        for u in 0..self.config.upstreams.len() as UpstreamId {
-            let v = self.upstreams.view(u, now);
-            let state = if !v.active_up { "unhealthy" } else { v.state };
-            self.metrics.set_upstream_state(u, state);
+        let g = self.generation();
+        for e in g.upstreams.sweep(now, &mut rand::thread_rng()) {
+            self.health_event(&g, e);
         }
     }
 
@@ -583,6 +529,16 @@ impl Usher {
             self.observe_attempt(ex, result, f.now);
         }
         ex.attempt = None;
+        // A request that failed before admission (a malformed head) is counted on the generation
+        // in force.
+        let in_force;
+        let g: &Generation = match ex.gen.as_deref() {
+            Some(g) => g,
+            None => {
+                in_force = self.generation();
+                &in_force
+            }
+        };
         let anonymous;
         let identity = match &ex.identity {
             Some(i) => i,
@@ -591,17 +547,17 @@ impl Usher {
                 // against nobody in particular.
                 anonymous = Identity {
                     id: "anon:unknown".into(),
-                    tier: self.config.identity.default_tier,
+                    tier: g.config.identity.default_tier,
                     untrusted_tier_header: false,
                 };
                 &anonymous
             }
         };
         if let Some(p) = ex.protection {
-            self.metrics.protected(p);
+            self.state.metrics.protected(p);
         }
         if ex.retries > 0 {
-            self.metrics.retry_finished(!outcome.is_failure());
+            self.state.metrics.retry_finished(!outcome.is_failure());
         }
         let m = Measurement {
             identity,
@@ -618,59 +574,64 @@ impl Usher {
             bytes_out: f.bytes_out,
             now_ms: f.now_ms,
         };
-        let rec = self.record(&m);
+        let rec = self.record(g, &m);
         if let (Some(sick), Some(p)) = (ex.rerouted_from, ex.protection) {
-            self.notify_rerouted(&m, sick, p.as_str());
+            self.notify_rerouted(g, &m, sick, p.as_str());
         }
+        ex.in_flight = None;
         Some(rec)
     }
 
-    /// Records one measurement: metrics, aggregates and the customer's experience.
-    pub fn record(&self, m: &Measurement<'_>) -> Recorded {
+    /// Records one measurement of generation `g`: metrics, aggregates and the customer's
+    /// experience.
+    pub fn record(&self, g: &Generation, m: &Measurement<'_>) -> Recorded {
         let failed = m.outcome.is_failure();
-        self.metrics
+        g.metrics
             .observe_request(m.route, m.upstream, m.outcome, m.total, m.upstream_time());
         let bytes = (m.bytes_in, m.bytes_out);
-        if let Some(s) = m.route.and_then(|r| self.route_stats.get(r as usize)) {
-            s.record(Some(m.total), failed, bytes, m.now_ms);
+        let route = m.route.and_then(|r| g.route_state(r));
+        if let Some(rs) = route {
+            rs.stats.record(Some(m.total), failed, bytes, m.now_ms);
         }
-        if let Some(s) = m.upstream.and_then(|u| self.upstream_stats.get(u as usize)) {
+        if let Some(u) = m.upstream {
             // Attempts were counted as they ended; the bytes are known only now.
-            s.add_bytes(bytes);
+            g.upstreams.node(u).stats().add_bytes(bytes);
         }
-        let target = m
-            .route
-            .and_then(|r| self.route_config(r))
-            .map_or(Duration::from_millis(500), |r| r.target);
+        let route_config = m.route.and_then(|r| g.config.routes.get(r as usize));
+        let target = route_config.map_or(crate::defaults::TARGET, |r| r.target);
         let judgement = Judgement::of(m.total, target, failed);
         let step = Step::new(
             m.now_ms,
-            m.route,
+            route.map(|rs| rs.label),
             m.method,
             m.path,
             m.status,
             m.total.as_micros().min(u32::MAX as u128) as u32,
-            m.upstream,
+            m.upstream.map(|u| g.upstreams.node(u).label()),
             m.outcome,
         );
-        let rec = self.store.record(
+        let tier = g.tier_label(m.identity.tier);
+        let rec = self.state.store.record(
             &m.identity.id,
             &Observation {
-                tier: m.identity.tier,
+                tier,
                 judgement,
                 failed,
                 step,
             },
             m.now_ms,
+            &g.store,
         );
         if rec.evicted {
-            self.metrics.customers_evicted.inc();
+            self.state.metrics.customers_evicted.inc();
         }
         let frustrated = judgement == Judgement::Frustrated;
-        if !self.events.funnels.is_empty() {
-            self.events.funnels.observe(
+        if !g.funnels.is_empty() {
+            self.state.events.funnels.observe(
+                &g.funnels,
+                g.config.events.funnel_track_max,
                 &m.identity.id,
-                m.identity.tier,
+                tier,
                 m.method,
                 m.path,
                 failed,
@@ -678,31 +639,35 @@ impl Usher {
                 m.now_ms,
             );
         }
-        if let Some(r) = m.route {
-            self.events
-                .slo
-                .record(r as usize, !failed && m.total <= target, m.now_ms);
+        if let (Some(rs), Some(_)) = (route, route_config.and_then(|r| r.slo)) {
+            rs.slo.lock().record(!failed && m.total <= target, m.now_ms);
         }
-        self.notify_request(m, &rec);
+        self.notify_request(g, m, &rec);
         rec
     }
 
     /// Rescans the store for the periodic gauges and score distribution.
     pub fn refresh_summary(&self, now_ms: u64) {
-        let s = self
-            .store
-            .summary(self.config.experience.degraded_below, now_ms);
-        self.metrics.set_summary(&s);
+        let g = self.generation();
+        let s =
+            self.state
+                .store
+                .summary(g.config.experience.degraded_below, now_ms, &g.store.model);
+        self.state.metrics.set_summary(&s);
     }
 
     /// The value of the experience header for this request, if configured and the customer is known.
-    pub fn experience_header(&self, ex: &Exchange) -> Option<(&http::HeaderName, HeaderValue)> {
-        let name = self.config.protection.experience_header.as_ref()?;
+    pub fn experience_header<'a>(
+        &self,
+        ex: &'a Exchange,
+    ) -> Option<(&'a http::HeaderName, HeaderValue)> {
+        let g = ex.gen.as_deref()?;
+        let name = g.config.protection.experience_header.as_ref()?;
         let score = ex.score?;
         let rounded = score.round().clamp(0.0, 100.0) as usize;
-        let value = self
+        let value = g
             .experience_values
-            .get(rounded * 2 + usize::from(self.is_degraded(score)))?;
+            .get(rounded * 2 + usize::from(g.is_degraded(score)))?;
         Some((name, value.clone()))
     }
 }

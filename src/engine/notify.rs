@@ -1,31 +1,41 @@
 //! The engine's follow-up events: deciding that something worth acting on happened, and putting in
 //! each event what a person needs to act: who, which tier and what the tier's follow-up is, the
 //! score, the last steps of the journey, how far they got in any funnel, the route, the upstream,
-//! the error.
+//! the error. Every event is built against the generation in force for what it names and decides
+//! (tiers' follow-ups, thresholds, funnels) and the state for what was learned.
 
-use super::Usher;
-use crate::config::{TierId, UpstreamId};
+use super::{Generation, Usher};
 use crate::events::funnels::Abandoned;
 use crate::events::model::{CloudEvent, EventType};
-use crate::events::slo::Burn;
+use crate::events::slo::{self, Burn};
 use crate::experience::{Recorded, Transition};
+use crate::ids::UpstreamId;
 use crate::measure::Measurement;
+use crate::time::rfc3339;
 use crate::upstream::HealthEvent;
-use crate::views::{rfc3339, tier_name, StepJson};
+use crate::views::StepJson;
 use serde_json::{json, Map, Value};
 
 /// Journey steps carried in a customer event.
 const JOURNEY_STEPS: usize = 5;
 
 impl Usher {
-    fn emit(&self, e: CloudEvent, now_ms: u64) -> bool {
-        self.events.emit(e, now_ms, &self.metrics().events)
+    fn emit(&self, g: &Generation, e: CloudEvent, now_ms: u64) -> bool {
+        let ev = &g.config.events;
+        self.state.events.emit(e, now_ms, ev.cooldown, ev.recent)
     }
 
-    /// The common part of every customer event.
-    fn customer_data(&self, id: &str, tier: TierId, now_ms: u64, extra: Value) -> Value {
-        let cfg = self.config();
-        let snapshot = self.store().get(id, now_ms);
+    /// The common part of every customer event; `tier` is the tier's name.
+    fn customer_data(
+        &self,
+        g: &Generation,
+        id: &str,
+        tier: &str,
+        now_ms: u64,
+        extra: Value,
+    ) -> Value {
+        let st = &self.state;
+        let snapshot = st.store.get(id, now_ms, &g.store.model);
         let score = snapshot.as_ref().map(|c| (c.score * 10.0).round() / 10.0);
         let journey: Vec<StepJson> = snapshot
             .as_ref()
@@ -33,39 +43,38 @@ impl Usher {
                 let skip = c.journey.len().saturating_sub(JOURNEY_STEPS);
                 c.journey[skip..]
                     .iter()
-                    .map(|s| StepJson::new(self, s))
+                    .map(|s| StepJson::new(st, s))
                     .collect()
             })
             .unwrap_or_default();
-        let funnels: Vec<Value> = self
+        let funnels: Vec<Value> = st
             .events
             .funnels
-            .progress_of(id)
+            .progress_of(&g.funnels, id)
             .into_iter()
             .filter_map(|(f, step)| {
-                let def = self.events.funnels.defs().get(f)?;
+                let def = g.funnels.get(f)?;
                 Some(json!({ "name": def.name, "furthest_step": def.steps.get(step)?.name }))
             })
             .collect();
+        let follow_up = g
+            .config
+            .tiers
+            .iter()
+            .find(|t| t.name == tier)
+            .and_then(|t| t.follow_up.clone());
         let mut data = Map::new();
         data.insert("customer".into(), json!(id));
-        data.insert("tier".into(), json!(tier_name(self, tier)));
+        data.insert("tier".into(), json!(tier));
         data.insert("score".into(), json!(score));
         data.insert(
             "state".into(),
             json!(match score {
-                Some(s) if self.is_degraded(s) => "degraded",
-                Some(_) => "ok",
+                Some(s) => crate::views::state_of(g, s),
                 None => "unknown",
             }),
         );
-        data.insert(
-            "follow_up".into(),
-            json!(cfg
-                .tiers
-                .get(tier as usize)
-                .and_then(|t| t.follow_up.clone())),
-        );
+        data.insert("follow_up".into(), json!(follow_up));
         data.insert("journey".into(), json!(journey));
         data.insert("funnels".into(), json!(funnels));
         if let Value::Object(extra) = extra {
@@ -74,30 +83,36 @@ impl Usher {
         Value::Object(data)
     }
 
-    fn names(&self, m: &Measurement<'_>) -> (Option<String>, Option<String>) {
+    fn names(g: &Generation, m: &Measurement<'_>) -> (Option<String>, Option<String>) {
         let route = m
             .route
-            .and_then(|r| self.route_config(r))
+            .and_then(|r| g.config.routes.get(r as usize))
             .map(|r| r.name.clone());
-        let upstream = m
-            .upstream
-            .and_then(|u| self.upstream_addr(u))
-            .map(|a| a.to_string());
+        let upstream = m.upstream.map(|u| g.upstreams.node(u).addr().to_string());
         (route, upstream)
     }
 
+    fn tier_name<'g>(g: &'g Generation, m: &Measurement<'_>) -> &'g str {
+        g.config
+            .tiers
+            .get(m.identity.tier as usize)
+            .map_or("?", |t| t.name.as_str())
+    }
+
     /// After a request is recorded: degraded/recovered crossings and failed critical requests.
-    pub(super) fn notify_request(&self, m: &Measurement<'_>, rec: &Recorded) {
+    pub(super) fn notify_request(&self, g: &Generation, m: &Measurement<'_>, rec: &Recorded) {
         let id = m.identity.id.as_str();
-        let tier = m.identity.tier;
+        let tier = Self::tier_name(g, m);
         let now = m.now_ms;
+        let source = &g.config.events.source;
         if let Some(t) = rec.transition {
             let (kind, disc) = match t {
                 Transition::Degraded => (EventType::CustomerDegraded, "degraded"),
                 Transition::Recovered => (EventType::CustomerRecovered, "recovered"),
             };
-            let (route, upstream) = self.names(m);
+            let (route, upstream) = Self::names(g, m);
             let data = self.customer_data(
+                g,
                 id,
                 tier,
                 now,
@@ -108,23 +123,21 @@ impl Usher {
                     "error": m.outcome.is_failure().then(|| m.outcome.as_str()),
                 }),
             );
-            self.emit(
-                CloudEvent::new(self.events.source(), kind, id, now, disc, data),
-                now,
-            );
+            self.emit(g, CloudEvent::new(source, kind, id, now, disc, data), now);
         }
         let critical = m
             .route
-            .and_then(|r| self.route_config(r))
+            .and_then(|r| g.config.routes.get(r as usize))
             .is_some_and(|r| r.critical);
-        let asks = self
-            .config()
+        let asks = g
+            .config
             .tiers
-            .get(tier as usize)
+            .get(m.identity.tier as usize)
             .is_some_and(|t| t.notify_failures);
         if critical && asks && m.outcome.is_failure() {
-            let (route, upstream) = self.names(m);
+            let (route, upstream) = Self::names(g, m);
             let data = self.customer_data(
+                g,
                 id,
                 tier,
                 now,
@@ -137,28 +150,26 @@ impl Usher {
                     "error": m.outcome.as_str(),
                 }),
             );
-            self.emit(
-                CloudEvent::new(
-                    self.events.source(),
-                    EventType::RequestFailed,
-                    id,
-                    now,
-                    "",
-                    data,
-                ),
-                now,
-            );
+            let e = CloudEvent::new(source, EventType::RequestFailed, id, now, "", data);
+            self.emit(g, e, now);
         }
     }
 
     /// A protected customer's request went elsewhere because `sick` was out of service.
-    pub(super) fn notify_rerouted(&self, m: &Measurement<'_>, sick: UpstreamId, why: &str) {
+    pub(super) fn notify_rerouted(
+        &self,
+        g: &Generation,
+        m: &Measurement<'_>,
+        sick: UpstreamId,
+        why: &str,
+    ) {
         let id = m.identity.id.as_str();
-        let (route, upstream) = self.names(m);
-        let sick_addr = self.upstream_addr(sick).map(|a| a.to_string());
+        let (route, upstream) = Self::names(g, m);
+        let sick_addr = g.upstreams.node(sick).addr().to_string();
         let data = self.customer_data(
+            g,
             id,
-            m.identity.tier,
+            Self::tier_name(g, m),
             m.now_ms,
             json!({
                 "route": route,
@@ -168,38 +179,34 @@ impl Usher {
                 "status": m.status,
             }),
         );
-        self.emit(
-            CloudEvent::new(
-                self.events.source(),
-                EventType::Rerouted,
-                id,
-                m.now_ms,
-                "",
-                data,
-            ),
+        let e = CloudEvent::new(
+            &g.config.events.source,
+            EventType::Rerouted,
+            id,
             m.now_ms,
+            "",
+            data,
         );
+        self.emit(g, e, m.now_ms);
     }
 
-    pub(super) fn notify_health(&self, e: &HealthEvent, now_ms: u64) {
+    pub(super) fn notify_health(&self, g: &Generation, e: &HealthEvent, now_ms: u64) {
+        let now = std::time::Instant::now();
         let (kind, u, data) = match e {
             HealthEvent::Ejected {
                 upstream,
                 reason,
                 until,
             } => {
-                let until_ms = now_ms
-                    + until
-                        .saturating_duration_since(std::time::Instant::now())
-                        .as_millis() as u64;
+                let until_ms = now_ms + until.saturating_duration_since(now).as_millis() as u64;
                 (
                     EventType::UpstreamEjected,
                     *upstream,
                     json!({
                         "rule": reason.as_str(),
-                        "detail": reason.describe(&self.config().outlier),
+                        "detail": reason.describe(&g.config.outlier),
                         "until": rfc3339(until_ms),
-                        "ejections": self.upstreams().view(*upstream, std::time::Instant::now()).ejections,
+                        "ejections": g.upstreams.view(*upstream, now).ejections,
                     }),
                 )
             }
@@ -208,36 +215,32 @@ impl Usher {
             }
             _ => return,
         };
-        let Some(addr) = self.upstream_addr(u) else {
-            return;
-        };
-        let addr = addr.to_string();
-        let pools: Vec<&str> = self
-            .config()
-            .pools
+        let addr = g.upstreams.node(u).addr().to_string();
+        let pools: Vec<&str> = g
+            .upstreams
+            .pools_of(u)
             .iter()
-            .filter(|p| p.upstreams.contains(&u))
-            .map(|p| p.name.as_str())
+            .filter_map(|p| g.upstreams.pool_name(*p))
             .collect();
         let mut data = data;
         if let Value::Object(d) = &mut data {
             d.insert("upstream".into(), json!(addr));
             d.insert("pools".into(), json!(pools));
         }
-        self.emit(
-            CloudEvent::new(self.events.source(), kind, &addr, now_ms, "", data),
-            now_ms,
-        );
+        let e = CloudEvent::new(&g.config.events.source, kind, &addr, now_ms, "", data);
+        self.emit(g, e, now_ms);
     }
 
-    fn notify_abandoned(&self, a: &Abandoned, now_ms: u64) {
-        let Some(def) = self.events.funnels.defs().get(a.funnel) else {
+    fn notify_abandoned(&self, g: &Generation, a: &Abandoned, now_ms: u64) {
+        let Some(def) = g.funnels.get(a.funnel) else {
             return;
         };
         let step = def.steps.get(a.furthest).map(|s| s.name.clone());
+        let tier = self.state.tier_name(a.tier);
         let data = self.customer_data(
+            g,
             &a.customer,
-            a.tier,
+            &tier,
             now_ms,
             json!({
                 "funnel": def.name,
@@ -252,37 +255,32 @@ impl Usher {
                 "after_trouble": a.errors > 0 || a.frustrated > 0,
             }),
         );
-        self.emit(
-            CloudEvent::new(
-                self.events.source(),
-                EventType::JourneyAbandoned,
-                &a.customer,
-                now_ms,
-                &def.name,
-                data,
-            ),
+        let e = CloudEvent::new(
+            &g.config.events.source,
+            EventType::JourneyAbandoned,
+            &a.customer,
             now_ms,
+            &def.name,
+            data,
         );
+        self.emit(g, e, now_ms);
     }
 
-    fn notify_burn(&self, b: &Burn, now_ms: u64) {
-        let Some(route) = self.config().routes.get(b.route) else {
+    fn notify_burn(&self, g: &Generation, route: usize, b: &Burn, now_ms: u64) {
+        let (Some(rc), Some(rs)) = (g.config.routes.get(route), g.route_states.get(route)) else {
             return;
         };
-        let key = (b.route, b.severity);
         {
-            let mut last = self.slo_alerted.lock();
-            let realert = self.config().events.slo_realert.as_millis() as u64;
-            if last
-                .get(&key)
-                .is_some_and(|t| now_ms.saturating_sub(*t) < realert)
-            {
+            let mut last = rs.slo_alerted.lock();
+            let slot = &mut last[usize::from(b.severity != "page")];
+            let realert = crate::time::millis(g.config.events.slo_realert);
+            if *slot != 0 && now_ms.saturating_sub(*slot) < realert {
                 return;
             }
-            last.insert(key, now_ms);
+            *slot = now_ms;
         }
         let data = json!({
-            "route": route.name,
+            "route": rc.name,
             "objective": b.objective,
             "severity": b.severity,
             "burn_rate_threshold": b.threshold,
@@ -290,29 +288,35 @@ impl Usher {
             "long_window_burn_rate": (b.long_burn * 10.0).round() / 10.0,
             "short_window_minutes": b.short_minutes,
             "short_window_burn_rate": (b.short_burn * 10.0).round() / 10.0,
-            "target_ms": route.target.as_secs_f64() * 1000.0,
+            "target_ms": rc.target.as_secs_f64() * 1000.0,
         });
-        self.emit(
-            CloudEvent::new(
-                self.events.source(),
-                EventType::SloBurn,
-                &route.name,
-                now_ms,
-                b.severity,
-                data,
-            ),
+        let e = CloudEvent::new(
+            &g.config.events.source,
+            EventType::SloBurn,
+            &rc.name,
             now_ms,
+            b.severity,
+            data,
         );
+        self.emit(g, e, now_ms);
     }
 
     /// Periodic: abandoned funnels, burning objectives, cooldown housekeeping.
     pub fn sweep_events(&self, now_ms: u64) {
-        for a in self.events.funnels.sweep(now_ms) {
-            self.notify_abandoned(&a, now_ms);
+        let g = self.generation();
+        for a in self.state.events.funnels.sweep(&g.funnels, now_ms) {
+            self.notify_abandoned(&g, &a, now_ms);
         }
-        for b in self.events.slo.evaluate(now_ms) {
-            self.notify_burn(&b, now_ms);
+        let min = g.config.events.slo_min_requests;
+        for (i, (rc, rs)) in g.config.routes.iter().zip(&g.route_states).enumerate() {
+            let Some(objective) = rc.slo else { continue };
+            let burn = slo::evaluate(objective, &rs.slo.lock(), min, now_ms);
+            if let Some(b) = burn {
+                self.notify_burn(&g, i, &b, now_ms);
+            }
         }
-        self.events.sweep_cooldowns(now_ms);
+        self.state
+            .events
+            .sweep_cooldowns(now_ms, g.config.events.cooldown);
     }
 }

@@ -79,6 +79,14 @@ fn begin(
     ex
 }
 
+fn addr(u: &Usher, up: UpstreamId) -> std::net::SocketAddr {
+    u.generation().upstreams().node(up).addr()
+}
+
+fn route(u: &Usher, r: crate::ids::RouteId) -> Arc<RouteState> {
+    u.generation().route_state(r).unwrap().clone()
+}
+
 fn rng() -> SmallRng {
     SmallRng::seed_from_u64(3)
 }
@@ -89,13 +97,13 @@ fn gold_on_checkout_is_protected_and_served_from_the_reserved_pool() {
     let mut ex = begin(&u, Method::GET, "/checkout/pay", "g", Some("gold"), 1);
     assert_eq!(ex.protection(), Some(Protection::TierOnCritical));
     let up = u.choose_upstream(&mut ex, t0, &mut rng()).unwrap();
-    assert_eq!(u.upstream_addr(up).unwrap().port(), 9101);
+    assert_eq!(addr(&u, up).port(), 9101);
 
     // Standard customers on the same route: the main pool, unprotected.
     let mut std = begin(&u, Method::GET, "/checkout/pay", "s", None, 1);
     assert_eq!(std.protection(), None);
     let up = u.choose_upstream(&mut std, t0, &mut rng()).unwrap();
-    assert_ne!(u.upstream_addr(up).unwrap().port(), 9101);
+    assert_ne!(addr(&u, up).port(), 9101);
 
     // Gold elsewhere: not protected (protected_anywhere is off).
     assert_eq!(
@@ -114,7 +122,7 @@ fn a_reserved_pool_that_is_down_falls_back_to_the_main_pool() {
     assert_eq!(u.retry(&mut ex, false, t0), RetryVerdict::Retry);
     let next = u.choose_upstream(&mut ex, t0, &mut rng()).unwrap();
     assert_ne!(next, vip);
-    assert_ne!(u.upstream_addr(next).unwrap().port(), 9101);
+    assert_ne!(addr(&u, next).port(), 9101);
     // A new protected request does not even try it: no panic mode in a reserved pool.
     let mut ex2 = begin(&u, Method::GET, "/checkout", "g2", Some("gold"), 1);
     let first = u.choose_upstream(&mut ex2, t0, &mut rng()).unwrap();
@@ -161,14 +169,15 @@ fn the_retry_budget_stops_a_retry_storm() {
     }
     // 10% of 100 requests.
     assert_eq!(granted, 10);
-    assert_eq!(u.metrics().retry_budget_exhausted.get(), 90);
+    assert_eq!(u.state().metrics.retry_budget_exhausted.get(), 90);
 }
 
 #[test]
 fn a_protected_try_is_cut_short_at_a_multiple_of_the_routes_p99() {
     let (u, t0) = usher("");
     let ms = Duration::from_millis;
-    let checkout = u.route_stats(0).unwrap();
+    let checkout = route(&u, 0);
+    let checkout = &checkout.stats;
     let gold = |u: &Usher, method: Method| begin(u, method, "/checkout/pay", "g", Some("gold"), 1);
     let first_try = |u: &Usher, ex: &mut Exchange| {
         u.choose_upstream(ex, t0, &mut rng()).unwrap();
@@ -180,13 +189,13 @@ fn a_protected_try_is_cut_short_at_a_multiple_of_the_routes_p99() {
         checkout.record(Some(ms(5)), false, (0, 0), 1);
     }
     u.refresh_try_timeouts(1);
-    assert_eq!(u.route_try_timeout(0), None);
+    assert_eq!(u.route_try_timeout("checkout"), None);
     assert_eq!(first_try(&u, &mut gold(&u, Method::GET)), None);
 
     // 4 x a 5 ms p99 is under the floor: the floor.
     checkout.record(Some(ms(5)), false, (0, 0), 1);
     u.refresh_try_timeouts(1);
-    assert_eq!(u.route_try_timeout(0), Some(ms(50)));
+    assert_eq!(u.route_try_timeout("checkout"), Some(ms(50)));
     let mut ex = gold(&u, Method::GET);
     assert_eq!(first_try(&u, &mut ex), Some(ms(50)));
 
@@ -194,8 +203,8 @@ fn a_protected_try_is_cut_short_at_a_multiple_of_the_routes_p99() {
     // pool's full timeout.
     let cut = ex.upstream().unwrap();
     u.try_timed_out(&mut ex, t0 + ms(50));
-    assert_eq!(u.metrics().try_timeouts.get(), 1);
-    assert!(u.upstreams().cost(cut, t0 + ms(50), true) >= 0.05);
+    assert_eq!(u.state().metrics.try_timeouts.get(), 1);
+    assert!(u.generation().upstreams().cost(cut, t0 + ms(50), true) >= 0.05);
     assert_eq!(u.retry(&mut ex, true, t0 + ms(50)), RetryVerdict::Retry);
     assert_ne!(first_try(&u, &mut ex), Some(ms(50)));
     assert_ne!(ex.upstream(), Some(cut));
@@ -205,7 +214,7 @@ fn a_protected_try_is_cut_short_at_a_multiple_of_the_routes_p99() {
         checkout.record(Some(ms(30)), false, (0, 0), 1);
     }
     u.refresh_try_timeouts(1);
-    let t = u.route_try_timeout(0).unwrap();
+    let t = u.route_try_timeout("checkout").unwrap();
     assert!(t >= ms(119) && t <= ms(122), "{t:?}");
 
     // Only what can be retried is cut short: not standard customers, not a POST, not a body.
@@ -221,12 +230,10 @@ fn a_protected_try_is_cut_short_at_a_multiple_of_the_routes_p99() {
     let off = BASE.replace("[protection]\n", "[protection]\ntry_timeout_factor = 0\n");
     let off = Usher::new(Config::parse(&off, Path::new(".")).unwrap());
     for _ in 0..200 {
-        off.route_stats(0)
-            .unwrap()
-            .record(Some(ms(5)), false, (0, 0), 1);
+        route(&off, 0).stats.record(Some(ms(5)), false, (0, 0), 1);
     }
     off.refresh_try_timeouts(1);
-    assert_eq!(off.route_try_timeout(0), None);
+    assert_eq!(off.route_try_timeout("checkout"), None);
 }
 
 #[test]
@@ -270,7 +277,7 @@ fn finishing_releases_the_upstream() {
     let (u, t0) = usher("");
     let mut ex = begin(&u, Method::GET, "/", "a", None, 1);
     let up = u.choose_upstream(&mut ex, t0, &mut rng()).unwrap();
-    assert_eq!(u.upstreams().view(up, t0).in_flight, 1);
+    assert_eq!(u.generation().upstreams().view(up, t0).in_flight, 1);
     u.response_head(&mut ex, 200, t0);
     let get = Method::GET;
     u.finish(
@@ -286,7 +293,7 @@ fn finishing_releases_the_upstream() {
             now_ms: 1,
         },
     );
-    assert_eq!(u.upstreams().view(up, t0).in_flight, 0);
+    assert_eq!(u.generation().upstreams().view(up, t0).in_flight, 0);
 }
 
 mod events {
@@ -371,7 +378,8 @@ steps = [
     }
 
     fn of(u: &Usher, kind: EventType) -> Vec<serde_json::Value> {
-        u.events()
+        u.state()
+            .events
             .recent(1000)
             .iter()
             .filter(|e| e.kind == kind)
@@ -412,7 +420,7 @@ steps = [
             request(&u, Method::GET, "/", "ann", None, 503, t0 + 200 + i, t);
         }
         assert_eq!(of(&u, EventType::CustomerDegraded).len(), 1, "cooldown");
-        assert!(u.metrics().encode().contains(
+        assert!(u.state().metrics.encode().contains(
             "usher_events_total{outcome=\"suppressed\",sink=\"none\",type=\"usher.customer.degraded\"} 1"
         ));
     }
@@ -492,7 +500,7 @@ steps = [
         u.attempt_failed(&mut ex, Outcome::ConnectFailure, t);
         let ej = of(&u, EventType::UpstreamEjected);
         assert_eq!(ej.len(), 1);
-        assert_eq!(ej[0]["subject"], u.upstream_addr(dead).unwrap().to_string());
+        assert_eq!(ej[0]["subject"], addr(&u, dead).to_string());
         assert_eq!(ej[0]["data"]["rule"], "connect_failure");
         assert_eq!(ej[0]["data"]["pools"][0], "web");
         // A gold customer on the checkout is served elsewhere, and that is said.
@@ -510,10 +518,7 @@ steps = [
         assert_ne!(up, dead);
         let r = of(&u, EventType::Rerouted);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert_eq!(
-            r[0]["data"]["avoided_upstream"],
-            u.upstream_addr(dead).unwrap().to_string()
-        );
+        assert_eq!(r[0]["data"]["avoided_upstream"], addr(&u, dead).to_string());
         assert_eq!(r[0]["data"]["protection"], "tier_on_critical");
         // Standard customers are not "rerouted": they are just balanced.
         request(&u, Method::GET, "/checkout", "sal", None, 200, MIN, t);

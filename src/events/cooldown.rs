@@ -2,7 +2,9 @@
 //!
 //! Bounded: entries older than the period are forgotten on every sweep, and when the table is full
 //! the oldest half is dropped at once (forgetting a cooldown risks one extra message, keeping
-//! unbounded state risks the proxy). Time is passed in.
+//! unbounded state risks the proxy). What lasts is when each event last went out; the period is the
+//! configuration's and comes with each call, so a reload that shortens it applies at once. Time is
+//! passed in.
 
 use super::model::EventType;
 use compact_str::CompactString;
@@ -11,26 +13,26 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub struct Cooldown {
-    period_ms: u64,
     last: Mutex<HashMap<(EventType, CompactString), u64>>,
     max: usize,
 }
 
 impl Cooldown {
-    pub fn new(period: Duration, max: usize) -> Self {
+    pub fn new(max: usize) -> Self {
         Cooldown {
-            period_ms: period.as_millis() as u64,
             last: Mutex::new(HashMap::new()),
             max: max.max(2),
         }
     }
 
-    /// Whether an event of `kind` about `subject` may go out now; if so, the cooldown starts.
-    pub fn allow(&self, kind: EventType, subject: &str, now_ms: u64) -> bool {
+    /// Whether an event of `kind` about `subject` may go out now, `period` after the last one; if
+    /// so, the cooldown starts.
+    pub fn allow(&self, kind: EventType, subject: &str, now_ms: u64, period: Duration) -> bool {
+        let period_ms = crate::time::millis(period);
         let mut last = self.last.lock();
         let key = (kind, CompactString::from(subject));
         if let Some(t) = last.get(&key) {
-            if now_ms.saturating_sub(*t) < self.period_ms {
+            if now_ms.saturating_sub(*t) < period_ms {
                 return false;
             }
         }
@@ -44,10 +46,35 @@ impl Cooldown {
         true
     }
 
-    pub fn sweep(&self, now_ms: u64) {
+    pub fn sweep(&self, now_ms: u64, period: Duration) {
+        let period_ms = crate::time::millis(period);
         self.last
             .lock()
-            .retain(|_, t| now_ms.saturating_sub(*t) < self.period_ms);
+            .retain(|_, t| now_ms.saturating_sub(*t) < period_ms);
+    }
+
+    /// Every running cooldown: (type, subject, when the last event went out).
+    pub fn entries(&self) -> Vec<(EventType, CompactString, u64)> {
+        self.last
+            .lock()
+            .iter()
+            .map(|((k, s), t)| (*k, s.clone(), *t))
+            .collect()
+    }
+
+    /// Puts a cooldown back (from a snapshot), keeping the later time if one is running.
+    pub fn restore(&self, kind: EventType, subject: CompactString, at_ms: u64) {
+        let mut last = self.last.lock();
+        if last.len() >= self.max {
+            return;
+        }
+        let t = last.entry((kind, subject)).or_insert(at_ms);
+        *t = (*t).max(at_ms);
+    }
+
+    /// Forgets every cooldown about `subject`.
+    pub fn forget(&self, subject: &str) {
+        self.last.lock().retain(|(_, s), _| s != subject);
     }
 
     pub fn len(&self) -> usize {
@@ -65,28 +92,45 @@ mod tests {
 
     #[test]
     fn one_per_type_and_subject_per_period() {
-        let c = Cooldown::new(Duration::from_secs(600), 100);
-        assert!(c.allow(EventType::CustomerDegraded, "a", 0));
-        assert!(!c.allow(EventType::CustomerDegraded, "a", 599_999));
+        let p = Duration::from_secs(600);
+        let c = Cooldown::new(100);
+        assert!(c.allow(EventType::CustomerDegraded, "a", 0, p));
+        assert!(!c.allow(EventType::CustomerDegraded, "a", 599_999, p));
         assert!(
-            c.allow(EventType::CustomerDegraded, "b", 1),
+            c.allow(EventType::CustomerDegraded, "b", 1, p),
             "another customer"
         );
-        assert!(c.allow(EventType::RequestFailed, "a", 1), "another type");
+        assert!(c.allow(EventType::RequestFailed, "a", 1, p), "another type");
         assert!(
-            c.allow(EventType::CustomerDegraded, "a", 600_000),
+            c.allow(EventType::CustomerDegraded, "a", 600_000, p),
             "the period is over"
         );
+        // A shorter period from a reload applies to cooldowns already running.
+        assert!(c.allow(
+            EventType::RequestFailed,
+            "a",
+            60_001,
+            Duration::from_secs(60)
+        ));
+        // They survive a snapshot.
+        let copy = Cooldown::new(100);
+        for (k, s, t) in c.entries() {
+            copy.restore(k, s, t);
+        }
+        assert!(!copy.allow(EventType::CustomerDegraded, "b", 2, p));
+        copy.forget("b");
+        assert!(copy.allow(EventType::CustomerDegraded, "b", 3, p));
     }
 
     #[test]
     fn stays_bounded() {
-        let c = Cooldown::new(Duration::from_secs(600), 10);
+        let p = Duration::from_secs(600);
+        let c = Cooldown::new(10);
         for i in 0..100u64 {
-            assert!(c.allow(EventType::Rerouted, &format!("c{i}"), i));
+            assert!(c.allow(EventType::Rerouted, &format!("c{i}"), i, p));
         }
         assert!(c.len() <= 10);
-        c.sweep(10_000_000);
+        c.sweep(10_000_000, p);
         assert!(c.is_empty());
     }
 }

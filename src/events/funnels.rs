@@ -8,29 +8,43 @@
 //! that matters most). State is bounded by `max_tracked`: beyond it, new entries are not tracked and
 //! are counted. Pure: time is passed in.
 
-use crate::config::{Funnel, TierId};
+use crate::config::FunnelStep;
 use compact_str::CompactString;
 use http::Method;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+/// A funnel of the configuration in force, with its interned name: progress is kept by that id, so
+/// it carries over a reload that keeps the funnel's name.
+#[derive(Debug, Clone)]
+pub struct FunnelDef {
+    pub id: u16,
+    pub name: String,
+    pub steps: Vec<FunnelStep>,
+    pub abandon_after: Duration,
+}
+
+/// How far one customer got in one funnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Progress {
-    furthest: u8,
-    tier: TierId,
-    entered_ms: u64,
-    last_ms: u64,
-    errors: u16,
-    frustrated: u16,
+pub struct Progress {
+    pub furthest: u8,
+    /// Interned tier name.
+    pub tier: u8,
+    pub entered_ms: u64,
+    pub last_ms: u64,
+    pub errors: u16,
+    pub frustrated: u16,
 }
 
 /// A customer who entered a funnel and did not finish it in time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abandoned {
+    /// Position of the funnel in the definitions the sweep was given.
     pub funnel: usize,
     pub customer: CompactString,
-    pub tier: TierId,
+    pub tier: u8,
     /// Index of the furthest step reached.
     pub furthest: usize,
     pub entered_ms: u64,
@@ -40,29 +54,17 @@ pub struct Abandoned {
     pub frustrated: u16,
 }
 
+/// Who is in which funnel now: what usher learns, kept across configurations. The definitions come
+/// with each call, from the configuration in force.
+#[derive(Default)]
 pub struct Funnels {
-    defs: Vec<Funnel>,
     progress: Mutex<HashMap<(u16, CompactString), Progress>>,
-    max_tracked: usize,
     untracked: AtomicU64,
 }
 
 impl Funnels {
-    pub fn new(defs: Vec<Funnel>, max_tracked: usize) -> Self {
-        Funnels {
-            defs,
-            progress: Mutex::new(HashMap::new()),
-            max_tracked,
-            untracked: AtomicU64::new(0),
-        }
-    }
-
-    pub fn defs(&self) -> &[Funnel] {
-        &self.defs
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.defs.is_empty()
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Entries refused because `max_tracked` was reached.
@@ -78,20 +80,22 @@ impl Funnels {
     #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &self,
+        defs: &[FunnelDef],
+        max_tracked: usize,
         customer: &str,
-        tier: TierId,
+        tier: u8,
         method: &Method,
         path: &str,
         failed: bool,
         frustrated: bool,
         now_ms: u64,
     ) {
-        for (fi, f) in self.defs.iter().enumerate() {
+        for f in defs {
             let Some(step) = f.steps.iter().position(|s| s.matches(method, path)) else {
                 continue;
             };
             let last = f.steps.len() - 1;
-            let key = (fi as u16, CompactString::from(customer));
+            let key = (f.id, CompactString::from(customer));
             let mut map = self.progress.lock();
             match map.get_mut(&key) {
                 Some(p) => {
@@ -105,7 +109,7 @@ impl Funnels {
                     p.frustrated = p.frustrated.saturating_add(u16::from(frustrated));
                 }
                 None if step == 0 && last > 0 => {
-                    if map.len() >= self.max_tracked {
+                    if map.len() >= max_tracked {
                         self.untracked.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -127,35 +131,43 @@ impl Funnels {
         }
     }
 
-    /// The funnels `customer` is in now, with the furthest step reached in each.
-    pub fn progress_of(&self, customer: &str) -> Vec<(usize, usize)> {
-        if self.defs.is_empty() {
+    /// The funnels of `defs` that `customer` is in now: (position in `defs`, furthest step).
+    pub fn progress_of(&self, defs: &[FunnelDef], customer: &str) -> Vec<(usize, usize)> {
+        if defs.is_empty() {
             return Vec::new();
         }
         let map = self.progress.lock();
-        (0..self.defs.len())
-            .filter_map(|f| {
-                map.get(&(f as u16, CompactString::from(customer)))
-                    .map(|p| (f, p.furthest as usize))
+        let who = CompactString::from(customer);
+        defs.iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let p = map.get(&(f.id, who.clone()))?;
+                Some((
+                    i,
+                    (p.furthest as usize).min(f.steps.len().saturating_sub(2)),
+                ))
             })
             .collect()
     }
 
-    /// Removes and returns everyone who has been in a funnel longer than its `abandon_after`.
-    pub fn sweep(&self, now_ms: u64) -> Vec<Abandoned> {
+    /// Removes and returns everyone who has been in a funnel of `defs` longer than its
+    /// `abandon_after`. Progress in a funnel that is no longer configured is dropped: nobody asked
+    /// to hear about it any more.
+    pub fn sweep(&self, defs: &[FunnelDef], now_ms: u64) -> Vec<Abandoned> {
         let mut out = Vec::new();
-        self.progress.lock().retain(|(fi, customer), p| {
-            let Some(f) = self.defs.get(*fi as usize) else {
+        self.progress.lock().retain(|(id, customer), p| {
+            let Some((fi, f)) = defs.iter().enumerate().find(|(_, f)| f.id == *id) else {
                 return false;
             };
-            if now_ms.saturating_sub(p.entered_ms) < f.abandon_after.as_millis() as u64 {
+            if now_ms.saturating_sub(p.entered_ms) < crate::time::millis(f.abandon_after) {
                 return true;
             }
             out.push(Abandoned {
-                funnel: *fi as usize,
+                funnel: fi,
                 customer: customer.clone(),
                 tier: p.tier,
-                furthest: p.furthest as usize,
+                // A reload may have shortened the funnel: the furthest step is one of its own.
+                furthest: (p.furthest as usize).min(f.steps.len().saturating_sub(2)),
                 entered_ms: p.entered_ms,
                 last_ms: p.last_ms,
                 errors: p.errors,
@@ -170,6 +182,41 @@ impl Funnels {
         });
         out
     }
+
+    /// Every customer in a funnel: (interned funnel name, customer, progress), for a snapshot.
+    pub fn entries(&self) -> Vec<(u16, CompactString, Progress)> {
+        self.progress
+            .lock()
+            .iter()
+            .map(|((f, c), p)| (*f, c.clone(), *p))
+            .collect()
+    }
+
+    /// Puts progress back (from a snapshot): the earlier entry and the further step win.
+    pub fn restore(&self, funnel: u16, customer: CompactString, p: Progress, max_tracked: usize) {
+        let mut map = self.progress.lock();
+        let len = map.len();
+        match map.get_mut(&(funnel, customer.clone())) {
+            Some(q) => {
+                q.furthest = q.furthest.max(p.furthest);
+                q.entered_ms = q.entered_ms.min(p.entered_ms);
+                q.last_ms = q.last_ms.max(p.last_ms);
+                q.errors = q.errors.saturating_add(p.errors);
+                q.frustrated = q.frustrated.saturating_add(p.frustrated);
+            }
+            None if len < max_tracked => {
+                map.insert((funnel, customer), p);
+            }
+            None => {
+                self.untracked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets `customer` in every funnel.
+    pub fn forget(&self, customer: &str) {
+        self.progress.lock().retain(|(_, c), _| c != customer);
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +225,26 @@ mod tests {
     use crate::config::Config;
     use std::path::Path;
 
-    fn funnels(max: usize) -> Funnels {
+    struct F {
+        defs: Vec<FunnelDef>,
+        max: usize,
+        state: Funnels,
+    }
+
+    impl F {
+        fn observe(&self, who: &str, m: &Method, path: &str, failed: bool, at: u64) {
+            self.state
+                .observe(&self.defs, self.max, who, 1, m, path, failed, false, at);
+        }
+        fn sweep(&self, at: u64) -> Vec<Abandoned> {
+            self.state.sweep(&self.defs, at)
+        }
+        fn tracked(&self) -> usize {
+            self.state.tracked()
+        }
+    }
+
+    fn funnels(max: usize) -> F {
         let cfg = Config::parse(
             r#"
 [[pools]]
@@ -200,13 +266,28 @@ steps = [
             Path::new("."),
         )
         .unwrap();
-        Funnels::new(cfg.funnels, max)
+        let defs = cfg
+            .funnels
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| FunnelDef {
+                id: i as u16 + 7,
+                name: f.name,
+                steps: f.steps,
+                abandon_after: f.abandon_after,
+            })
+            .collect();
+        F {
+            defs,
+            max,
+            state: Funnels::new(),
+        }
     }
 
     const MIN: u64 = 60_000;
 
-    fn obs(f: &Funnels, who: &str, m: Method, path: &str, failed: bool, at: u64) {
-        f.observe(who, 1, &m, path, failed, false, at);
+    fn obs(f: &F, who: &str, m: Method, path: &str, failed: bool, at: u64) {
+        f.observe(who, &m, path, failed, at);
     }
 
     #[test]
@@ -257,6 +338,28 @@ steps = [
             obs(&f, who, Method::POST, "/cart", false, 0);
         }
         assert_eq!(f.tracked(), 2);
-        assert_eq!(f.untracked(), 2);
+        assert_eq!(f.state.untracked(), 2);
+    }
+
+    #[test]
+    fn progress_outlives_the_definitions_it_was_made_under() {
+        let f = funnels(100);
+        obs(&f, "d", Method::POST, "/cart", false, 0);
+        obs(&f, "d", Method::POST, "/checkout/pay", true, MIN);
+        // A reload shortens the funnel to two steps: the furthest step is clamped to one of its own.
+        let mut short = f.defs.clone();
+        short[0].steps.truncate(2);
+        assert_eq!(f.state.progress_of(&short, "d"), vec![(0, 0)]);
+        // A snapshot carries it to another process.
+        let copy = Funnels::new();
+        for (id, who, p) in f.state.entries() {
+            copy.restore(id, who, p, 100);
+        }
+        let a = copy.sweep(&f.defs, 30 * MIN);
+        assert_eq!((a.len(), a[0].furthest, a[0].errors), (1, 2, 1));
+        // Progress in a funnel that is no longer configured is dropped, not reported.
+        obs(&f, "e", Method::POST, "/cart", false, 0);
+        assert!(f.state.sweep(&[], 100 * MIN).is_empty());
+        assert_eq!(f.tracked(), 0);
     }
 }

@@ -6,100 +6,155 @@
 //! their own tasks (`sink/`), so a slow or unreachable receiver never slows requests or the other
 //! sinks; whatever no bound can hold is counted in `usher_events_total{outcome="dropped"}`.
 //!
-//! Pure rules live beside it: `funnels` (abandonment), `cooldown` (no spam), `slo` (burn rates).
+//! This is state that outlasts configurations: the sinks' queues, the recent events, cooldowns and
+//! funnel progress. A reload hands the new sink settings to [`Events::reconcile`]: a sink whose
+//! settings did not change keeps its queue; a changed or removed one is retired (it stops
+//! delivering, writes whatever reaches its queue to its file or spool, and only then does its
+//! successor open them), so nothing is lost. Rules that decide are pure and beside it: `funnels`
+//! (abandonment), `cooldown` (no spam), `slo` (burn rates).
 
 pub mod cooldown;
+pub mod counters;
 pub mod funnels;
 pub mod model;
 pub mod sink;
 pub mod slo;
 
-use crate::config::{Config, SinkKind};
-use crate::metrics::{EventMetrics, EventOutcome};
+use crate::config::SinkConfig;
+use arc_swap::ArcSwap;
 use cooldown::Cooldown;
+use counters::{EventCounters, EventOutcome, SinkMetrics};
 use funnels::Funnels;
 use model::CloudEvent;
 use parking_lot::Mutex;
-use slo::SloTracker;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
 
 pub use model::EventType;
 
 /// Most customers with a running cooldown; see [`Cooldown`].
 const COOLDOWN_MAX: usize = 1_000_000;
+/// A retired sink waits this long for the last event still on its way to its queue.
+pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
-struct SinkQueue {
+/// One sink's queue, as the request path sees it.
+pub struct SinkQueue {
+    name: String,
+    config: SinkConfig,
+    spool_dir: PathBuf,
     tx: mpsc::Sender<Arc<CloudEvent>>,
+    metrics: SinkMetrics,
+}
+
+/// A sink whose queue exists and whose task is still to be started.
+struct Pending {
+    config: SinkConfig,
+    spool_dir: PathBuf,
+    rx: mpsc::Receiver<Arc<CloudEvent>>,
+    metrics: SinkMetrics,
 }
 
 pub struct Events {
-    source: String,
-    sinks: Vec<SinkQueue>,
-    /// Receivers waiting for [`Events::run`], which takes them once.
-    receivers: Mutex<Option<Vec<mpsc::Receiver<Arc<CloudEvent>>>>>,
+    sinks: ArcSwap<Vec<Arc<SinkQueue>>>,
+    pending: Mutex<Vec<Pending>>,
+    wake: Notify,
+    closed: AtomicBool,
     recent: Mutex<VecDeque<Arc<CloudEvent>>>,
-    recent_max: usize,
     cooldown: Cooldown,
     pub funnels: Funnels,
-    pub slo: SloTracker,
-    config: Arc<Config>,
+    counters: EventCounters,
 }
 
 impl Events {
-    pub fn new(config: &Config) -> Self {
-        let ev = &config.events;
-        let (sinks, receivers) = ev
-            .sinks
-            .iter()
-            .map(|s| {
-                let (tx, rx) = mpsc::channel(s.queue);
-                (SinkQueue { tx }, rx)
-            })
-            .unzip();
+    pub fn new(registry: &prometheus::Registry) -> Self {
         Events {
-            source: ev.source.clone(),
-            sinks,
-            receivers: Mutex::new(Some(receivers)),
-            recent: Mutex::new(VecDeque::with_capacity(ev.recent.min(1024))),
-            recent_max: ev.recent,
-            cooldown: Cooldown::new(ev.cooldown, COOLDOWN_MAX),
-            funnels: Funnels::new(config.funnels.clone(), ev.funnel_track_max),
-            slo: SloTracker::new(
-                &config.routes.iter().map(|r| r.slo).collect::<Vec<_>>(),
-                ev.slo_min_requests,
-            ),
-            config: Arc::new(config.clone()),
+            sinks: ArcSwap::from_pointee(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            recent: Mutex::new(VecDeque::new()),
+            cooldown: Cooldown::new(COOLDOWN_MAX),
+            funnels: Funnels::new(),
+            counters: EventCounters::new(registry),
         }
     }
 
-    pub fn source(&self) -> &str {
-        &self.source
+    pub fn cooldown(&self) -> &Cooldown {
+        &self.cooldown
     }
 
-    /// Hands `e` to every sink, unless it is about a customer whose cooldown for this type is
-    /// running. Never blocks. Returns whether the event went out.
-    pub fn emit(&self, e: CloudEvent, now_ms: u64, metrics: &EventMetrics) -> bool {
-        if e.kind.about_customer() && !self.cooldown.allow(e.kind, &e.subject, now_ms) {
-            metrics.suppressed(e.kind);
+    /// Names of the sinks in force.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.load().iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Puts `configs` in force: an unchanged sink keeps its queue, a new or changed one gets a new
+    /// queue at once (events emitted from now on go there) and its task is started by
+    /// [`Self::run`]; what is replaced or removed is retired there.
+    pub fn reconcile(&self, configs: &[SinkConfig], spool_dir: &Path) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let current = self.sinks.load_full();
+        let mut pending = Vec::new();
+        let next: Vec<Arc<SinkQueue>> = configs
+            .iter()
+            .map(|c| {
+                let dir = spool_dir.join(&c.name);
+                if let Some(q) = current
+                    .iter()
+                    .find(|q| q.config == *c && q.spool_dir == dir)
+                {
+                    return q.clone();
+                }
+                let (tx, rx) = mpsc::channel(c.queue);
+                let metrics = self.counters.sink(&c.name);
+                pending.push(Pending {
+                    config: c.clone(),
+                    spool_dir: dir.clone(),
+                    rx,
+                    metrics: metrics.clone(),
+                });
+                Arc::new(SinkQueue {
+                    name: c.name.clone(),
+                    config: c.clone(),
+                    spool_dir: dir,
+                    tx,
+                    metrics,
+                })
+            })
+            .collect();
+        self.pending.lock().extend(pending);
+        self.sinks.store(Arc::new(next));
+        self.wake.notify_one();
+    }
+
+    /// Hands `e` to every sink, unless it is about a customer whose cooldown (`cooldown`) for this
+    /// type is running; keeps it among the `recent` latest. Never blocks. Returns whether the event
+    /// went out.
+    pub fn emit(&self, e: CloudEvent, now_ms: u64, cooldown: Duration, recent: usize) -> bool {
+        if e.kind.about_customer() && !self.cooldown.allow(e.kind, &e.subject, now_ms, cooldown) {
+            self.counters.suppressed(e.kind);
             return false;
         }
         let e = Arc::new(e);
-        for (i, s) in self.sinks.iter().enumerate() {
+        for s in self.sinks.load().iter() {
             let outcome = match s.tx.try_send(e.clone()) {
                 Ok(()) => EventOutcome::Queued,
                 Err(_) => EventOutcome::Dropped,
             };
-            if let Some(m) = metrics.sink(i) {
-                m.count(e.kind, outcome);
-                m.queue_depth
-                    .set((s.tx.max_capacity() - s.tx.capacity()) as i64);
-            }
+            s.metrics.count(e.kind, outcome);
+            s.metrics
+                .queue_depth
+                .set((s.tx.max_capacity() - s.tx.capacity()) as i64);
         }
-        if self.recent_max > 0 {
+        if recent > 0 {
             let mut r = self.recent.lock();
-            if r.len() >= self.recent_max {
+            while r.len() >= recent {
                 r.pop_front();
             }
             r.push_back(e);
@@ -119,84 +174,63 @@ impl Events {
     }
 
     /// Periodic housekeeping of the cooldown table.
-    pub fn sweep_cooldowns(&self, now_ms: u64) {
-        self.cooldown.sweep(now_ms);
+    pub fn sweep_cooldowns(&self, now_ms: u64, period: Duration) {
+        self.cooldown.sweep(now_ms, period);
     }
 
-    /// Runs every sink until `shutdown`; the first call takes the queues, later calls return at once.
-    pub async fn run(&self, metrics: &EventMetrics, shutdown: watch::Receiver<bool>) {
-        let Some(receivers) = self.receivers.lock().take() else {
-            return;
-        };
-        let mut tasks = Vec::new();
-        for (i, (rx, sink)) in receivers
-            .into_iter()
-            .zip(&self.config.events.sinks)
-            .enumerate()
-        {
-            let Some(m) = metrics.sink(i).cloned() else {
-                continue;
-            };
-            let stop = shutdown.clone();
-            let name = sink.name.clone();
-            let spool_dir = self.config.events.spool_dir.join(&sink.name);
-            let task = match &sink.kind {
-                SinkKind::Jsonl {
-                    path,
-                    max_bytes,
-                    keep,
-                } => match sink::jsonl::JsonlFile::open(path, *max_bytes, *keep) {
-                    Ok(f) => tokio::spawn(sink::jsonl::run(f, rx, m, stop)),
-                    Err(e) => {
-                        tracing::error!(sink = %name, path = %path.display(), "cannot open the events file: {e}");
-                        continue;
+    /// No more events: every sink is retired (writes what is queued to its file or spool) and
+    /// [`Self::run`] returns once they are done. For the end of the process.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.sinks.store(Arc::new(Vec::new()));
+        self.wake.notify_one();
+    }
+
+    /// Runs the sinks: starts each new one (after the one it replaces has finished with its file or
+    /// spool), retires replaced and removed ones, and returns after [`Self::close`] once every sink
+    /// has written out what it held.
+    pub async fn run(&self) {
+        let mut running: HashMap<String, (tokio::task::JoinHandle<()>, watch::Sender<bool>)> =
+            HashMap::new();
+        let mut retiring: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        loop {
+            let wake = self.wake.notified();
+            let started: Vec<Pending> = std::mem::take(&mut *self.pending.lock());
+            for p in started {
+                let name = p.config.name.clone();
+                let before = running.remove(&name).map(|(h, stop)| {
+                    let _ = stop.send(true);
+                    h
+                });
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(async move {
+                    if let Some(before) = before {
+                        let _ = before.await;
                     }
-                },
-                SinkKind::Webhook {
-                    url,
-                    batch,
-                    timeout,
-                    max_spool_bytes,
-                } => {
-                    let Some(spool) = open_spool(&name, &spool_dir, *max_spool_bytes) else {
-                        continue;
-                    };
-                    let d = sink::webhook::Webhook::new(url.clone(), *timeout);
-                    tokio::spawn(sink::run_remote(name, d, rx, spool, *batch, m, stop))
+                    sink::run(p.config, p.spool_dir, p.rx, p.metrics, stop_rx).await;
+                });
+                running.insert(name, (task, stop_tx));
+            }
+            let names = self.sink_names();
+            let gone: Vec<String> = running
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect();
+            for n in gone {
+                if let Some((h, stop)) = running.remove(&n) {
+                    let _ = stop.send(true);
+                    retiring.push(h);
                 }
-                SinkKind::Nats {
-                    url,
-                    stream,
-                    subject,
-                    timeout,
-                    max_spool_bytes,
-                } => {
-                    let Some(spool) = open_spool(&name, &spool_dir, *max_spool_bytes) else {
-                        continue;
-                    };
-                    let d = sink::nats::Nats::new(
-                        url.clone(),
-                        stream.clone(),
-                        subject.clone(),
-                        *timeout,
-                    );
-                    tokio::spawn(sink::run_remote(name, d, rx, spool, 100, m, stop))
-                }
-            };
-            tasks.push(task);
+            }
+            retiring.retain(|h| !h.is_finished());
+            if self.closed.load(Ordering::Acquire) && running.is_empty() {
+                break;
+            }
+            wake.await;
         }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-fn open_spool(name: &str, dir: &std::path::Path, max: u64) -> Option<sink::spool::Spool> {
-    match sink::spool::Spool::open(dir, max) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(sink = %name, dir = %dir.display(), "cannot open the spool, the sink is off: {e}");
-            None
+        for h in retiring {
+            let _ = h.await;
         }
     }
 }

@@ -101,7 +101,7 @@ impl CloudEvent {
             id: event_id(kind, subject, time_ms, discriminator),
             source: source.to_string(),
             kind,
-            time: crate::views::rfc3339(time_ms),
+            time: crate::time::rfc3339(time_ms),
             subject: subject.to_string(),
             datacontenttype: "application/json".to_string(),
             data,

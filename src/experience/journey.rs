@@ -1,15 +1,17 @@
 //! A customer's journey: the last N requests, in a fixed-size ring of compact steps.
 //!
 //! A step is 48 bytes, with the path truncated to fit, so that a 16-step journey costs 768 bytes and a
-//! tracked customer stays under 1 KiB. Routes and upstreams are stored as indices into the config;
-//! names are looked up only when someone reads the journey.
+//! tracked customer stays under 1 KiB. Routes and upstreams are stored as interned ids
+//! (`crate::names`), not positions in a configuration: a step keeps naming the route that served it
+//! after a reload removed that route. Names are looked up only when someone reads the journey.
 
-use crate::config::{RouteId, UpstreamId};
 use crate::measure::Outcome;
 use http::Method;
 
 /// Bytes of path kept per step.
 pub const PATH_BYTES: usize = 27;
+/// Bytes of a step in a snapshot: the same 48, little-endian.
+pub const STEP_BYTES: usize = 48;
 /// Marks "no route" / "no upstream" in a step.
 pub const NONE: u16 = u16::MAX;
 const TRUNCATED: u8 = 0x80;
@@ -49,12 +51,12 @@ impl Step {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         at_ms: u64,
-        route: Option<RouteId>,
+        route: Option<u16>,
         method: &Method,
         path: &str,
         status: u16,
         latency_us: u32,
-        upstream: Option<UpstreamId>,
+        upstream: Option<u16>,
         outcome: Outcome,
     ) -> Step {
         let mut buf = [0u8; PATH_BYTES];
@@ -110,14 +112,75 @@ impl Step {
         (s, self.path_len & TRUNCATED != 0)
     }
 
-    pub fn route(&self) -> Option<RouteId> {
+    /// The interned name of the route that served it.
+    pub fn route(&self) -> Option<u16> {
         let r = self.route;
         (r != NONE).then_some(r)
     }
 
-    pub fn upstream(&self) -> Option<UpstreamId> {
+    /// The interned address of the upstream that served it.
+    pub fn upstream(&self) -> Option<u16> {
         let u = self.upstream;
         (u != NONE).then_some(u)
+    }
+
+    /// The same step with its interned ids mapped (a snapshot's ids into this process's).
+    pub fn relabel(
+        mut self,
+        f: impl Fn(Option<u16>, Option<u16>) -> (Option<u16>, Option<u16>),
+    ) -> Step {
+        let (r, u) = f(self.route(), self.upstream());
+        self.route = r.unwrap_or(NONE);
+        self.upstream = u.unwrap_or(NONE);
+        self
+    }
+
+    pub fn to_bytes(&self) -> [u8; STEP_BYTES] {
+        let mut b = [0u8; STEP_BYTES];
+        let (at_ms, latency_us, status, route, upstream) = (
+            self.at_ms,
+            self.latency_us,
+            self.status,
+            self.route,
+            self.upstream,
+        );
+        b[0..8].copy_from_slice(&at_ms.to_le_bytes());
+        b[8..12].copy_from_slice(&latency_us.to_le_bytes());
+        b[12..14].copy_from_slice(&status.to_le_bytes());
+        b[14..16].copy_from_slice(&route.to_le_bytes());
+        b[16..18].copy_from_slice(&upstream.to_le_bytes());
+        b[18] = self.method;
+        b[19] = self.outcome;
+        b[20] = self.path_len;
+        b[21..].copy_from_slice(&self.path);
+        b
+    }
+
+    /// `None` when the bytes are not a step this version wrote (a path that is not UTF-8 or
+    /// longer than its room, an unknown outcome).
+    pub fn from_bytes(b: &[u8; STEP_BYTES]) -> Option<Step> {
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let mut path = [0u8; PATH_BYTES];
+        path.copy_from_slice(&b[21..]);
+        let path_len = b[20];
+        let len = (path_len & !TRUNCATED) as usize;
+        if len > PATH_BYTES || std::str::from_utf8(&path[..len]).is_err() {
+            return None;
+        }
+        if b[19] as usize >= Outcome::ALL.len() {
+            return None;
+        }
+        Some(Step {
+            at_ms: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            latency_us: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            status: u16_at(12),
+            route: u16_at(14),
+            upstream: u16_at(16),
+            method: b[18],
+            outcome: b[19],
+            path_len,
+            path,
+        })
     }
 }
 
@@ -143,17 +206,36 @@ const EMPTY: Step = Step {
 };
 
 impl Journey {
-    /// `capacity` is at most 255 (validated in config).
+    /// `capacity` is at most 255 (validated in config). A journey kept at another capacity (the
+    /// configuration changed) keeps its most recent steps.
     pub fn push(&mut self, step: Step, capacity: usize) {
         let capacity = capacity.clamp(1, u8::MAX as usize);
         if self.steps.len() != capacity {
-            self.steps = vec![EMPTY; capacity].into_boxed_slice();
-            self.len = 0;
-            self.next = 0;
+            self.resize(capacity);
         }
         self.steps[self.next as usize] = step;
         self.next = ((self.next as usize + 1) % capacity) as u8;
         self.len = (self.len as usize + 1).min(capacity) as u8;
+    }
+
+    fn resize(&mut self, capacity: usize) {
+        let keep: Vec<Step> = self.iter().copied().collect();
+        let skip = keep.len().saturating_sub(capacity);
+        *self = Journey::from_steps(&keep[skip..], capacity);
+    }
+
+    /// A journey of `steps` (oldest first), at most the last `capacity` of them.
+    pub fn from_steps(steps: &[Step], capacity: usize) -> Journey {
+        let capacity = capacity.clamp(1, u8::MAX as usize);
+        let skip = steps.len().saturating_sub(capacity);
+        let mut ring = vec![EMPTY; capacity].into_boxed_slice();
+        let kept = &steps[skip..];
+        ring[..kept.len()].copy_from_slice(kept);
+        Journey {
+            steps: ring,
+            len: kept.len() as u8,
+            next: (kept.len() % capacity) as u8,
+        }
     }
 
     /// Oldest first.
@@ -210,6 +292,40 @@ mod tests {
         assert_eq!(j.last().unwrap().at_ms(), 19);
         assert_eq!(j.heap_bytes(), 16 * 48);
         assert_eq!(std::mem::size_of::<Journey>(), 24);
+    }
+
+    #[test]
+    fn a_new_capacity_keeps_the_most_recent_steps() {
+        let mut j = Journey::default();
+        for i in 0..10 {
+            j.push(step(i, "/a"), 8);
+        }
+        j.push(step(10, "/a"), 4);
+        let at: Vec<u64> = j.iter().map(|s| s.at_ms()).collect();
+        assert_eq!(at, vec![7, 8, 9, 10]);
+        j.push(step(11, "/a"), 16);
+        assert_eq!(j.len(), 5);
+        assert_eq!(j.heap_bytes(), 16 * 48);
+    }
+
+    #[test]
+    fn steps_round_trip_through_bytes() {
+        let s = Step::new(
+            1_700_000_000_123,
+            Some(7),
+            &Method::POST,
+            "/checkout/payment/confirm-and-pay",
+            503,
+            1234,
+            Some(9),
+            Outcome::Upstream5xx,
+        );
+        assert_eq!(Step::from_bytes(&s.to_bytes()), Some(s));
+        let mut bad = s.to_bytes();
+        bad[19] = 200;
+        assert_eq!(Step::from_bytes(&bad), None, "unknown outcome");
+        let moved = s.relabel(|r, u| (r.map(|r| r + 1), u.and(None)));
+        assert_eq!((moved.route(), moved.upstream()), (Some(8), None));
     }
 
     #[test]

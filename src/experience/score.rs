@@ -88,6 +88,40 @@ impl Score {
         self.at_ms
     }
 
+    /// `(good, weight, at_ms)`: the whole state, for a snapshot.
+    pub fn parts(&self) -> (f32, f32, u64) {
+        (self.good, self.weight, self.at_ms)
+    }
+
+    /// A score from [`Self::parts`]; `None` for values no score can hold (negative, not finite, or
+    /// more good than weight).
+    pub fn from_parts(good: f32, weight: f32, at_ms: u64) -> Option<Score> {
+        (good.is_finite()
+            && weight.is_finite()
+            && good >= 0.0
+            && weight >= 0.0
+            && good <= weight + 1e-3)
+            .then_some(Score {
+                good: good.min(weight),
+                weight,
+                at_ms,
+            })
+    }
+
+    /// The score of both histories at once: judgements are decayed weights, so two scores of the
+    /// same customer (two processes that each served them for a while) add up once brought to the
+    /// same time.
+    pub fn merge(&mut self, other: &Score, model: &ScoreModel) {
+        let at = self.at_ms.max(other.at_ms);
+        let (a, b) = (
+            model.decay(self.at_ms, at) as f32,
+            model.decay(other.at_ms, at) as f32,
+        );
+        self.good = self.good * a + other.good * b;
+        self.weight = self.weight * a + other.weight * b;
+        self.at_ms = at;
+    }
+
     /// The score at `now_ms`, 0..=100; 100 for a customer with no history.
     pub fn value(&self, now_ms: u64, model: &ScoreModel) -> f64 {
         let d = model.decay(self.at_ms, now_ms);
@@ -184,6 +218,26 @@ mod tests {
         }
         // Old weight 10 decayed to 2.5 (frustrated), new 10 satisfied + prior 2: 12/14.5.
         assert!((s.value(20 * MIN, &m) - 100.0 * 12.0 / 14.5).abs() < 0.05);
+    }
+
+    #[test]
+    fn two_histories_merge_into_one() {
+        let m = model();
+        let (mut a, mut b, mut both) = (Score::default(), Score::default(), Score::default());
+        for t in [0, MIN, 2 * MIN] {
+            a.observe(Judgement::Frustrated, t, &m);
+            both.observe(Judgement::Frustrated, t, &m);
+        }
+        for t in [3 * MIN, 4 * MIN] {
+            b.observe(Judgement::Satisfied, t, &m);
+            both.observe(Judgement::Satisfied, t, &m);
+        }
+        a.merge(&b, &m);
+        assert!((a.value(5 * MIN, &m) - both.value(5 * MIN, &m)).abs() < 0.01);
+        let (g, w, at) = a.parts();
+        assert_eq!(Score::from_parts(g, w, at), Some(a));
+        assert_eq!(Score::from_parts(2.0, 1.0, 0), None);
+        assert_eq!(Score::from_parts(f32::NAN, 1.0, 0), None);
     }
 
     #[test]

@@ -8,11 +8,15 @@
 //! single shard makes it exact overall. A general concurrent map (dashmap) was the first choice but has
 //! no notion of recency, so it cannot enforce the bound without a scan.
 //!
+//! The store is what usher learns, so it outlives configurations: the settings that judge and keep
+//! a customer (half-life, journey length, thresholds) come with each call from the configuration in
+//! force, and only the bound is held here (and may change). The number of shards is fixed when the
+//! store is made. Tiers are interned ids (`crate::names`), not positions in a configuration.
+//!
 //! Time is passed in (wall-clock milliseconds), so decay and recency are testable without sleeping.
 
 use super::journey::{Journey, Step};
 use super::score::{Judgement, Score, ScoreModel};
-use crate::config::TierId;
 use compact_str::CompactString;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -25,9 +29,9 @@ const MAX_SHARDS: usize = 64;
 /// Below this many customers per shard, fewer shards: exact LRU matters more than contention there.
 const MIN_PER_SHARD: usize = 4096;
 
+/// How the configuration in force judges and keeps customers.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreSettings {
-    pub track_max: usize,
     pub journey_len: usize,
     pub model: ScoreModel,
     /// (rescue_below, rescue_for): a customer whose score falls below the first is marked rescued
@@ -56,7 +60,8 @@ pub struct Peek {
 /// What one request contributes to its customer.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation {
-    pub tier: TierId,
+    /// Interned tier name.
+    pub tier: u8,
     pub judgement: Judgement,
     pub failed: bool,
     pub step: Step,
@@ -78,7 +83,8 @@ pub struct Recorded {
 #[derive(Debug, Clone)]
 pub struct CustomerSnapshot {
     pub id: String,
-    pub tier: TierId,
+    /// Interned tier name.
+    pub tier: u8,
     pub score: f64,
     pub requests: u32,
     pub errors: u32,
@@ -87,6 +93,22 @@ pub struct CustomerSnapshot {
     pub last_seen_ms: u64,
     /// Until when (Unix seconds) the customer gets rescue protection; 0 when never.
     pub rescued_until_s: u32,
+    /// Oldest first.
+    pub journey: Vec<Step>,
+}
+
+/// Everything the store holds about one customer, as written to and read from a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRecord {
+    pub id: CompactString,
+    pub tier: u8,
+    pub score: Score,
+    pub first_seen_ms: u64,
+    pub requests: u32,
+    pub errors: u32,
+    pub frustrated: u32,
+    pub rescued_until_s: u32,
+    pub degraded: bool,
     /// Oldest first.
     pub journey: Vec<Step>,
 }
@@ -116,8 +138,62 @@ struct Customer {
     next: u32,
     /// Unix seconds; 0 when never rescued.
     rescued_until_s: u32,
-    tier: TierId,
+    tier: u8,
     degraded: bool,
+}
+
+impl Customer {
+    fn fresh(id: &str, tier: u8, now_ms: u64) -> Customer {
+        Customer {
+            id: CompactString::from(id),
+            journey: Journey::default(),
+            score: Score::default(),
+            first_seen_ms: now_ms,
+            requests: 0,
+            errors: 0,
+            frustrated: 0,
+            prev: NIL,
+            next: NIL,
+            rescued_until_s: 0,
+            tier,
+            degraded: false,
+        }
+    }
+
+    fn record(&self) -> CustomerRecord {
+        CustomerRecord {
+            id: self.id.clone(),
+            tier: self.tier,
+            score: self.score,
+            first_seen_ms: self.first_seen_ms,
+            requests: self.requests,
+            errors: self.errors,
+            frustrated: self.frustrated,
+            rescued_until_s: self.rescued_until_s,
+            degraded: self.degraded,
+            journey: self.journey.iter().copied().collect(),
+        }
+    }
+
+    /// Folds `r` (the same customer's state from elsewhere: a snapshot, another process) in.
+    fn absorb(&mut self, r: CustomerRecord, journey_len: usize, model: &ScoreModel) {
+        if self.requests == 0 {
+            self.score = r.score;
+            self.degraded = r.degraded;
+            self.tier = r.tier;
+        } else {
+            self.score.merge(&r.score, model);
+            self.degraded |= r.degraded;
+        }
+        self.first_seen_ms = self.first_seen_ms.min(r.first_seen_ms);
+        self.requests = self.requests.saturating_add(r.requests);
+        self.errors = self.errors.saturating_add(r.errors);
+        self.frustrated = self.frustrated.saturating_add(r.frustrated);
+        self.rescued_until_s = self.rescued_until_s.max(r.rescued_until_s);
+        let mut steps: Vec<Step> = self.journey.iter().copied().chain(r.journey).collect();
+        steps.sort_by_key(|s| s.at_ms());
+        self.journey = Journey::from_steps(&steps, journey_len);
+    }
 }
 
 #[derive(Debug)]
@@ -133,14 +209,15 @@ struct Shard {
 pub struct CustomerStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
-    settings: StoreSettings,
+    track_max: AtomicUsize,
     len: AtomicUsize,
     evicted: AtomicU64,
 }
 
 impl CustomerStore {
-    pub fn new(settings: StoreSettings) -> Self {
-        let track_max = settings.track_max.max(1);
+    /// A store for up to `track_max` customers; the shards are sized for that bound.
+    pub fn new(track_max: usize) -> Self {
+        let track_max = track_max.max(1);
         let wanted = (track_max / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
         let n = if wanted.is_power_of_two() {
             wanted
@@ -160,17 +237,20 @@ impl CustomerStore {
         CustomerStore {
             shards,
             hasher: foldhash::fast::RandomState::default(),
-            settings: StoreSettings {
-                track_max,
-                ..settings
-            },
+            track_max: AtomicUsize::new(track_max),
             len: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
         }
     }
 
-    pub fn settings(&self) -> &StoreSettings {
-        &self.settings
+    pub fn track_max(&self) -> usize {
+        self.track_max.load(Ordering::Relaxed)
+    }
+
+    /// A new bound. A lower one is reached as new customers push old ones out, or at once with
+    /// [`Self::trim`].
+    pub fn set_track_max(&self, n: usize) {
+        self.track_max.store(n.max(1), Ordering::Relaxed);
     }
 
     fn shard_of(&self, id: &str) -> (u64, &Mutex<Shard>) {
@@ -181,67 +261,54 @@ impl CustomerStore {
         (hash, &self.shards[i])
     }
 
-    /// Records one request of customer `id`.
-    pub fn record(&self, id: &str, obs: &Observation, now_ms: u64) -> Recorded {
-        let (hash, shard) = self.shard_of(id);
+    /// The slot of `id` in shard `s`, made (or taken from the least recently seen customer) if the
+    /// customer is new: `(slot, new, evicted)`. The slot is unlinked from the LRU list.
+    fn slot_for(
+        &self,
+        s: &mut Shard,
+        hash: u64,
+        id: &str,
+        fresh: impl FnOnce() -> Customer,
+    ) -> (u32, bool, bool) {
         let hasher = &self.hasher;
+        if let Some(&i) = s.index.find(hash, |&i| s.slots[i as usize].id == id) {
+            s.unlink(i);
+            return (i, false, false);
+        }
+        let admitted = self.admit();
+        if admitted || s.tail == NIL {
+            if !admitted {
+                // Full, but this shard has no one to evict: the documented overshoot.
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+            s.slots.push(fresh());
+            let i = (s.slots.len() - 1) as u32;
+            s.index.insert_unique(hash, i, |&j| {
+                hasher.hash_one(s.slots[j as usize].id.as_str())
+            });
+            (i, true, false)
+        } else {
+            // Reuse the least recently seen customer's slot.
+            let victim = s.tail;
+            s.unlink(victim);
+            s.forget(victim, hasher);
+            s.slots[victim as usize] = fresh();
+            s.index.insert_unique(hash, victim, |&j| {
+                hasher.hash_one(s.slots[j as usize].id.as_str())
+            });
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            (victim, true, true)
+        }
+    }
+
+    /// Records one request of customer `id`.
+    pub fn record(&self, id: &str, obs: &Observation, now_ms: u64, st: &StoreSettings) -> Recorded {
+        let (hash, shard) = self.shard_of(id);
         let mut guard = shard.lock();
         let s = &mut *guard;
-        let model = &self.settings.model;
-
-        let found = s
-            .index
-            .find(hash, |&i| s.slots[i as usize].id == id)
-            .copied();
-        let (slot, new_customer, evicted) = match found {
-            Some(i) => {
-                s.unlink(i);
-                (i, false, false)
-            }
-            None => {
-                let fresh = Customer {
-                    id: CompactString::from(id),
-                    journey: Journey::default(),
-                    score: Score::default(),
-                    first_seen_ms: now_ms,
-                    requests: 0,
-                    errors: 0,
-                    frustrated: 0,
-                    prev: NIL,
-                    next: NIL,
-                    rescued_until_s: 0,
-                    tier: obs.tier,
-                    degraded: false,
-                };
-                let admitted = self.admit();
-                if admitted || s.tail == NIL {
-                    if !admitted {
-                        // Full, but this shard has no one to evict: the documented overshoot.
-                        self.len.fetch_add(1, Ordering::Relaxed);
-                    }
-                    s.slots.push(fresh);
-                    let i = (s.slots.len() - 1) as u32;
-                    s.index.insert_unique(hash, i, |&j| {
-                        hasher.hash_one(s.slots[j as usize].id.as_str())
-                    });
-                    (i, true, false)
-                } else {
-                    // Reuse the least recently seen customer's slot.
-                    let victim = s.tail;
-                    s.unlink(victim);
-                    let old_hash = hasher.hash_one(s.slots[victim as usize].id.as_str());
-                    if let Ok(entry) = s.index.find_entry(old_hash, |&j| j == victim) {
-                        entry.remove();
-                    }
-                    s.slots[victim as usize] = fresh;
-                    s.index.insert_unique(hash, victim, |&j| {
-                        hasher.hash_one(s.slots[j as usize].id.as_str())
-                    });
-                    self.evicted.fetch_add(1, Ordering::Relaxed);
-                    (victim, true, true)
-                }
-            }
-        };
+        let model = &st.model;
+        let (slot, new_customer, evicted) =
+            self.slot_for(s, hash, id, || Customer::fresh(id, obs.tier, now_ms));
         s.push_front(slot);
 
         let c = &mut s.slots[slot as usize];
@@ -253,18 +320,18 @@ impl CustomerStore {
         c.frustrated = c
             .frustrated
             .saturating_add(u32::from(obs.judgement == Judgement::Frustrated));
-        c.journey.push(obs.step, self.settings.journey_len);
+        c.journey.push(obs.step, st.journey_len);
         let score = c.score.value(now_ms, model);
-        if let Some((below, duration)) = self.settings.rescue {
+        if let Some((below, duration)) = st.rescue {
             if score < below {
                 let until = now_ms.saturating_add(duration.as_millis() as u64) / 1000;
                 c.rescued_until_s = until.min(u32::MAX as u64) as u32;
             }
         }
-        let transition = if !c.degraded && score < self.settings.degraded_below {
+        let transition = if !c.degraded && score < st.degraded_below {
             c.degraded = true;
             Some(Transition::Degraded)
-        } else if c.degraded && score >= self.settings.recover_above {
+        } else if c.degraded && score >= st.recover_above {
             c.degraded = false;
             Some(Transition::Recovered)
         } else {
@@ -282,50 +349,42 @@ impl CustomerStore {
 
     /// Takes a place in the store for a new customer, if there is one left.
     fn admit(&self) -> bool {
+        let max = self.track_max();
         self.len
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.settings.track_max).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok()
     }
 
-    pub fn get(&self, id: &str, now_ms: u64) -> Option<CustomerSnapshot> {
+    pub fn get(&self, id: &str, now_ms: u64, model: &ScoreModel) -> Option<CustomerSnapshot> {
         let (hash, shard) = self.shard_of(id);
         let s = shard.lock();
         let i = *s.index.find(hash, |&i| s.slots[i as usize].id == id)?;
-        Some(self.snapshot(&s.slots[i as usize], now_ms))
+        Some(snapshot(&s.slots[i as usize], now_ms, model))
     }
 
     /// The current score of `id` and whether it is being rescued; `None` when not tracked.
-    pub fn peek(&self, id: &str, now_ms: u64) -> Option<Peek> {
+    pub fn peek(&self, id: &str, now_ms: u64, model: &ScoreModel) -> Option<Peek> {
         let (hash, shard) = self.shard_of(id);
         let s = shard.lock();
         let i = *s.index.find(hash, |&i| s.slots[i as usize].id == id)?;
         let c = &s.slots[i as usize];
         Some(Peek {
-            score: c.score.value(now_ms, &self.settings.model),
+            score: c.score.value(now_ms, model),
             rescued: u64::from(c.rescued_until_s) * 1000 > now_ms,
         })
     }
 
-    fn snapshot(&self, c: &Customer, now_ms: u64) -> CustomerSnapshot {
-        CustomerSnapshot {
-            id: c.id.to_string(),
-            tier: c.tier,
-            score: c.score.value(now_ms, &self.settings.model),
-            requests: c.requests,
-            errors: c.errors,
-            frustrated: c.frustrated,
-            first_seen_ms: c.first_seen_ms,
-            last_seen_ms: c.score.last_ms(),
-            rescued_until_s: c.rescued_until_s,
-            journey: c.journey.iter().copied().collect(),
-        }
-    }
-
     /// The `n` customers with the lowest scores now, among those with at least `min_requests`,
     /// lowest first. Scans every shard, one lock at a time.
-    pub fn worst(&self, n: usize, min_requests: u32, now_ms: u64) -> Vec<CustomerSnapshot> {
+    pub fn worst(
+        &self,
+        n: usize,
+        min_requests: u32,
+        now_ms: u64,
+        model: &ScoreModel,
+    ) -> Vec<CustomerSnapshot> {
         if n == 0 {
             return Vec::new();
         }
@@ -334,11 +393,11 @@ impl CustomerStore {
         for shard in self.shards.iter() {
             let s = shard.lock();
             for c in s.slots.iter().filter(|c| c.requests >= min_requests) {
-                let score = c.score.value(now_ms, &self.settings.model);
+                let score = c.score.value(now_ms, model);
                 if heap.len() < n || heap.peek().is_some_and(|top| score < top.score) {
                     heap.push(Ranked {
                         score,
-                        snapshot: self.snapshot(c, now_ms),
+                        snapshot: snapshot(c, now_ms, model),
                     });
                     if heap.len() > n {
                         heap.pop();
@@ -352,12 +411,12 @@ impl CustomerStore {
     }
 
     /// Score distribution and the number of customers scoring below `threshold`.
-    pub fn summary(&self, threshold: f64, now_ms: u64) -> Summary {
+    pub fn summary(&self, threshold: f64, now_ms: u64, model: &ScoreModel) -> Summary {
         let mut sum = Summary::default();
         for shard in self.shards.iter() {
             let s = shard.lock();
             for c in &s.slots {
-                let v = c.score.value(now_ms, &self.settings.model);
+                let v = c.score.value(now_ms, model);
                 sum.tracked += 1;
                 sum.sum += v;
                 if v < threshold {
@@ -370,6 +429,59 @@ impl CustomerStore {
             }
         }
         sum
+    }
+
+    /// Evicts the least recently seen customers until the store is within its bound; returns how
+    /// many went.
+    pub fn trim(&self) -> usize {
+        let mut gone = 0;
+        while self.len() > self.track_max() {
+            // Take from the fullest shard, so that the bound is reached in LRU order per shard.
+            let Some(shard) = self.shards.iter().max_by_key(|s| s.lock().slots.len()) else {
+                break;
+            };
+            let mut s = shard.lock();
+            if !s.evict_lru(&self.hasher) {
+                break;
+            }
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            gone += 1;
+        }
+        gone
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `f` with every customer of shard `i`, least recently seen first, under that shard's
+    /// lock only: a snapshot is written one shard at a time, never as a second copy of the store.
+    pub fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(CustomerRecord)) {
+        let Some(shard) = self.shards.get(i) else {
+            return;
+        };
+        let s = shard.lock();
+        let mut at = s.tail;
+        while at != NIL {
+            let c = &s.slots[at as usize];
+            f(c.record());
+            at = c.prev;
+        }
+    }
+
+    /// Puts a customer back (from a snapshot) as the most recently seen, merged with what is known
+    /// of them already. Within the bound as [`Self::record`] is. Returns whether one was evicted.
+    pub fn restore(&self, r: CustomerRecord, journey_len: usize, model: &ScoreModel) -> bool {
+        let (hash, shard) = self.shard_of(&r.id);
+        let mut guard = shard.lock();
+        let s = &mut *guard;
+        let (slot, _, evicted) = self.slot_for(s, hash, &r.id, || {
+            Customer::fresh(&r.id, r.tier, r.first_seen_ms)
+        });
+        s.push_front(slot);
+        s.slots[slot as usize].absorb(r, journey_len, model);
+        evicted
     }
 
     pub fn len(&self) -> usize {
@@ -401,6 +513,21 @@ impl CustomerStore {
     }
 }
 
+fn snapshot(c: &Customer, now_ms: u64, model: &ScoreModel) -> CustomerSnapshot {
+    CustomerSnapshot {
+        id: c.id.to_string(),
+        tier: c.tier,
+        score: c.score.value(now_ms, model),
+        requests: c.requests,
+        errors: c.errors,
+        frustrated: c.frustrated,
+        first_seen_ms: c.first_seen_ms,
+        last_seen_ms: c.score.last_ms(),
+        rescued_until_s: c.rescued_until_s,
+        journey: c.journey.iter().copied().collect(),
+    }
+}
+
 struct Ranked {
     score: f64,
     snapshot: CustomerSnapshot,
@@ -424,6 +551,50 @@ impl Ord for Ranked {
 }
 
 impl Shard {
+    /// Removes slot `i` from the index (its id is about to be replaced or the slot removed).
+    fn forget(&mut self, i: u32, hasher: &foldhash::fast::RandomState) {
+        let old_hash = hasher.hash_one(self.slots[i as usize].id.as_str());
+        if let Ok(entry) = self.index.find_entry(old_hash, |&j| j == i) {
+            entry.remove();
+        }
+    }
+
+    /// Removes the least recently seen customer, moving the last slot into its place; false when
+    /// the shard is empty.
+    fn evict_lru(&mut self, hasher: &foldhash::fast::RandomState) -> bool {
+        let victim = self.tail;
+        if victim == NIL {
+            return false;
+        }
+        self.unlink(victim);
+        self.forget(victim, hasher);
+        let last = (self.slots.len() - 1) as u32;
+        if victim != last {
+            // Move the last slot into the victim's: relink its neighbours and re-point its index.
+            self.forget(last, hasher);
+            let (prev, next) = (
+                self.slots[last as usize].prev,
+                self.slots[last as usize].next,
+            );
+            self.slots.swap(victim as usize, last as usize);
+            match prev {
+                NIL => self.head = victim,
+                p => self.slots[p as usize].next = victim,
+            }
+            match next {
+                NIL => self.tail = victim,
+                n => self.slots[n as usize].prev = victim,
+            }
+            let hash = hasher.hash_one(self.slots[victim as usize].id.as_str());
+            let slots = &self.slots;
+            self.index.insert_unique(hash, victim, |&j| {
+                hasher.hash_one(slots[j as usize].id.as_str())
+            });
+        }
+        self.slots.pop();
+        true
+    }
+
     fn unlink(&mut self, i: u32) {
         let (prev, next) = {
             let c = &self.slots[i as usize];
@@ -468,21 +639,24 @@ mod tests {
     use http::Method;
     use std::time::Duration;
 
-    fn store(track_max: usize) -> CustomerStore {
-        CustomerStore::new(StoreSettings {
-            track_max,
+    fn set() -> StoreSettings {
+        StoreSettings {
             journey_len: 4,
             model: ScoreModel::new(Duration::from_secs(600)),
             rescue: Some((40.0, Duration::from_secs(60))),
             degraded_below: 70.0,
             recover_above: 80.0,
-        })
+        }
+    }
+
+    fn store(track_max: usize) -> CustomerStore {
+        CustomerStore::new(track_max)
     }
 
     #[test]
     fn degraded_and_recovered_with_hysteresis() {
         let st = store(10);
-        let t = |j, at: u64| st.record("h", &obs(j, "/", at), at).transition;
+        let t = |j, at: u64| st.record("h", &obs(j, "/", at), at, &set()).transition;
         assert_eq!(t(Judgement::Satisfied, 0), None);
         // (1 + 2) / (2 + 2) = 75: not under 70.
         assert_eq!(t(Judgement::Frustrated, 0), None);
@@ -497,10 +671,77 @@ mod tests {
         }
         assert_eq!(seen.iter().filter(|x| x.is_some()).count(), 1, "{seen:?}");
         assert_eq!(seen.iter().flatten().next(), Some(&Transition::Recovered));
-        let s = st.get("h", 0).unwrap().score;
+        let s = st.get("h", 0, &set().model).unwrap().score;
         assert!(s >= 80.0);
         // Hovering between 70 and 80 does not flap.
         assert_eq!(t(Judgement::Frustrated, 0), None);
+    }
+
+    #[test]
+    fn snapshots_restore_and_merge_customers_and_trim_to_a_lower_bound() {
+        let st = store(10);
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            st.record(
+                id,
+                &obs(Judgement::Frustrated, "/x", i as u64),
+                i as u64,
+                &set(),
+            );
+        }
+        let mut out = Vec::new();
+        st.for_each_in_shard(0, |r| out.push(r));
+        assert_eq!(
+            out.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"],
+            "least recently seen first"
+        );
+        let other = store(10);
+        other.record("b", &obs(Judgement::Satisfied, "/y", 10), 10, &set());
+        for r in out.clone() {
+            other.restore(r, 4, &set().model);
+        }
+        assert_eq!(other.len(), 3);
+        let b = other.get("b", 10, &set().model).unwrap();
+        assert_eq!((b.requests, b.frustrated), (2, 1));
+        let paths: Vec<&str> = b.journey.iter().map(|s| s.path().0).collect();
+        assert_eq!(paths, ["/x", "/y"], "journeys merge in time order");
+        assert_eq!(b.first_seen_ms, 1);
+        let c = other.get("c", 10, &set().model).unwrap();
+        let orig = st.get("c", 10, &set().model).unwrap();
+        assert_eq!((c.score, c.requests, c.journey.len()), (orig.score, 1, 1));
+        // Most recently restored is most recently seen: lowering the bound drops "a" then "b".
+        other.set_track_max(1);
+        assert_eq!(other.trim(), 2);
+        assert_eq!(other.len(), 1);
+        assert!(other.get("c", 10, &set().model).is_some());
+        assert!(other.get("a", 10, &set().model).is_none());
+        other.record("d", &obs(Judgement::Satisfied, "/", 11), 11, &set());
+        assert_eq!(other.len(), 1, "the lower bound holds for new customers");
+    }
+
+    #[test]
+    fn trimming_keeps_every_remaining_customer_findable() {
+        let st = store(100_000);
+        for i in 0..20_000u64 {
+            st.record(
+                &format!("c{i}"),
+                &obs(Judgement::Satisfied, "/", i),
+                i,
+                &set(),
+            );
+        }
+        st.set_track_max(5_000);
+        assert_eq!(st.trim(), 15_000);
+        let found = (0..20_000u64)
+            .filter(|i| st.get(&format!("c{i}"), 0, &set().model).is_some())
+            .count();
+        assert_eq!(found, 5_000);
+        for i in 19_000..20_000u64 {
+            assert!(
+                st.get(&format!("c{i}"), 0, &set().model).is_some(),
+                "recent ones stay"
+            );
+        }
     }
 
     fn obs(j: Judgement, path: &str, at: u64) -> Observation {
@@ -524,62 +765,73 @@ mod tests {
     #[test]
     fn records_counters_score_and_journey() {
         let st = store(10);
-        let r = st.record("alice", &obs(Judgement::Satisfied, "/a", 1), 1);
+        let r = st.record("alice", &obs(Judgement::Satisfied, "/a", 1), 1, &set());
         assert!(r.new_customer && !r.evicted && r.score == 100.0);
-        st.record("alice", &obs(Judgement::Frustrated, "/b", 2), 2);
-        let r = st.record("alice", &obs(Judgement::Tolerating, "/c", 3), 3);
+        st.record("alice", &obs(Judgement::Frustrated, "/b", 2), 2, &set());
+        let r = st.record("alice", &obs(Judgement::Tolerating, "/c", 3), 3, &set());
         assert!(!r.new_customer);
         assert_eq!(r.requests, 3);
-        let c = st.get("alice", 3).unwrap();
+        let c = st.get("alice", 3, &set().model).unwrap();
         assert_eq!((c.requests, c.errors, c.frustrated), (3, 1, 1));
         assert_eq!((c.first_seen_ms, c.last_seen_ms), (1, 3));
         // (1 + 0 + 0.5 + prior 2) / (3 + 2)
         assert!((c.score - 70.0).abs() < 0.01, "{}", c.score);
         let paths: Vec<&str> = c.journey.iter().map(|s| s.path().0).collect();
         assert_eq!(paths, ["/a", "/b", "/c"]);
-        assert!(st.get("bob", 3).is_none());
+        assert!(st.get("bob", 3, &set().model).is_none());
     }
 
     #[test]
     fn a_customer_who_falls_below_rescue_is_rescued_for_a_while() {
         let st = store(10);
-        st.record("r", &obs(Judgement::Satisfied, "/", 1_000), 1_000);
-        assert_eq!(st.peek("r", 1_000).map(|p| p.rescued), Some(false));
+        st.record("r", &obs(Judgement::Satisfied, "/", 1_000), 1_000, &set());
+        assert_eq!(
+            st.peek("r", 1_000, &set().model).map(|p| p.rescued),
+            Some(false)
+        );
         for _ in 0..4 {
-            st.record("r", &obs(Judgement::Frustrated, "/", 2_000), 2_000);
+            st.record("r", &obs(Judgement::Frustrated, "/", 2_000), 2_000, &set());
         }
         // (1 + 2) / (5 + 2) = 43: not yet under 40.
-        assert_eq!(st.peek("r", 2_000).map(|p| p.rescued), Some(false));
-        st.record("r", &obs(Judgement::Frustrated, "/", 2_000), 2_000);
-        let p = st.peek("r", 2_000).unwrap();
+        assert_eq!(
+            st.peek("r", 2_000, &set().model).map(|p| p.rescued),
+            Some(false)
+        );
+        st.record("r", &obs(Judgement::Frustrated, "/", 2_000), 2_000, &set());
+        let p = st.peek("r", 2_000, &set().model).unwrap();
         assert!(p.rescued && p.score < 40.0);
-        assert!(st.peek("r", 61_000).unwrap().rescued);
+        assert!(st.peek("r", 61_000, &set().model).unwrap().rescued);
         assert!(
-            !st.peek("r", 62_000).unwrap().rescued,
+            !st.peek("r", 62_000, &set().model).unwrap().rescued,
             "rescue lasts rescue_for"
         );
-        assert!(st.peek("nobody", 0).is_none());
+        assert!(st.peek("nobody", 0, &set().model).is_none());
     }
 
     #[test]
     fn evicts_least_recently_seen_at_the_bound() {
         let st = store(3);
         for (t, id) in ["a", "b", "c"].iter().enumerate() {
-            st.record(id, &obs(Judgement::Satisfied, "/", t as u64), t as u64);
+            st.record(
+                id,
+                &obs(Judgement::Satisfied, "/", t as u64),
+                t as u64,
+                &set(),
+            );
         }
         // Touch "a" so "b" becomes the oldest.
-        st.record("a", &obs(Judgement::Satisfied, "/", 10), 10);
-        let r = st.record("d", &obs(Judgement::Satisfied, "/", 11), 11);
+        st.record("a", &obs(Judgement::Satisfied, "/", 10), 10, &set());
+        let r = st.record("d", &obs(Judgement::Satisfied, "/", 11), 11, &set());
         assert!(r.evicted);
         assert_eq!(st.len(), 3);
         assert_eq!(st.evicted(), 1);
-        assert!(st.get("b", 11).is_none());
+        assert!(st.get("b", 11, &set().model).is_none());
         for id in ["a", "c", "d"] {
-            assert!(st.get(id, 11).is_some(), "{id}");
+            assert!(st.get(id, 11, &set().model).is_some(), "{id}");
         }
-        st.record("e", &obs(Judgement::Satisfied, "/", 12), 12);
-        assert!(st.get("c", 12).is_none());
-        assert!(st.get("e", 12).unwrap().requests == 1);
+        st.record("e", &obs(Judgement::Satisfied, "/", 12), 12, &set());
+        assert!(st.get("c", 12, &set().model).is_none());
+        assert!(st.get("e", 12, &set().model).unwrap().requests == 1);
     }
 
     #[test]
@@ -587,13 +839,18 @@ mod tests {
         let st = store(100_000);
         assert!(st.shards.len() > 1);
         for i in 0..300_000u64 {
-            st.record(&format!("c{i}"), &obs(Judgement::Satisfied, "/", i), i);
+            st.record(
+                &format!("c{i}"),
+                &obs(Judgement::Satisfied, "/", i),
+                i,
+                &set(),
+            );
         }
         assert_eq!(st.len(), 100_000);
         assert_eq!(st.evicted(), 200_000);
         // The most recent are all still there.
         for i in 299_000..300_000u64 {
-            assert!(st.get(&format!("c{i}"), 300_000).is_some());
+            assert!(st.get(&format!("c{i}"), 300_000, &set().model).is_some());
         }
     }
 
@@ -608,28 +865,28 @@ mod tests {
                 } else {
                     Judgement::Satisfied
                 };
-                st.record(&id, &obs(j, "/", 1), 1);
+                st.record(&id, &obs(j, "/", 1), 1, &set());
             }
         }
         // Two requests only: left out however bad.
-        st.record("newbie", &obs(Judgement::Frustrated, "/", 1), 1);
-        st.record("newbie", &obs(Judgement::Frustrated, "/", 1), 1);
-        let w = st.worst(4, 3, 1);
+        st.record("newbie", &obs(Judgement::Frustrated, "/", 1), 1, &set());
+        st.record("newbie", &obs(Judgement::Frustrated, "/", 1), 1, &set());
+        let w = st.worst(4, 3, 1, &set().model);
         assert_eq!(w.len(), 4);
         assert!(w.windows(2).all(|p| p[0].score <= p[1].score));
         assert!(w.iter().all(|c| c.frustrated == 4), "{w:?}");
         assert!(w.iter().all(|c| c.id != "newbie"));
-        assert_eq!(st.worst(0, 1, 1).len(), 0);
+        assert_eq!(st.worst(0, 1, 1, &set().model).len(), 0);
     }
 
     #[test]
     fn summary_counts_buckets_and_threshold() {
         let st = store(10);
-        st.record("ok", &obs(Judgement::Satisfied, "/", 1), 1);
+        st.record("ok", &obs(Judgement::Satisfied, "/", 1), 1, &set());
         for _ in 0..8 {
-            st.record("bad", &obs(Judgement::Frustrated, "/", 1), 1);
+            st.record("bad", &obs(Judgement::Frustrated, "/", 1), 1, &set());
         }
-        let s = st.summary(70.0, 1);
+        let s = st.summary(70.0, 1, &set().model);
         assert_eq!((s.tracked, s.below), (2, 1));
         // "bad" scores 20: in the <= 20 bucket and every one after; "ok" only in <= 100.
         assert_eq!(s.buckets[0], 0);

@@ -12,7 +12,6 @@
 //! skipped is simply not measured or not done.
 
 use super::errors::outcome_of;
-use crate::config::UpstreamId;
 use crate::engine::{wall_ms, Admission, Exchange, Finish, RequestHead, RetryVerdict, Usher};
 use crate::experience::Recorded;
 use crate::measure::Outcome;
@@ -30,35 +29,11 @@ pub const RESERVED_PREFIX: &str = "x-usher-";
 #[derive(Clone)]
 pub struct UsherHooks {
     usher: Arc<Usher>,
-    /// A peer template per upstream and pool, with that pool's timeouts, cloned per request.
-    peers: Arc<Vec<Vec<(UpstreamId, HttpPeer)>>>,
 }
 
 impl UsherHooks {
     pub fn new(usher: Arc<Usher>) -> Self {
-        let cfg = usher.config();
-        let peers = cfg
-            .pools
-            .iter()
-            .map(|pool| {
-                pool.upstreams
-                    .iter()
-                    .map(|&u| {
-                        let mut peer =
-                            HttpPeer::new(cfg.upstreams[u as usize], false, String::new());
-                        peer.options.connection_timeout = Some(pool.connect_timeout);
-                        peer.options.read_timeout = Some(pool.read_timeout);
-                        peer.options.write_timeout = Some(pool.write_timeout);
-                        peer.options.idle_timeout = Some(pool.idle_timeout);
-                        (u, peer)
-                    })
-                    .collect()
-            })
-            .collect();
-        UsherHooks {
-            usher,
-            peers: Arc::new(peers),
-        }
+        UsherHooks { usher }
     }
 
     pub fn usher(&self) -> &Arc<Usher> {
@@ -86,33 +61,32 @@ impl UsherHooks {
     /// protected first try may get a shorter read timeout ([`Usher::try_timeout`]); an embedder that
     /// builds its own peers can ask for the same.
     pub fn upstream_peer(&self, ex: &mut Exchange) -> Result<Box<HttpPeer>> {
-        let route = ex
-            .route()
-            .and_then(|r| self.usher.route_config(r))
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
-        let (main, reserved) = (route.pool, route.reserved_pool);
+        if ex.route().is_none() {
+            return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"));
+        }
         let now = Instant::now();
-        let Some(up) = self.usher.choose_upstream(ex, now, &mut rand::thread_rng()) else {
+        if self
+            .usher
+            .choose_upstream(ex, now, &mut rand::thread_rng())
+            .is_none()
+        {
             return Err(Error::create(
                 ErrorType::ConnectNoRoute,
                 ErrorSource::Upstream,
                 Some("no upstream available in pool".into()),
                 None,
             ));
-        };
-        [Some(main), reserved]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| self.peers.get(p as usize))
-            .find_map(|ps| ps.iter().find(|(u, _)| *u == up))
-            .map(|(_, p)| {
-                let mut peer = Box::new(p.clone());
-                if let Some(t) = self.usher.try_timeout(ex, now) {
-                    peer.options.read_timeout = Some(t);
-                }
-                peer
-            })
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not in pool"))
+        }
+        let try_timeout = self.usher.try_timeout(ex, now);
+        let (addr, pool) = ex
+            .peer()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not in pool"))?;
+        let mut peer = Box::new(HttpPeer::new(addr, false, String::new()));
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        peer.options.read_timeout = Some(try_timeout.unwrap_or(pool.read_timeout));
+        peer.options.write_timeout = Some(pool.write_timeout);
+        peer.options.idle_timeout = Some(pool.idle_timeout);
+        Ok(peer)
     }
 
     /// For embedders that choose upstreams themselves: attributes the attempt to `addr`, so it is
@@ -145,8 +119,11 @@ impl UsherHooks {
                 req.remove_header(&n);
             }
         }
-        if ex.identity().is_some_and(|i| i.untrusted_tier_header) {
-            for n in self.usher.identity_resolver().tier_headers() {
+        if let (Some(g), true) = (
+            ex.generation(),
+            ex.identity().is_some_and(|i| i.untrusted_tier_header),
+        ) {
+            for n in g.identity_resolver().tier_headers() {
                 req.remove_header(n);
             }
         }

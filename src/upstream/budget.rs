@@ -5,24 +5,8 @@
 //! Finagle's `RetryBudget` and Linkerd's defaults (20% extra, 10 retries per second floor, 10 s
 //! window). Counts live in one-second buckets; time is passed in.
 
-use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy)]
-pub struct BudgetSettings {
-    pub ratio: f64,
-    pub min_per_sec: f64,
-    pub window: Duration,
-}
-
-impl Default for BudgetSettings {
-    fn default() -> Self {
-        BudgetSettings {
-            ratio: 0.2,
-            min_per_sec: 10.0,
-            window: Duration::from_secs(10),
-        }
-    }
-}
+pub use crate::settings::BudgetSettings;
+use std::time::Instant;
 
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -33,6 +17,10 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
+    pub fn settings(&self) -> &BudgetSettings {
+        &self.settings
+    }
+
     pub fn new(settings: BudgetSettings, now: Instant) -> Self {
         let n = settings.window.as_secs().max(1) as usize;
         RetryBudget {
@@ -87,6 +75,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn settings() -> BudgetSettings {
         BudgetSettings {

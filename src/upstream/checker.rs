@@ -3,8 +3,9 @@
 //! One round checks every member concurrently, each bounded by the check's timeout; the rise/fall
 //! rule is `active.rs`. The loop that repeats rounds is a background task (`crate::tasks`).
 
+use super::PoolId;
 use super::{HealthEvent, Upstreams};
-use crate::config::{HealthCheck, PoolId};
+use crate::settings::HealthCheck;
 use std::net::SocketAddr;
 
 /// One check of `addr`: true when it answers 2xx or 3xx within the timeout.

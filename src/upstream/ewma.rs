@@ -8,6 +8,7 @@
 //! rule: a failing target must never look healthier than it is). The caller passes `now`; reading
 //! never mutates.
 
+pub use crate::settings::EwmaSettings;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -16,27 +17,6 @@ pub struct PeakEwma {
     estimate: f64,
     at: Instant,
     observed: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct EwmaSettings {
-    /// Time constant of the decay.
-    pub decay: Duration,
-    /// The estimate before any observation.
-    pub default_rtt: Duration,
-    /// What a failure counts as, at least.
-    pub failure_penalty: Duration,
-}
-
-impl Default for EwmaSettings {
-    fn default() -> Self {
-        // linkerd2-proxy's defaults: 10 s decay, 30 ms default RTT.
-        EwmaSettings {
-            decay: Duration::from_secs(10),
-            default_rtt: Duration::from_millis(30),
-            failure_penalty: Duration::from_secs(1),
-        }
-    }
 }
 
 impl PeakEwma {

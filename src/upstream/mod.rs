@@ -1,7 +1,9 @@
 //! Upstreams: their live state (load, passive and active health) and the choice of one for a request.
 //!
-//! Deliberately free of Pingora types: a choice is an [`UpstreamId`], and the proxy turns it into a
-//! peer. Selection, after tower's `p2c` balancer and linkerd2-proxy: everyone gets power-of-two-choices
+//! Deliberately free of Pingora types and of the configuration's: a choice is an [`UpstreamId`] (a
+//! position in one configuration's [`Upstreams`]), and the proxy turns it into a peer. What lasts
+//! across configurations lives in [`Node`]s and the [`Registry`]; an [`Upstreams`] is one
+//! configuration's membership over them. Selection, after tower's `p2c` balancer and linkerd2-proxy: everyone gets power-of-two-choices
 //! over the peak-EWMA cost (`estimate x (in_flight + 1)`); protected traffic gets the single cheapest
 //! healthy upstream; probing upstreams get one ordinary request at a time, and so, every
 //! `sample_interval`, does a serving upstream that balancing has left idle (P2C starves an upstream
@@ -14,27 +16,29 @@
 pub mod active;
 pub mod budget;
 pub mod checker;
-
 pub mod ewma;
+mod node;
 pub mod outlier;
+mod registry;
 
-use crate::config::{Config, PoolId, UpstreamId};
-use active::ActiveState;
-use budget::{BudgetSettings, RetryBudget};
-use ewma::{cost, EwmaSettings, PeakEwma};
+pub use crate::ids::{PoolId, UpstreamId};
+pub use budget::BudgetSettings;
+use budget::RetryBudget;
+use ewma::cost;
+pub use ewma::EwmaSettings;
+pub use node::{HealthRecord, Node};
+use node::{EJECTED, HEALTHY, PROBING};
 pub use outlier::AttemptResult;
-use outlier::{is_latency_outlier, Change, OutlierSettings, Passive, Reason, State};
+pub use outlier::OutlierSettings;
+use outlier::{is_latency_outlier, Change, Reason, State};
 use parking_lot::Mutex;
 use rand::Rng;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub use registry::{PoolSpec, Registry};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const HEALTHY: u8 = 0;
-const PROBING: u8 = 1;
-const EJECTED: u8 = 2;
-
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Settings {
     pub outlier: OutlierSettings,
     pub ewma: EwmaSettings,
@@ -68,42 +72,27 @@ pub enum HealthEvent {
     },
 }
 
-struct Node {
-    in_flight: Arc<AtomicU32>,
-    state: AtomicU8,
-    probe_busy: Arc<AtomicBool>,
-    /// Health checks (one per pool that checks this upstream) currently failing.
-    checks_down: AtomicU32,
-    /// When it was last chosen, in milliseconds since `Upstreams::base`.
-    last_pick_ms: AtomicU64,
-    /// An ejection was suppressed and reported; reported again only after the state changes.
-    suppressed: AtomicBool,
-    inner: Mutex<NodeInner>,
+/// One pool of one configuration: its members and the budget it keeps across configurations.
+pub(crate) struct Pool {
+    pub(crate) name: Arc<str>,
+    pub(crate) members: Vec<UpstreamId>,
+    pub(crate) budget: Arc<Mutex<RetryBudget>>,
 }
 
-struct NodeInner {
-    ewma: PeakEwma,
-    passive: Passive,
-}
-
-struct PoolState {
-    members: Vec<UpstreamId>,
-    budget: Mutex<RetryBudget>,
-    /// Active check state per member, in member order.
-    active: Mutex<Vec<ActiveState>>,
-}
-
+/// One configuration's upstreams: which addresses are in which pool, over nodes that outlast it.
+/// Immutable once built ([`Registry::reconcile`]); everything that changes lives in the nodes.
 pub struct Upstreams {
     settings: Settings,
+    /// The registry's: `last_pick_ms` of a node means the same under every configuration.
     base: Instant,
-    nodes: Vec<Node>,
-    pools: Vec<PoolState>,
+    nodes: Vec<Arc<Node>>,
+    pools: Vec<Pool>,
     /// For each upstream, the pools it is in.
     pools_of: Vec<Vec<PoolId>>,
 }
 
-/// The upstream chosen for one attempt. Holds its in-flight count (and probe slot) until dropped.
-#[derive(Debug)]
+/// The upstream chosen for one attempt. Holds its in-flight count (and probe slot) until dropped,
+/// and its node, so that an upstream removed by a reload meanwhile is still measured.
 pub struct Pick {
     pub upstream: UpstreamId,
     pub pool: PoolId,
@@ -111,15 +100,25 @@ pub struct Pick {
     /// Chosen to sample an upstream that balancing had left idle.
     pub sample: bool,
     pub panic: bool,
-    in_flight: Arc<AtomicU32>,
-    probe_slot: Option<Arc<AtomicBool>>,
+    node: Arc<Node>,
+}
+
+impl std::fmt::Debug for Pick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pick")
+            .field("upstream", &self.node.addr())
+            .field("pool", &self.pool)
+            .field("probe", &self.probe)
+            .field("sample", &self.sample)
+            .finish()
+    }
 }
 
 impl Drop for Pick {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(slot) = &self.probe_slot {
-            slot.store(false, Ordering::Release);
+        self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            self.node.probe_busy.store(false, Ordering::Release);
         }
     }
 }
@@ -138,47 +137,6 @@ pub struct UpstreamView {
 }
 
 impl Upstreams {
-    pub fn new(config: &Config, settings: Settings, now: Instant) -> Self {
-        let nodes = config
-            .upstreams
-            .iter()
-            .map(|_| Node {
-                in_flight: Arc::new(AtomicU32::new(0)),
-                state: AtomicU8::new(HEALTHY),
-                probe_busy: Arc::new(AtomicBool::new(false)),
-                checks_down: AtomicU32::new(0),
-                last_pick_ms: AtomicU64::new(0),
-                suppressed: AtomicBool::new(false),
-                inner: Mutex::new(NodeInner {
-                    ewma: PeakEwma::new(now),
-                    passive: Passive::new(now),
-                }),
-            })
-            .collect();
-        let pools = config
-            .pools
-            .iter()
-            .map(|p| PoolState {
-                members: p.upstreams.clone(),
-                budget: Mutex::new(RetryBudget::new(settings.budget, now)),
-                active: Mutex::new(vec![ActiveState::default(); p.upstreams.len()]),
-            })
-            .collect();
-        let mut pools_of = vec![Vec::new(); config.upstreams.len()];
-        for (pi, p) in config.pools.iter().enumerate() {
-            for &u in &p.upstreams {
-                pools_of[u as usize].push(pi as PoolId);
-            }
-        }
-        Upstreams {
-            settings,
-            base: now,
-            nodes,
-            pools,
-            pools_of,
-        }
-    }
-
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -187,17 +145,43 @@ impl Upstreams {
         self.pools.get(pool as usize).map_or(&[], |p| &p.members)
     }
 
-    fn node(&self, u: UpstreamId) -> &Node {
+    /// The node behind upstream `u` of this configuration.
+    pub fn node(&self, u: UpstreamId) -> &Arc<Node> {
         &self.nodes[u as usize]
     }
 
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The position of the node for `addr` in this configuration.
+    pub fn find(&self, addr: std::net::SocketAddr) -> Option<UpstreamId> {
+        self.nodes
+            .iter()
+            .position(|n| n.addr() == addr)
+            .map(|i| i as UpstreamId)
+    }
+
+    pub fn pool_name(&self, pool: PoolId) -> Option<&str> {
+        self.pools.get(pool as usize).map(|p| &*p.name)
+    }
+
+    /// The pools `u` is in.
+    pub fn pools_of(&self, u: UpstreamId) -> &[PoolId] {
+        self.pools_of.get(u as usize).map_or(&[], |v| v)
+    }
+
     fn active_up(&self, u: UpstreamId) -> bool {
-        self.node(u).checks_down.load(Ordering::Relaxed) == 0
+        self.node(u).active_up()
     }
 
     /// Healthy by both active checks and passive health.
     pub fn serving(&self, u: UpstreamId) -> bool {
-        self.active_up(u) && self.node(u).state.load(Ordering::Relaxed) == HEALTHY
+        self.node(u).serving()
     }
 
     /// Whether [`Self::pick`] could find an upstream of `pool` outside `exclude`: a serving one, or,
@@ -368,8 +352,7 @@ impl Upstreams {
             probe,
             sample,
             panic,
-            in_flight: n.in_flight.clone(),
-            probe_slot: probe.then(|| n.probe_busy.clone()),
+            node: n.clone(),
         }
     }
 
@@ -534,15 +517,12 @@ impl Upstreams {
     ) -> Option<HealthEvent> {
         let p = self.pools.get(pool as usize)?;
         let u = *p.members.get(index)?;
-        let changed = p.active.lock().get_mut(index)?.record(ok, rise, fall)?;
-        let node = self.node(u);
-        if changed {
-            node.checks_down.fetch_sub(1, Ordering::Relaxed);
-            Some(HealthEvent::ActiveUp { upstream: u })
+        let up = self.node(u).record_check(&p.name, ok, rise, fall)?;
+        Some(if up {
+            HealthEvent::ActiveUp { upstream: u }
         } else {
-            node.checks_down.fetch_add(1, Ordering::Relaxed);
-            Some(HealthEvent::ActiveDown { upstream: u })
-        }
+            HealthEvent::ActiveDown { upstream: u }
+        })
     }
 
     /// Counts an original request against `pool`'s retry budget.

@@ -16,63 +16,11 @@
 //! answers 200 after three seconds loses the customer as surely as a 503. This module is one
 //! upstream's state; the pool-wide rules (never eject more than a share of a pool) live in `mod.rs`.
 
+pub use crate::settings::OutlierSettings;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy)]
-pub struct OutlierSettings {
-    pub consecutive_failures: u32,
-    /// Refused or unreachable connections in a row that eject.
-    pub connect_failures: u32,
-    pub failure_rate: f64,
-    /// Attempts seen since (re)admission before the rate and latency rules judge an upstream.
-    pub min_requests: u32,
-    /// How many recent attempts the failure-rate and latency averages weigh (the exponential
-    /// average's weight per attempt is 1/memory).
-    pub memory: u32,
-    pub latency_factor: f64,
-    pub latency_min_delta: Duration,
-    /// Successful answers before the latency rule judges an upstream (or uses it as a peer).
-    pub latency_min_samples: u32,
-    /// A serving upstream that balancing has left alone this long gets one ordinary idempotent
-    /// request, so that evidence about it keeps coming either way.
-    pub sample_interval: Duration,
-    pub base_ejection: Duration,
-    pub max_ejection: Duration,
-    /// Extra ejection time, as a share of the ejection time, drawn at random up to this.
-    pub jitter: f64,
-    pub max_ejected_share: f64,
-    pub probe_successes: u32,
-    pub panic_below: f64,
-}
-
-impl Default for OutlierSettings {
-    fn default() -> Self {
-        OutlierSettings {
-            // Envoy: consecutive_5xx 5, base_ejection_time 30 s, max_ejection_time 300 s,
-            // max_ejection_percent 10 (at least one host), healthy_panic_threshold 50%.
-            consecutive_failures: 5,
-            connect_failures: 1,
-            // Envoy's failure_percentage_threshold is 85%, meant for large fleets; a checkout that
-            // fails one time in four is already losing sales.
-            failure_rate: 0.25,
-            min_requests: 20,
-            memory: 10,
-            latency_factor: 3.0,
-            latency_min_delta: Duration::from_millis(50),
-            latency_min_samples: 5,
-            sample_interval: Duration::from_millis(500),
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
-            jitter: 0.1,
-            max_ejected_share: 0.1,
-            probe_successes: 3,
-            panic_below: 0.5,
-        }
-    }
-}
-
 /// Why an upstream was ejected, with the numbers that decided it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
     ConsecutiveFailures { count: u32 },
     ConnectFailures { count: u32 },
@@ -297,6 +245,13 @@ impl Passive {
         self.consecutive = 0;
         self.consecutive_connect = 0;
         until
+    }
+
+    /// Puts back what a snapshot kept: the state (ejected ones with their end moved to this
+    /// process's clock) and the number of ejections, which sets the next ejection's length.
+    pub fn restore_from(&mut self, state: State, ejections: u32) {
+        self.state = state;
+        self.ejections = ejections;
     }
 
     /// Periodic: ends ejections whose time is up. (The latency rule needs the pool: `mod.rs`.)

@@ -1,25 +1,27 @@
 use super::*;
-use crate::config::Config;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use std::path::Path;
 use AttemptResult::{ConnectFailed, Failed, Ok as Fine};
 
 fn setup(n: usize, outlier: OutlierSettings) -> (Upstreams, Instant) {
-    let ups: Vec<String> = (0..n)
-        .map(|i| format!("\"127.0.0.1:{}\"", 9000 + i))
+    let addrs: Vec<std::net::SocketAddr> = (0..n)
+        .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
         .collect();
-    let text = format!(
-        "[[pools]]\nname = \"p\"\nupstreams = [{}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        ups.join(", ")
-    );
-    let cfg = Config::parse(&text, Path::new(".")).unwrap();
+    let members: Vec<UpstreamId> = (0..n as UpstreamId).collect();
     let now = Instant::now();
     let settings = Settings {
         outlier,
         ..Default::default()
     };
-    (Upstreams::new(&cfg, settings, now), now)
+    let pools = [PoolSpec {
+        name: "p",
+        members: &members,
+        checked: true,
+    }];
+    (
+        Registry::new(now).reconcile(&addrs, &pools, settings, now),
+        now,
+    )
 }
 
 fn ms(v: u64) -> Duration {
@@ -317,4 +319,74 @@ fn failure_rate_and_latency_rules_eject() {
         }
         _ => panic!("{ev:?}"),
     }
+}
+
+#[test]
+fn a_reconcile_keeps_what_is_known_by_address_and_starts_new_addresses_fresh() {
+    let t0 = Instant::now();
+    let reg = Registry::new(t0);
+    let a: std::net::SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let b: std::net::SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let c: std::net::SocketAddr = "127.0.0.1:9002".parse().unwrap();
+    let both = [0, 1];
+    let first = reg.reconcile(
+        &[a, b],
+        &[PoolSpec {
+            name: "p",
+            members: &both,
+            checked: true,
+        }],
+        Settings::default(),
+        t0,
+    );
+    // b is ejected and fails its checks; a pick on a is in flight.
+    feed(&first, 1, 1, ConnectFailed, ms(1), t0);
+    assert!(!first.serving(1));
+    for _ in 0..3 {
+        first.record_check(0, 1, false, 2, 3);
+    }
+    let held = pick(&first, false, &[1], t0, &mut rng()).unwrap();
+    assert_eq!(held.upstream, 0);
+    // The next configuration lists c before b, drops a, and the pool no longer checks.
+    let two = [0, 1];
+    let second = reg.reconcile(
+        &[c, b],
+        &[PoolSpec {
+            name: "p",
+            members: &two,
+            checked: false,
+        }],
+        Settings::default(),
+        t0,
+    );
+    assert_eq!(second.find(b), Some(1));
+    let v = second.view(1, t0);
+    assert_eq!(
+        (v.state, v.ejections),
+        ("ejected", 1),
+        "b kept its ejection"
+    );
+    assert!(
+        v.active_up,
+        "a pool that stopped checking holds nobody down"
+    );
+    assert!(second.serving(0), "c starts fresh");
+    assert!(reg.node(a).is_none(), "a is forgotten");
+    // The request that held a still finishes on it.
+    assert_eq!(first.node(0).in_flight(), 1);
+    drop(held);
+    assert_eq!(first.node(0).in_flight(), 0);
+    // The same address in a later configuration is the same node: b has one ejection on record.
+    let third = reg.reconcile(
+        &[b],
+        &[PoolSpec {
+            name: "q",
+            members: &[0],
+            checked: false,
+        }],
+        Settings::default(),
+        t0,
+    );
+    assert_eq!(third.view(0, t0).ejections, 1);
+    assert!(Arc::ptr_eq(third.node(0), second.node(1)));
 }

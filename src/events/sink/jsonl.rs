@@ -5,7 +5,7 @@
 //! file either takes the write or the disk is broken: there is no spool behind it.
 
 use super::super::model::CloudEvent;
-use crate::metrics::{EventOutcome, SinkMetrics};
+use crate::events::counters::{EventOutcome, SinkMetrics};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ pub async fn run(
     mut file: JsonlFile,
     mut rx: mpsc::Receiver<Arc<CloudEvent>>,
     metrics: SinkMetrics,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let write = |file: &mut JsonlFile, e: &CloudEvent| match file.write(e) {
@@ -110,15 +110,12 @@ pub async fn run(
             _ = tick.tick() => {
                 let _ = file.flush();
             }
-            _ = shutdown.changed() => {
-                while let Ok(e) = rx.try_recv() {
-                    write(&mut file, &e);
-                }
-                break;
-            }
+            _ = stop.changed() => break,
         }
     }
+    super::drain(&mut rx, |e| write(&mut file, e)).await;
     let _ = file.flush();
+    metrics.queue_depth.set(0);
 }
 
 #[cfg(test)]

@@ -5,17 +5,26 @@
 //! first, and batches are delivered from the spool, retried with capped exponential backoff while
 //! the receiver is down. Delivery is at least once; the spool keeps what is not yet acknowledged
 //! across restarts.
+//!
+//! A sink is stopped by its own signal, not the process's: when a reload retires it, or once the
+//! requests in flight at shutdown are done. Then it stops delivering, takes every event still on its
+//! way (its queue closes when the last sender is gone), writes them to its file or spool, and ends;
+//! its successor opens the same file or spool only after that.
 
 pub mod jsonl;
 pub mod nats;
 pub mod spool;
 pub mod webhook;
 
+use super::counters::{EventOutcome, SinkMetrics};
 use super::model::CloudEvent;
-use crate::metrics::{EventOutcome, SinkMetrics};
+use super::DRAIN_WAIT;
+use crate::config::{SinkConfig, SinkKind};
+use crate::defaults;
 use async_trait::async_trait;
 use rand::Rng;
 use spool::Spool;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -29,6 +38,11 @@ pub trait Deliver: Send {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A spool another process still holds (the old one, during a graceful upgrade) is tried again
+/// this often; events wait in the sink's queue meanwhile.
+const SPOOL_BUSY_RETRY: Duration = Duration::from_millis(200);
+/// How long a stopped sink still waits for a spool held by another process.
+const SPOOL_BUSY_GIVE_UP: Duration = Duration::from_secs(10);
 
 fn age_secs(e: &CloudEvent) -> Option<f64> {
     let t = humantime::parse_rfc3339(&e.time).ok()?;
@@ -40,16 +54,146 @@ fn age_secs(e: &CloudEvent) -> Option<f64> {
         .filter(|_| t > UNIX_EPOCH)
 }
 
-/// Runs a remote sink until shutdown: queue -> spool -> receiver.
+/// Runs one sink until it is stopped and has written out what reached it.
+pub async fn run(
+    config: SinkConfig,
+    spool_dir: PathBuf,
+    rx: mpsc::Receiver<Arc<CloudEvent>>,
+    metrics: SinkMetrics,
+    stop: watch::Receiver<bool>,
+) {
+    let name = config.name.clone();
+    match config.kind {
+        SinkKind::Jsonl {
+            path,
+            max_bytes,
+            keep,
+        } => match jsonl::JsonlFile::open(&path, max_bytes, keep) {
+            Ok(f) => jsonl::run(f, rx, metrics, stop).await,
+            Err(e) => {
+                tracing::error!(sink = %name, path = %path.display(), "cannot open the events file, the sink is off: {e}");
+                count_lost(rx, &metrics).await;
+            }
+        },
+        SinkKind::Webhook {
+            url,
+            batch,
+            timeout,
+            max_spool_bytes,
+        } => {
+            let d = webhook::Webhook::new(url, timeout);
+            run_remote(
+                name,
+                d,
+                rx,
+                &spool_dir,
+                max_spool_bytes,
+                batch,
+                metrics,
+                stop,
+            )
+            .await
+        }
+        SinkKind::Nats {
+            url,
+            stream,
+            subject,
+            timeout,
+            max_spool_bytes,
+        } => {
+            let d = nats::Nats::new(url, stream, subject, timeout);
+            let batch = defaults::NATS_BATCH;
+            run_remote(
+                name,
+                d,
+                rx,
+                &spool_dir,
+                max_spool_bytes,
+                batch,
+                metrics,
+                stop,
+            )
+            .await
+        }
+    }
+}
+
+/// A sink that cannot work still takes its events off the queue, so they are counted as lost
+/// rather than silently piling up.
+async fn count_lost(mut rx: mpsc::Receiver<Arc<CloudEvent>>, metrics: &SinkMetrics) {
+    while let Some(e) = rx.recv().await {
+        metrics.count(e.kind, EventOutcome::Dropped);
+    }
+}
+
+/// Takes the events still on their way to a stopped sink: until its queue closes, or nothing came
+/// for [`DRAIN_WAIT`].
+pub(crate) async fn drain(
+    rx: &mut mpsc::Receiver<Arc<CloudEvent>>,
+    mut take: impl FnMut(&CloudEvent),
+) {
+    while let Ok(Some(e)) = tokio::time::timeout(DRAIN_WAIT, rx.recv()).await {
+        take(&e);
+    }
+}
+
+/// Opens the spool, waiting while another process holds it.
+async fn open_spool(
+    name: &str,
+    dir: &Path,
+    max: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Spool> {
+    let mut told = false;
+    let mut give_up: Option<tokio::time::Instant> = None;
+    loop {
+        match Spool::open(dir, max) {
+            Ok(s) => return Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !told {
+                    tracing::info!(sink = %name, dir = %dir.display(), "the spool is held by another process (a graceful upgrade?): waiting for it");
+                    told = true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(sink = %name, dir = %dir.display(), "cannot open the spool, the sink is off: {e}");
+                return None;
+            }
+        }
+        if *stop.borrow() {
+            // Stopped before the spool came free: wait a while longer for it, not for ever.
+            let at =
+                *give_up.get_or_insert_with(|| tokio::time::Instant::now() + SPOOL_BUSY_GIVE_UP);
+            if tokio::time::Instant::now() >= at {
+                tracing::error!(sink = %name, dir = %dir.display(), "the spool stayed held by another process; its queued events are lost");
+                return None;
+            }
+            tokio::time::sleep(SPOOL_BUSY_RETRY).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(SPOOL_BUSY_RETRY) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// Runs a remote sink until stopped: queue -> spool -> receiver.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_remote<D: Deliver>(
     name: String,
     mut deliver: D,
     mut rx: mpsc::Receiver<Arc<CloudEvent>>,
-    mut spool: Spool,
+    spool_dir: &Path,
+    max_spool_bytes: u64,
     batch: usize,
     metrics: SinkMetrics,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
+    let Some(mut spool) = open_spool(&name, spool_dir, max_spool_bytes, &mut stop).await else {
+        count_lost(rx, &metrics).await;
+        return;
+    };
     let mut backoff = BACKOFF_MIN;
     let spool_in = |spool: &mut Spool, e: &CloudEvent| match spool.append(&e.to_json_line()) {
         Ok(true) => {}
@@ -59,8 +203,8 @@ pub async fn run_remote<D: Deliver>(
             tracing::error!(sink = %name, "cannot spool event: {err}");
         }
     };
-    loop {
-        if *shutdown.borrow() {
+    'deliver: loop {
+        if *stop.borrow() {
             break;
         }
         while let Ok(e) = rx.try_recv() {
@@ -76,7 +220,7 @@ pub async fn run_remote<D: Deliver>(
                     Some(e) => spool_in(&mut spool, &e),
                     None => break,
                 },
-                _ = shutdown.changed() => break,
+                _ = stop.changed() => break,
             }
             continue;
         }
@@ -84,7 +228,10 @@ pub async fn run_remote<D: Deliver>(
             Ok(x) => x,
             Err(err) => {
                 tracing::error!(sink = %name, "cannot read the spool: {err}");
-                tokio::time::sleep(BACKOFF_MAX).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                    _ = stop.changed() => {}
+                }
                 continue;
             }
         };
@@ -118,24 +265,17 @@ pub async fn run_remote<D: Deliver>(
                         _ = &mut sleep => break,
                         e = rx.recv() => match e {
                             Some(e) => spool_in(&mut spool, &e),
-                            None => break,
+                            None => break 'deliver,
                         },
-                        _ = shutdown.changed() => {
-                            while let Ok(e) = rx.try_recv() {
-                                spool_in(&mut spool, &e);
-                            }
-                            let _ = spool.flush();
-                            return;
-                        }
+                        _ = stop.changed() => break 'deliver,
                     }
                 }
             }
         }
     }
-    // Shutting down: whatever is still queued goes to disk for the next process.
-    while let Ok(e) = rx.try_recv() {
-        spool_in(&mut spool, &e);
-    }
+    // Stopped: whatever is queued or still on its way goes to disk for the successor.
+    drain(&mut rx, |e| spool_in(&mut spool, e)).await;
     let _ = spool.flush();
     metrics.spool_bytes.set(spool.pending_bytes() as i64);
+    metrics.queue_depth.set(0);
 }

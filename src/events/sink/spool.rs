@@ -6,6 +6,11 @@
 //!
 //! Segments of up to 4 MiB (`0000000001.jsonl`, ...) are deleted once delivered past. A line that
 //! does not parse (a write cut short by a crash) is skipped and counted.
+//!
+//! One process at a time: opening takes an exclusive lock on the folder (`lock`, an advisory file
+//! lock the kernel drops when the process ends, `kill -9` included), so two sinks, or an old and a
+//! new process during a graceful upgrade, never write one spool at once; the second is told
+//! `WouldBlock` and waits.
 
 use super::super::model::CloudEvent;
 use std::fs::{self, File, OpenOptions};
@@ -14,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 const SEGMENT_MAX: u64 = 4 << 20;
 const CURSOR: &str = "cursor";
+const LOCK: &str = "lock";
 
 /// A place in the spool: segment number and byte offset within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +29,8 @@ pub struct Position {
 }
 
 pub struct Spool {
+    /// Held while the spool is open; dropping it releases the lock.
+    _lock: File,
     dir: PathBuf,
     max_bytes: u64,
     writer: BufWriter<File>,
@@ -49,8 +57,24 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 }
 
 impl Spool {
+    /// Opens the spool in `dir`; `WouldBlock` when another process has it open.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another process", dir.display()),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
         let segs = segments(dir)?;
         let cursor = fs::read_to_string(dir.join(CURSOR)).ok().and_then(|c| {
             let (s, o) = c.trim().split_once(' ')?;
@@ -89,6 +113,7 @@ impl Spool {
             };
         }
         Ok(Spool {
+            _lock: lock,
             dir: dir.to_path_buf(),
             max_bytes,
             writer: BufWriter::new(file),
@@ -267,6 +292,16 @@ mod tests {
         s.commit(pos).unwrap();
         assert!(s.is_empty());
         assert_eq!(s.peek(10).unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let busy = Spool::open(dir.path(), 1 << 20).err().unwrap();
+        assert_eq!(busy.kind(), io::ErrorKind::WouldBlock);
+        drop(s);
+        Spool::open(dir.path(), 1 << 20).unwrap();
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! Settings shared by the configuration (which validates and fills them) and by the code that runs
+//! on them (upstream health, balancing, retry budgets). Plain values with defaults from
+//! [`crate::defaults`]; a leaf beside it, so that `config` and `upstream` both import these and
+//! neither imports the other.
+
+use crate::defaults as d;
+use std::time::Duration;
+
+/// Passive health: when real traffic ejects an upstream, and how it comes back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierSettings {
+    pub consecutive_failures: u32,
+    /// Refused or unreachable connections in a row that eject.
+    pub connect_failures: u32,
+    pub failure_rate: f64,
+    /// Attempts seen since (re)admission before the rate and latency rules judge an upstream.
+    pub min_requests: u32,
+    /// How many recent attempts the failure-rate and latency averages weigh (the exponential
+    /// average's weight per attempt is 1/memory).
+    pub memory: u32,
+    pub latency_factor: f64,
+    pub latency_min_delta: Duration,
+    /// Successful answers before the latency rule judges an upstream (or uses it as a peer).
+    pub latency_min_samples: u32,
+    /// A serving upstream that balancing has left alone this long gets one ordinary idempotent
+    /// request, so that evidence about it keeps coming either way.
+    pub sample_interval: Duration,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Extra ejection time, as a share of the ejection time, drawn at random up to this.
+    pub jitter: f64,
+    pub max_ejected_share: f64,
+    pub probe_successes: u32,
+    pub panic_below: f64,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        OutlierSettings {
+            consecutive_failures: d::CONSECUTIVE_FAILURES as u32,
+            connect_failures: d::CONNECT_FAILURES as u32,
+            failure_rate: d::FAILURE_RATE,
+            min_requests: d::OUTLIER_MIN_REQUESTS as u32,
+            memory: d::MEMORY as u32,
+            latency_factor: d::LATENCY_FACTOR,
+            latency_min_delta: d::LATENCY_MIN_DELTA,
+            latency_min_samples: d::LATENCY_MIN_SAMPLES as u32,
+            sample_interval: d::SAMPLE_INTERVAL,
+            base_ejection: d::BASE_EJECTION,
+            max_ejection: d::MAX_EJECTION,
+            jitter: d::JITTER,
+            max_ejected_share: d::MAX_EJECTED_SHARE,
+            probe_successes: d::PROBE_SUCCESSES as u32,
+            panic_below: d::PANIC_BELOW,
+        }
+    }
+}
+
+/// The peak-EWMA latency estimate behind balancing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EwmaSettings {
+    /// Time constant of the decay.
+    pub decay: Duration,
+    /// The estimate before any observation.
+    pub default_rtt: Duration,
+    /// What a failure counts as, at least.
+    pub failure_penalty: Duration,
+}
+
+impl Default for EwmaSettings {
+    fn default() -> Self {
+        EwmaSettings {
+            decay: d::DECAY,
+            default_rtt: d::DEFAULT_RTT,
+            failure_penalty: d::FAILURE_PENALTY,
+        }
+    }
+}
+
+/// The retry budget of a pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSettings {
+    pub ratio: f64,
+    pub min_per_sec: f64,
+    pub window: Duration,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        BudgetSettings {
+            ratio: d::BUDGET_RATIO,
+            min_per_sec: d::BUDGET_MIN_PER_SEC,
+            window: d::BUDGET_WINDOW,
+        }
+    }
+}
+
+/// An active health check: GET `path` every `interval`, 2xx/3xx within `timeout` is good; `rise`
+/// good ones in a row bring an upstream back, `fall` bad ones take it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}

@@ -1,0 +1,404 @@
+//! What usher learned, written to disk when it stops and read back when it starts, so that a
+//! restart (or a graceful upgrade) keeps every customer's score and journey, funnels in progress
+//! (a pending abandonment is still reported), cooldowns, objective windows and upstream ejections.
+//!
+//! Streamed both ways: the store is written one shard at a time (each shard encoded under its lock,
+//! written after it), never copied whole, and read record by record. The file is bounded by
+//! `experience.track_max` customers. Ids in the file (routes, tiers, funnels and upstream
+//! addresses of journey steps) are the writing process's interned ids, so the names tables go first
+//! and every id is mapped to this process's on the way in: a step names its route even if this
+//! configuration has no such route. Loading merges into what is already known (see
+//! `CustomerStore::restore`), so the same code serves a fresh start and an upgrade's hand-over.
+//!
+//! What it is not: a journal. What happens between the last snapshot and a `kill -9` is lost.
+
+mod frame;
+
+pub use frame::FrameError;
+
+use crate::engine::Usher;
+use crate::events::funnels::Progress;
+use crate::events::EventType;
+use crate::experience::{CustomerRecord, Score, Step};
+use crate::upstream::HealthRecord;
+use compact_str::CompactString;
+use frame::{FrameReader, FrameWriter};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The snapshot's name in `state.dir`.
+pub const FILE: &str = "usher.snapshot";
+
+const HEADER: u8 = 1;
+const NAMES: u8 = 2;
+const CUSTOMER: u8 = 3;
+const FUNNEL: u8 = 4;
+const COOLDOWN: u8 = 5;
+const ROUTE: u8 = 6;
+const UPSTREAM: u8 = 7;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    written_ms: u64,
+    pid: u32,
+    usher: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Names {
+    routes: Vec<String>,
+    tiers: Vec<String>,
+    funnels: Vec<String>,
+    addrs: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Customer {
+    id: CompactString,
+    tier: u8,
+    good: f32,
+    weight: f32,
+    at_ms: u64,
+    first_seen_ms: u64,
+    requests: u32,
+    errors: u32,
+    frustrated: u32,
+    rescued_until_s: u32,
+    degraded: bool,
+    /// Journey steps, oldest first, 48 bytes each.
+    #[serde(with = "serde_bytes")]
+    steps: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Funnel {
+    funnel: u16,
+    customer: CompactString,
+    furthest: u8,
+    tier: u8,
+    entered_ms: u64,
+    last_ms: u64,
+    errors: u16,
+    frustrated: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cooldown {
+    kind: EventType,
+    subject: CompactString,
+    at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Route {
+    name: String,
+    /// (minute, good, total)
+    slo: Vec<(u64, u32, u32)>,
+    alerted: [u64; 2],
+}
+
+#[derive(Serialize, Deserialize)]
+struct Upstream {
+    addr: String,
+    health: HealthRecord,
+}
+
+/// What [`write`] wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    pub customers: u64,
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// What [`load`] read.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub customers: u64,
+    pub funnels: u64,
+    pub cooldowns: u64,
+    pub routes: u64,
+    pub upstreams: u64,
+    /// Unix milliseconds when it was written, and by which process.
+    pub written_ms: u64,
+    pub pid: u32,
+    pub took: Duration,
+}
+
+/// Where the configuration in force keeps its snapshot.
+pub fn path_of(usher: &Usher) -> PathBuf {
+    usher.generation().config.state.dir.join(FILE)
+}
+
+/// Writes everything worth keeping to `path` (atomically: a crash leaves the previous file).
+/// Blocking, and seconds at a million customers: run it off the request path.
+pub fn write(usher: &Usher, path: &Path) -> std::io::Result<Written> {
+    let started = Instant::now();
+    let st = usher.state();
+    let g = usher.generation();
+    let mut w = FrameWriter::create(path)?;
+    w.write(
+        HEADER,
+        &Header {
+            written_ms: crate::time::wall_ms(),
+            pid: std::process::id(),
+            usher: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    )?;
+    let strings = |v: Vec<Arc<str>>| v.iter().map(|s| s.to_string()).collect();
+    w.write(
+        NAMES,
+        &Names {
+            routes: strings(st.route_names.all()),
+            tiers: strings(st.tier_names.all()),
+            funnels: strings(st.funnel_names.all()),
+            addrs: st
+                .upstreams
+                .addrs()
+                .all()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        },
+    )?;
+    let mut customers = 0u64;
+    let mut buf = Vec::new();
+    for shard in 0..st.store.shards() {
+        buf.clear();
+        let mut n = 0u64;
+        let mut failed = None;
+        st.store.for_each_in_shard(shard, |c| {
+            let (good, weight, at_ms) = c.score.parts();
+            let rec = Customer {
+                id: c.id,
+                tier: c.tier,
+                good,
+                weight,
+                at_ms,
+                first_seen_ms: c.first_seen_ms,
+                requests: c.requests,
+                errors: c.errors,
+                frustrated: c.frustrated,
+                rescued_until_s: c.rescued_until_s,
+                degraded: c.degraded,
+                steps: c.journey.iter().flat_map(|s| s.to_bytes()).collect(),
+            };
+            match FrameWriter::encode(&mut buf, CUSTOMER, &rec) {
+                Ok(()) => n += 1,
+                Err(e) => failed = Some(e),
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        w.write_encoded(&buf, n)?;
+        customers += n;
+    }
+    for (funnel, customer, p) in st.events.funnels.entries() {
+        w.write(
+            FUNNEL,
+            &Funnel {
+                funnel,
+                customer,
+                furthest: p.furthest,
+                tier: p.tier,
+                entered_ms: p.entered_ms,
+                last_ms: p.last_ms,
+                errors: p.errors,
+                frustrated: p.frustrated,
+            },
+        )?;
+    }
+    for (kind, subject, at_ms) in st.events.cooldown().entries() {
+        w.write(
+            COOLDOWN,
+            &Cooldown {
+                kind,
+                subject,
+                at_ms,
+            },
+        )?;
+    }
+    for (r, rs) in g.config.routes.iter().zip(&g.route_states) {
+        w.write(
+            ROUTE,
+            &Route {
+                name: r.name.clone(),
+                slo: rs.slo.lock().entries(),
+                alerted: *rs.slo_alerted.lock(),
+            },
+        )?;
+    }
+    let now = Instant::now();
+    for u in 0..g.upstreams().len() as u16 {
+        let node = g.upstreams().node(u);
+        if let Some(health) = node.health_record(now) {
+            w.write(
+                UPSTREAM,
+                &Upstream {
+                    addr: node.addr().to_string(),
+                    health,
+                },
+            )?;
+        }
+    }
+    let bytes = w.finish()?;
+    Ok(Written {
+        path: path.to_path_buf(),
+        customers,
+        bytes,
+        took: started.elapsed(),
+    })
+}
+
+/// When and by whom the snapshot at `path` was written, if it is one (its header only; nothing
+/// else is checked).
+pub fn written_by(path: &Path) -> Option<(u64, u32)> {
+    let mut r = FrameReader::open(path).ok()?;
+    let mut buf = Vec::new();
+    match r.next_record(&mut buf).ok()? {
+        Some(HEADER) => frame::decode::<Header>(&buf)
+            .ok()
+            .map(|h| (h.written_ms, h.pid)),
+        _ => None,
+    }
+}
+
+/// Reads the snapshot at `path` into usher's state, merged with what is already known. The whole
+/// file is checked first: a snapshot that is cut short, corrupt or of another format is refused
+/// and nothing of it is taken. Blocking.
+pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
+    let started = Instant::now();
+    frame::verify(path)?;
+    let st = usher.state();
+    let g = usher.generation();
+    let journey_len = g.store_settings().journey_len;
+    let model = g.store_settings().model;
+    let max_funnels = g.config.events.funnel_track_max;
+    let mut out = Loaded::default();
+    let mut r = FrameReader::open(path)?;
+    let mut buf = Vec::new();
+    // The writer's ids, mapped to this process's.
+    let mut routes: Vec<Option<u16>> = Vec::new();
+    let mut tiers: Vec<u8> = Vec::new();
+    let mut funnels: Vec<Option<u16>> = Vec::new();
+    let mut addrs: Vec<Option<u16>> = Vec::new();
+    let now = Instant::now();
+    while let Some(kind) = r.next_record(&mut buf)? {
+        match kind {
+            HEADER => {
+                let h: Header = frame::decode(&buf)?;
+                out.written_ms = h.written_ms;
+                out.pid = h.pid;
+            }
+            NAMES => {
+                let n: Names = frame::decode(&buf)?;
+                let intern =
+                    |names: &crate::names::Interner<Arc<str>>, v: &[String]| -> Vec<Option<u16>> {
+                        v.iter()
+                            .map(|s| names.intern(&Arc::from(s.as_str())))
+                            .collect()
+                    };
+                routes = intern(&st.route_names, &n.routes);
+                funnels = intern(&st.funnel_names, &n.funnels);
+                tiers = intern(&st.tier_names, &n.tiers)
+                    .into_iter()
+                    .map(|t| t.map_or(u8::MAX, |t| t as u8))
+                    .collect();
+                addrs = n
+                    .addrs
+                    .iter()
+                    .map(|a| a.parse().ok().and_then(|a| st.upstreams.addrs().intern(&a)))
+                    .collect();
+            }
+            CUSTOMER => {
+                let c: Customer = frame::decode(&buf)?;
+                let Some(score) = Score::from_parts(c.good, c.weight, c.at_ms) else {
+                    return Err(FrameError::Corrupt(format!(
+                        "customer {:?} has an impossible score",
+                        c.id
+                    )));
+                };
+                let map = |ids: &[Option<u16>], id: Option<u16>| {
+                    id.and_then(|i| ids.get(i as usize).copied().flatten())
+                };
+                let journey = c
+                    .steps
+                    .chunks_exact(crate::experience::journey::STEP_BYTES)
+                    .filter_map(|b| Step::from_bytes(b.try_into().ok()?))
+                    .map(|s| s.relabel(|r, u| (map(&routes, r), map(&addrs, u))))
+                    .collect();
+                let evicted = st.store.restore(
+                    CustomerRecord {
+                        id: c.id,
+                        tier: tiers.get(c.tier as usize).copied().unwrap_or(u8::MAX),
+                        score,
+                        first_seen_ms: c.first_seen_ms,
+                        requests: c.requests,
+                        errors: c.errors,
+                        frustrated: c.frustrated,
+                        rescued_until_s: c.rescued_until_s,
+                        degraded: c.degraded,
+                        journey,
+                    },
+                    journey_len,
+                    &model,
+                );
+                if evicted {
+                    st.metrics.customers_evicted.inc();
+                }
+                out.customers += 1;
+            }
+            FUNNEL => {
+                let f: Funnel = frame::decode(&buf)?;
+                if let Some(id) = funnels.get(f.funnel as usize).copied().flatten() {
+                    let p = Progress {
+                        furthest: f.furthest,
+                        tier: tiers.get(f.tier as usize).copied().unwrap_or(u8::MAX),
+                        entered_ms: f.entered_ms,
+                        last_ms: f.last_ms,
+                        errors: f.errors,
+                        frustrated: f.frustrated,
+                    };
+                    st.events.funnels.restore(id, f.customer, p, max_funnels);
+                    out.funnels += 1;
+                }
+            }
+            COOLDOWN => {
+                let c: Cooldown = frame::decode(&buf)?;
+                st.events.cooldown().restore(c.kind, c.subject, c.at_ms);
+                out.cooldowns += 1;
+            }
+            ROUTE => {
+                let rt: Route = frame::decode(&buf)?;
+                if let Some(rs) = st.route(&rt.name) {
+                    let mut w = rs.slo.lock();
+                    for (m, good, total) in rt.slo {
+                        w.restore(m, good, total);
+                    }
+                    let mut a = rs.slo_alerted.lock();
+                    for (mine, theirs) in a.iter_mut().zip(rt.alerted) {
+                        *mine = (*mine).max(theirs);
+                    }
+                    out.routes += 1;
+                }
+            }
+            UPSTREAM => {
+                let u: Upstream = frame::decode(&buf)?;
+                let node = u.addr.parse().ok().and_then(|a| st.upstreams.node(a));
+                if let Some(node) = node {
+                    node.restore_health(&u.health, now);
+                    out.upstreams += 1;
+                }
+            }
+            // A record kind this version does not know: a newer writer's addition, skipped.
+            _ => {}
+        }
+    }
+    g.refresh_upstream_states(now);
+    out.took = started.elapsed();
+    Ok(out)
+}
