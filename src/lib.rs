@@ -6,9 +6,9 @@
 //! Layout follows the request's path through the proxy, one way only:
 //! [`identity`] (who) -> [`routing`] (which route) -> [`upstream`] (which server) -> [`measure`] (what
 //! happened) -> [`experience`] (what it did to the customer) and [`stats`]/[`metrics`] (what it did to
-//! the aggregates). [`engine`] wires them as plain Rust, keeping what a configuration decides (a
-//! [`engine::Generation`], swapped whole on reload) apart from what usher learns (the
-//! [`engine::State`], which lasts, and which [`snapshot`] carries across restarts). Leaf modules hold
+//! the aggregates). What a configuration decides is a [`generation`] (compiled once, swapped whole on
+//! reload); what usher learns is the [`state`] (it lasts, keyed by names and addresses, and
+//! [`snapshot`] carries it across restarts). [`engine`] wires them as plain Rust. Leaf modules hold
 //! the shared vocabulary and import no other part of usher: [`ids`], [`names`], [`settings`],
 //! [`defaults`], [`time`], [`matchers`]. [`proxy`] is the only module that knows
 //! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
@@ -23,6 +23,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod experience;
+pub mod generation;
 pub mod identity;
 pub mod ids;
 pub mod matchers;
@@ -37,6 +38,7 @@ pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod snapshot;
+pub mod state;
 pub mod stats;
 pub mod tasks;
 pub mod time;

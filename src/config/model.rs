@@ -6,7 +6,7 @@
 //! the TOML can change shape without touching the request path.
 //!
 //! The ids below are positions in *this* configuration's vectors: a configuration is compiled and
-//! swapped whole (`crate::engine::Generation`), so inside one they are stable. Nothing that outlives a
+//! swapped whole (`crate::generation::Generation`), so inside one they are stable. Nothing that outlives a
 //! configuration (customers, upstream health, statistics) is keyed by them: that state is keyed by
 //! names and addresses.
 

@@ -45,6 +45,9 @@ const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_ROUTES: usize = 10_000;
 const MAX_UPSTREAMS: usize = 10_000;
 
+/// Longest Unix socket path (`sun_path` holds 108 bytes with its terminating zero).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Upper bounds that keep per-customer state and index types in range.
 const MAX_JOURNEY_LEN: i64 = 255;
 const MAX_TIERS: usize = 255;
@@ -113,6 +116,18 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let state = StateConfig {
         dir: base_dir.join(state.dir.as_deref().unwrap_or(d::STATE_DIR)),
     };
+    // The graceful upgrade's socket lives there, and a socket path has a hard length limit.
+    let sock = state.dir.join("upgrade.sock");
+    if sock.as_os_str().len() > MAX_SOCKET_PATH {
+        errs.push(
+            "state.dir",
+            format!(
+                "{} is too long for the upgrade socket inside it ({} bytes, at most {MAX_SOCKET_PATH}); use a shorter path",
+                state.dir.display(),
+                sock.as_os_str().len()
+            ),
+        );
+    }
 
     if errs.0.is_empty() {
         Ok(Config {

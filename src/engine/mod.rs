@@ -11,15 +11,13 @@
 //! Pingora; `crate::proxy` adapts its phases to these calls. Time is passed in by the caller.
 
 mod exchange;
-mod generation;
 mod notify;
 mod reload;
-mod state;
 
+pub use crate::generation::{Generation, Source};
+pub use crate::state::{InFlight, RouteState, State};
 pub use exchange::{Admission, Exchange, Finish, RequestHead, RetryVerdict};
-pub use generation::{Generation, Source};
 pub use reload::{ReloadError, Reloaded};
-pub use state::{InFlight, RouteState, State};
 
 use crate::config::Config;
 use crate::experience::{Judgement, Observation, Recorded, Step};

@@ -5,7 +5,8 @@
 //! configuration; names are interned ([`crate::names`]) so that what is stored stays small and keeps
 //! meaning the same thing after the configuration that named it is gone.
 //!
-//! What a configuration decides is the [`super::Generation`]; it is compiled against this state.
+//! What a configuration decides is the [`crate::generation::Generation`]; it is compiled against
+//! this state.
 
 use crate::events::slo::SloWindow;
 use crate::events::Events;

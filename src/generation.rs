@@ -8,7 +8,7 @@
 //! generation drops it. As pingap keeps its locations in `ArcSwap` maps and Pingora's
 //! `LoadBalancer` its selector in an `ArcSwap`.
 
-use super::state::{RouteState, State};
+use crate::state::{RouteState, State};
 use crate::config::{Config, TierId};
 use crate::events::funnels::FunnelDef;
 use crate::experience::{ScoreModel, StoreSettings};
