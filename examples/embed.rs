@@ -1,9 +1,11 @@
 //! A custom Pingora proxy that embeds usher as a plugin.
 //!
 //! The proxy keeps its own `Server`, its own CTX type and its own upstream selection (Pingora's
-//! round-robin `LoadBalancer`), filtered by usher's passive health; usher identifies customers,
-//! measures every request, chooses the upstream for protected customers, decides retries and serves
-//! its admin API. Run it with a usher config whose pools list the same upstreams:
+//! round-robin `LoadBalancer`), filtered by usher's health: an upstream usher has ejected, or that
+//! this request already tried, is skipped. Protected customers (a gold tier on a critical route)
+//! get usher's own choice: the cheapest healthy upstream. usher identifies customers, measures
+//! every request, decides retries and serves its admin API. Run it with a usher config whose pools
+//! list the same upstreams:
 //!
 //! ```text
 //! cargo run --example embed -- config/embed.toml
@@ -58,15 +60,22 @@ impl ProxyHttp for ShopProxy {
         ctx: &mut ShopCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
-        let backend = self
-            .upstreams
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream"))?;
-        let addr = backend
-            .addr
-            .as_inet()
-            .copied()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "not an inet upstream"))?;
+        // Protected customers get usher's choice: the healthiest upstream, the reserved pool first.
+        if ctx.usher.protection().is_some() {
+            return self.usher.upstream_peer(&mut ctx.usher);
+        }
+        // Everyone else: this proxy's own round robin, skipping what usher says not to use.
+        let chosen = self.upstreams.select_with(b"", 256, |backend, healthy| {
+            healthy
+                && backend
+                    .addr
+                    .as_inet()
+                    .is_some_and(|a| self.usher.accepts(&ctx.usher, *a))
+        });
+        let Some(addr) = chosen.and_then(|b| b.addr.as_inet().copied()) else {
+            // Nothing acceptable left in this balancer: let usher choose (panic mode included).
+            return self.usher.upstream_peer(&mut ctx.usher);
+        };
         // Tell usher which upstream this proxy chose, so the measurement is attributed to it.
         self.usher.attribute_upstream(&mut ctx.usher, addr);
         Ok(Box::new(HttpPeer::new(addr, false, String::new())))

@@ -98,11 +98,15 @@ target = "30ms"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedding_proxy_gets_usher_health_retries_and_protection() {
+async fn the_embedders_balancer_skips_what_usher_ejected_and_protected_customers_get_ushers_choice()
+{
     let dir = tempfile::tempdir().unwrap();
-    let a = Origin::start_local("a").await.unwrap();
-    let b = Origin::start_local("b").await.unwrap();
-    let dead = dead_addr();
+    let fast = Origin::start_local("fast").await.unwrap();
+    let slower = Origin::start_local("slower").await.unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    // Slower, but not enough to be ejected (the latency rule wants 50 ms more than the rest).
+    slower.behavior.set_delay(Duration::from_millis(20));
+    broken.behavior.set_failure_ratio(1.0);
     let cfg = config(
         &format!(
             r#"
@@ -122,7 +126,7 @@ match = {{ path_prefix = "/checkout" }}
 pool = "shop"
 critical = true
 "#,
-            dead, a.addr, b.addr
+            fast.addr, slower.addr, broken.addr
         ),
         dir.path(),
     );
@@ -131,38 +135,53 @@ critical = true
     let (server, usher) = embed::build_server(cfg, listen);
     let running = usher::server::spawn_server(server, usher, &[listen, admin]).unwrap();
     let c = client();
+    let send = |who: &'static str, tier: Option<&'static str>| {
+        let c = c.clone();
+        async move {
+            let mut h = vec![("x-customer-id", who)];
+            if let Some(t) = tier {
+                h.push(("x-customer-tier", t));
+            }
+            get(&c, format!("http://{listen}/checkout"), &h).await.0
+        }
+    };
 
-    // The embedder's round robin reaches the dead upstream: usher ejects it on the refused
-    // connection, grants a retry, and the balancer's accept filter skips it from then on.
-    for i in 0..12 {
-        let (s, _) = get(
-            &c,
-            format!("http://{listen}/checkout"),
-            &[("x-customer-id", "sam")],
-        )
-        .await;
-        assert_eq!(s, 200, "request {i}");
+    // Round robin reaches the broken origin; each 503 is retried elsewhere, so the customer sees
+    // none of them, and five in a row get it ejected.
+    for i in 0..30 {
+        assert_eq!(send("sam", None).await, 200, "request {i}");
     }
     let ups = json(&c, format!("http://{admin}/upstreams")).await;
-    let d = ups["upstreams"]
+    let b = ups["upstreams"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|u| u["address"] == dead.to_string())
-        .unwrap();
-    assert_eq!(d["state"], "ejected", "{d}");
-    assert_eq!(d["why"]["rule"], "connect_failure");
+        .find(|u| u["address"] == broken.addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(b["state"], "ejected", "{b}");
+    assert_eq!(b["why"]["rule"], "consecutive_failures");
+    assert_eq!(broken.behavior.requests(), 5, "ejected after five failures in a row");
 
-    // A protected customer is routed by usher itself: the cheapest healthy upstream.
-    for _ in 0..5 {
-        let (s, _) = get(
-            &c,
-            format!("http://{listen}/checkout"),
-            &[("x-customer-id", "gia"), ("x-customer-tier", "gold")],
-        )
-        .await;
-        assert_eq!(s, 200);
+    // From now on the embedder's own balancer never picks it: it gets nothing.
+    let (f0, s0) = (fast.behavior.requests(), slower.behavior.requests());
+    for i in 0..40 {
+        assert_eq!(send("sam", None).await, 200, "request {i}");
     }
+    assert_eq!(broken.behavior.requests(), 5, "an ejected upstream gets nothing");
+    let (f1, s1) = (fast.behavior.requests(), slower.behavior.requests());
+    assert_eq!((f1 - f0) + (s1 - s0), 40, "one attempt each, no retries needed");
+    assert!(f1 - f0 >= 15 && s1 - s0 >= 15, "round robin over the two left: {} and {}", f1 - f0, s1 - s0);
+
+    // A protected customer is routed by usher itself: the cheapest healthy upstream, every time,
+    // where round robin would have sent half to the slower one.
+    for _ in 0..10 {
+        assert_eq!(send("gia", Some("gold")).await, 200);
+    }
+    assert_eq!(fast.behavior.requests(), f1 + 10, "usher's choice: the fast origin");
+    assert_eq!(slower.behavior.requests(), s1);
+    assert_eq!(broken.behavior.requests(), 5);
+
     let (_, metrics) = get(&c, format!("http://{admin}/metrics"), &[]).await;
     assert_eq!(
         sample(
@@ -170,8 +189,12 @@ critical = true
             "usher_protected_requests_total",
             &[("why", "tier_on_critical")]
         ),
-        Some(5.0)
+        Some(10.0)
     );
-    assert!(sample(&metrics, "usher_retries_total", &[("outcome", "succeeded")]).unwrap() >= 1.0);
+    assert_eq!(
+        sample(&metrics, "usher_retries_total", &[("outcome", "succeeded")]),
+        Some(5.0),
+        "each 503 of the broken origin was retried once, successfully"
+    );
     running.stop();
 }

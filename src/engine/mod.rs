@@ -212,7 +212,14 @@ impl Usher {
     /// to it and its result feeds that upstream's health. Addresses usher does not know are recorded
     /// as no upstream.
     pub fn attribute_upstream(&self, ex: &mut Exchange, addr: SocketAddr, now: Instant) {
-        let up = ex.gen.as_deref().and_then(|g| g.upstreams.find(addr));
+        let Some(g) = ex.gen.as_deref() else { return };
+        let first = ex.attempt.is_none() && ex.tried.as_slice().is_empty();
+        if let (true, Some(route)) = (first, ex.route.and_then(|r| g.config.routes.get(r as usize))) {
+            // The retry budget is a share of original requests: count this one, as usher's own
+            // choice does.
+            g.upstreams.count_request(route.pool, now);
+        }
+        let up = g.upstreams.find(addr);
         ex.attempt = Some(Attempt {
             upstream: up,
             _pick: None,
