@@ -8,13 +8,13 @@
 //! generation drops it. As pingap keeps its locations in `ArcSwap` maps and Pingora's
 //! `LoadBalancer` its selector in an `ArcSwap`.
 
-use crate::state::{RouteState, State};
 use crate::config::{Config, TierId};
 use crate::events::funnels::FunnelDef;
 use crate::experience::{ScoreModel, StoreSettings};
 use crate::identity::IdentityResolver;
 use crate::metrics::GenMetrics;
 use crate::routing::RouteTable;
+use crate::state::{RouteState, State};
 use crate::upstream::{PoolSpec, Settings, UpstreamId, Upstreams};
 use http::HeaderValue;
 use std::path::PathBuf;

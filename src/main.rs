@@ -161,12 +161,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config, upgrade } => {
             let (cfg, text) = Config::load_with_text(&config)
                 .map_err(|errs| anyhow::anyhow!("{} is not valid:\n{errs}", config.display()))?;
-            let source = usher::engine::Source::of_text(
-                Some(config.clone()),
-                &text,
-                usher::time::wall_ms(),
-                "start",
-            );
+            // Absolute, so that /config says which file, and a reload finds it whatever the cwd.
+            let path = std::fs::canonicalize(&config).unwrap_or(config);
+            let source =
+                usher::engine::Source::of_text(Some(path), &text, usher::time::wall_ms(), "start");
             usher::server::run(cfg, source, upgrade).context("running usher")?;
             Ok(ExitCode::SUCCESS)
         }

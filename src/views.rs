@@ -6,9 +6,9 @@
 //! still names it); judgements that depend on the configuration (degraded or not) from the
 //! generation in force.
 
+use crate::experience::{CustomerSnapshot, Step};
 use crate::generation::Generation;
 use crate::state::State;
-use crate::experience::{CustomerSnapshot, Step};
 use crate::time::rfc3339;
 use serde::Serialize;
 

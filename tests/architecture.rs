@@ -6,7 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules that hold shared vocabulary: they may use each other, nothing else of usher's.
-const LEAVES: &[&str] = &["defaults", "ids", "matchers", "names", "settings", "time", "urlencoded"];
+const LEAVES: &[&str] = &[
+    "defaults",
+    "ids",
+    "matchers",
+    "names",
+    "settings",
+    "time",
+    "urlencoded",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -27,7 +35,12 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_string();
         if module == "lib" || module == "main" || rel.ends_with("tests.rs") {
             continue;
@@ -105,7 +118,10 @@ fn leaf_modules_import_only_each_other() {
     let g = graph();
     for leaf in LEAVES {
         let deps = g.get(*leaf).unwrap_or_else(|| panic!("no module {leaf}"));
-        let outside: Vec<&String> = deps.iter().filter(|d| !LEAVES.contains(&d.as_str())).collect();
+        let outside: Vec<&String> = deps
+            .iter()
+            .filter(|d| !LEAVES.contains(&d.as_str()))
+            .collect();
         assert!(outside.is_empty(), "{leaf} imports {outside:?}");
     }
 }
@@ -132,7 +148,12 @@ fn only_the_proxy_module_knows_pingoras_phases() {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();
-        for phase in ["ProxyHttp", "proxy::Session", "upstream_peer(", "fail_to_connect("] {
+        for phase in [
+            "ProxyHttp",
+            "proxy::Session",
+            "upstream_peer(",
+            "fail_to_connect(",
+        ] {
             assert!(
                 !text.contains(phase),
                 "{rel} uses {phase}: Pingora's phases belong to src/proxy/"

@@ -74,7 +74,12 @@ fn example_keys() -> Vec<(String, String, String, String)> {
             in_group = false;
         } else if let Some((k, v)) = t.split_once(" = ") {
             in_group = true;
-            out.push((section.clone(), k.to_string(), v.to_string(), comment.clone()));
+            out.push((
+                section.clone(),
+                k.to_string(),
+                v.to_string(),
+                comment.clone(),
+            ));
         }
     }
     out
@@ -94,12 +99,18 @@ fn the_example_config_sets_and_names_every_default() {
             Some((_, _, _, comment))
                 if !(comment.to_lowercase().contains("default") && comment.contains(value)) =>
             {
-                wrong.push(format!("the comment above {key} does not say its default {value}"))
+                wrong.push(format!(
+                    "the comment above {key} does not say its default {value}"
+                ))
             }
             Some(_) => {}
         }
     }
-    assert!(wrong.is_empty(), "config/usher.example.toml:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "config/usher.example.toml:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -126,9 +137,9 @@ fn the_readme_table_says_every_default() {
         };
         match rows.iter().find(|r| r.len() >= 2 && names_key(r[0])) {
             None => wrong.push(format!("no row in the configuration table for {key}")),
-            Some(row) if !row[1].contains(value) => {
-                wrong.push(format!("the row for {key} does not give its default {value}"))
-            }
+            Some(row) if !row[1].contains(value) => wrong.push(format!(
+                "the row for {key} does not give its default {value}"
+            )),
             Some(_) => {}
         }
     }

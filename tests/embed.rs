@@ -161,24 +161,45 @@ critical = true
         .clone();
     assert_eq!(b["state"], "ejected", "{b}");
     assert_eq!(b["why"]["rule"], "consecutive_failures");
-    assert_eq!(broken.behavior.requests(), 5, "ejected after five failures in a row");
+    assert_eq!(
+        broken.behavior.requests(),
+        5,
+        "ejected after five failures in a row"
+    );
 
     // From now on the embedder's own balancer never picks it: it gets nothing.
     let (f0, s0) = (fast.behavior.requests(), slower.behavior.requests());
     for i in 0..40 {
         assert_eq!(send("sam", None).await, 200, "request {i}");
     }
-    assert_eq!(broken.behavior.requests(), 5, "an ejected upstream gets nothing");
+    assert_eq!(
+        broken.behavior.requests(),
+        5,
+        "an ejected upstream gets nothing"
+    );
     let (f1, s1) = (fast.behavior.requests(), slower.behavior.requests());
-    assert_eq!((f1 - f0) + (s1 - s0), 40, "one attempt each, no retries needed");
-    assert!(f1 - f0 >= 15 && s1 - s0 >= 15, "round robin over the two left: {} and {}", f1 - f0, s1 - s0);
+    assert_eq!(
+        (f1 - f0) + (s1 - s0),
+        40,
+        "one attempt each, no retries needed"
+    );
+    assert!(
+        f1 - f0 >= 15 && s1 - s0 >= 15,
+        "round robin over the two left: {} and {}",
+        f1 - f0,
+        s1 - s0
+    );
 
     // A protected customer is routed by usher itself: the cheapest healthy upstream, every time,
     // where round robin would have sent half to the slower one.
     for _ in 0..10 {
         assert_eq!(send("gia", Some("gold")).await, 200);
     }
-    assert_eq!(fast.behavior.requests(), f1 + 10, "usher's choice: the fast origin");
+    assert_eq!(
+        fast.behavior.requests(),
+        f1 + 10,
+        "usher's choice: the fast origin"
+    );
     assert_eq!(slower.behavior.requests(), s1);
     assert_eq!(broken.behavior.requests(), 5);
 

@@ -214,7 +214,10 @@ impl Usher {
     pub fn attribute_upstream(&self, ex: &mut Exchange, addr: SocketAddr, now: Instant) {
         let Some(g) = ex.gen.as_deref() else { return };
         let first = ex.attempt.is_none() && ex.tried.as_slice().is_empty();
-        if let (true, Some(route)) = (first, ex.route.and_then(|r| g.config.routes.get(r as usize))) {
+        if let (true, Some(route)) = (
+            first,
+            ex.route.and_then(|r| g.config.routes.get(r as usize)),
+        ) {
             // The retry budget is a share of original requests: count this one, as usher's own
             // choice does.
             g.upstreams.count_request(route.pool, now);
