@@ -281,3 +281,72 @@ async fn nats_jetstream_consumers_read_the_events() {
     assert_eq!(got, want);
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_sink_and_moves_a_changed_one_without_losing_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    // The CRM's old address is down; its new one is up.
+    let old_crm = free_addr();
+    let mut new_crm = Receiver::new(free_addr());
+    new_crm.start().await;
+    let events = dir.path().join("events.jsonl");
+    let sinks = |crm: std::net::SocketAddr| {
+        format!(
+            "[[events.sinks]]\ntype = \"jsonl\"\npath = \"{}\"\n[[events.sinks]]\ntype = \"webhook\"\nname = \"crm\"\nurl = \"http://{crm}/events\"\ntimeout = \"300ms\"\n",
+            events.display()
+        )
+    };
+    let first = with_sinks(&broken, &sinks(old_crm), dir.path());
+    let server = format!(
+        "[server]\nlisten = [\"{}\"]\nadmin = \"{}\"\n",
+        first.server.listen[0],
+        first.server.admin.unwrap()
+    );
+    let running = usher::server::spawn(first).unwrap();
+    let proxy = running.listen();
+    degrade(proxy, 0, 20).await;
+
+    // The reload points the CRM sink elsewhere: its events move with it, through its spool.
+    let text = format!(
+        "{server}[events]\nsource = \"usher://test\"\nspool_dir = \"spool\"\n{}[[pools]]\nname = \"broken\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"broken\"\npool = \"broken\"\n",
+        sinks(new_crm.addr),
+        broken.addr
+    );
+    let next = usher::Config::parse(&text, dir.path()).unwrap();
+    let source = usher::engine::Source {
+        path: None,
+        hash: String::new(),
+        loaded_ms: 0,
+        cause: "reload",
+    };
+    running.usher().apply(next, source).unwrap();
+    degrade(proxy, 20, 15).await;
+    let (want, degraded) = expected_ids(&running);
+    assert_eq!(degraded, 35);
+    eventually(
+        Duration::from_secs(30),
+        "every event at the CRM's new address",
+        || new_crm.ids().into_iter().collect::<HashSet<_>>() == want,
+    )
+    .await;
+    // The file sink did not change: one queue throughout, every event written once.
+    eventually(Duration::from_secs(5), "the file sink", || {
+        std::fs::read_to_string(&events).map_or(0, |t| t.lines().count()) >= want.len()
+    })
+    .await;
+    let lines = std::fs::read_to_string(&events).unwrap();
+    let ids: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), want.len(), "each event once in the file");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), want);
+    running.stop();
+}

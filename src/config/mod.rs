@@ -73,7 +73,16 @@ impl Config {
 
     /// Validates configuration text; `base_dir` anchors relative paths such as tier tables.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        validate::parse(text, base_dir)
+        validate::parse(text, base_dir, &mut system_resolve)
+    }
+
+    /// As [`Self::parse`], looking upstream host names up with `resolve` (tests, tools).
+    pub fn parse_with(
+        text: &str,
+        base_dir: &Path,
+        resolve: &mut Resolve<'_>,
+    ) -> Result<Config, ConfigErrors> {
+        validate::parse(text, base_dir, resolve)
     }
 }
 

@@ -66,7 +66,11 @@ impl Errors {
 }
 
 /// Parses and validates a whole configuration. `base_dir` anchors relative paths (tier tables).
-pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+pub fn parse(
+    text: &str,
+    base_dir: &Path,
+    resolve: &mut Resolve<'_>,
+) -> Result<Config, ConfigErrors> {
     let mut errs = Errors::default();
     let table: toml::Table = match toml::from_str(text) {
         Ok(t) => t,
@@ -105,7 +109,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let tiers = tier_list(&mut errs, &tiers);
     let identity = identity_config(&mut errs, identity, &tiers, base_dir);
     let experience = experience_config(&mut errs, experience);
-    let (pools, upstreams) = pool_list(&mut errs, &pools);
+    let (pools, upstreams) = pool_list(&mut errs, &pools, resolve);
     let routes = route_list(&mut errs, &routes, &pools);
     let (outlier, sweep_interval) = outlier_config(&mut errs, outlier);
     let retries = retries_config(&mut errs, retries);
@@ -661,7 +665,11 @@ fn experience_config(errs: &mut Errors, f: ExperienceFile) -> ExperienceConfig {
     }
 }
 
-fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>, Vec<SocketAddr>) {
+fn pool_list(
+    errs: &mut Errors,
+    pools: &[Option<PoolFile>],
+    resolve: &mut Resolve<'_>,
+) -> (Vec<PoolConfig>, Vec<SocketAddr>) {
     let mut out: Vec<PoolConfig> = Vec::new();
     let mut names = HashSet::new();
     for (i, p) in pools.iter().enumerate() {
@@ -699,7 +707,7 @@ fn pool_list(errs: &mut Errors, pools: &[Option<PoolFile>]) -> (Vec<PoolConfig>,
             Some(list) => {
                 for (j, u) in list.iter().enumerate() {
                     let upath = format!("{path}.upstreams[{j}]");
-                    match upstream_spec(u, &mut system_resolve) {
+                    match upstream_spec(u, resolve) {
                         Ok(spec) if specs.contains(&spec) => {
                             errs.push(upath, format!("{u} is listed twice in this pool"))
                         }

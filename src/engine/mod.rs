@@ -57,8 +57,15 @@ impl Usher {
         Self::starting_at(config, Instant::now())
     }
 
+    /// A usher on a configuration that came from no file (an embedder's, a test's): it has
+    /// nothing to reload from.
     pub fn starting_at(config: Config, now: Instant) -> Arc<Usher> {
-        let source = Source::of_text(None, format!("{config:?}").as_bytes(), wall_ms(), "start");
+        let source = Source {
+            path: None,
+            hash: String::new(),
+            loaded_ms: wall_ms(),
+            cause: "start",
+        };
         Self::with_source(config, source, now)
     }
 

@@ -554,3 +554,302 @@ steps = [
         assert!(b[0]["data"]["short_window_burn_rate"].as_f64().unwrap() > 14.4);
     }
 }
+
+mod reloads {
+    use super::*;
+    use crate::engine::{ReloadError, Source};
+    use crate::upstream::AttemptResult;
+    use crate::views::{CustomerJson, StepJson};
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    const FIRST: &str = r#"
+[identity]
+tier = [{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }]
+[[tiers]]
+name = "gold"
+protected = true
+[[tiers]]
+name = "standard"
+[[pools]]
+name = "web"
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[[routes]]
+name = "promo"
+match = { path_prefix = "/promo" }
+pool = "web"
+[[routes]]
+name = "checkout"
+match = { path_prefix = "/checkout" }
+pool = "web"
+critical = true
+slo = 0.99
+[[routes]]
+name = "site"
+pool = "web"
+[[funnels]]
+name = "checkout"
+steps = [{ name = "cart", path = "/cart" }, { name = "pay", path = "/checkout/pay" }, { name = "done", path = "/checkout/done" }]
+"#;
+
+    /// The next file: a tier before gold, the promo route gone, the routes in another order, 9001
+    /// replaced by 9003, and a tighter checkout target.
+    const SECOND: &str = r#"
+[identity]
+tier = [{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }]
+[[tiers]]
+name = "silver"
+[[tiers]]
+name = "gold"
+protected = true
+[[tiers]]
+name = "standard"
+[[pools]]
+name = "web"
+upstreams = ["127.0.0.1:9003", "127.0.0.1:9002"]
+[[routes]]
+name = "site"
+match = { path_prefix = "/site" }
+pool = "web"
+[[routes]]
+name = "checkout"
+match = { path_prefix = "/checkout" }
+pool = "web"
+critical = true
+slo = 0.99
+target = "100ms"
+[[funnels]]
+name = "checkout"
+steps = [{ name = "cart", path = "/cart" }, { name = "pay", path = "/checkout/pay" }, { name = "done", path = "/checkout/done" }]
+"#;
+
+    fn source() -> Source {
+        Source {
+            path: None,
+            hash: String::new(),
+            loaded_ms: 0,
+            cause: "reload",
+        }
+    }
+
+    fn served(
+        u: &Usher,
+        method: Method,
+        path: &str,
+        who: &str,
+        tier: Option<&str>,
+        at: u64,
+        t: Instant,
+    ) {
+        let mut ex = begin(u, method.clone(), path, who, tier, at);
+        u.choose_upstream(&mut ex, t, &mut rng());
+        u.response_head(&mut ex, 200, t);
+        u.finish(
+            &mut ex,
+            &Finish {
+                method: &method,
+                path,
+                status: 200,
+                failure: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                now: t,
+                now_ms: at,
+            },
+        );
+    }
+
+    #[test]
+    fn a_reload_carries_what_was_learned_by_name_and_address() {
+        let t0 = Instant::now();
+        let u = Usher::starting_at(Config::parse(FIRST, Path::new(".")).unwrap(), t0);
+        served(
+            &u,
+            Method::GET,
+            "/promo/sale",
+            "ann",
+            Some("gold"),
+            1_000,
+            t0,
+        );
+        served(&u, Method::POST, "/cart", "ann", Some("gold"), 2_000, t0);
+        served(
+            &u,
+            Method::GET,
+            "/checkout/pay",
+            "ann",
+            Some("gold"),
+            3_000,
+            t0,
+        );
+        // 9002 refuses a connection and is ejected.
+        let g1 = u.generation();
+        let b = g1
+            .upstreams()
+            .find("127.0.0.1:9002".parse().unwrap())
+            .unwrap();
+        g1.upstreams()
+            .observe(b, AttemptResult::ConnectFailed, ms(1), t0, &mut rng());
+        assert!(!g1.upstreams().serving(b));
+        let checkout_before = g1.route_state(1).unwrap().clone();
+        // A request admitted now keeps this generation to its end.
+        let mut in_flight = begin(&u, Method::GET, "/promo/late", "bob", None, 4_000);
+        drop(g1);
+
+        let next = Config::parse(SECOND, Path::new(".")).unwrap();
+        let r = u.apply(next, source()).unwrap();
+        assert_eq!(r.generation, 2);
+        let g2 = u.generation();
+
+        // The route kept its state by name although it moved; the promo route is gone.
+        assert!(Arc::ptr_eq(g2.route_state(1).unwrap(), &checkout_before));
+        assert_eq!(checkout_before.stats.requests(), 1);
+        assert_eq!(g2.config.routes[1].target, ms(100));
+        // 9002 stayed and is still ejected; 9003 is new and fresh; 9001 is gone.
+        let b2 = g2
+            .upstreams()
+            .find("127.0.0.1:9002".parse().unwrap())
+            .unwrap();
+        assert!(!g2.upstreams().serving(b2));
+        assert_eq!(g2.upstreams().view(b2, t0).ejections, 1);
+        let c = g2
+            .upstreams()
+            .find("127.0.0.1:9003".parse().unwrap())
+            .unwrap();
+        assert!(g2.upstreams().serving(c));
+        assert!(g2
+            .upstreams()
+            .find("127.0.0.1:9001".parse().unwrap())
+            .is_none());
+
+        // Ann is gold still, though gold is no longer the first tier, and her journey still names
+        // the route that served each step, the removed one included.
+        let st = u.state();
+        let ann = st
+            .store
+            .get("ann", 5_000, &g2.store_settings().model)
+            .unwrap();
+        let view = CustomerJson::new(st, &g2, &ann);
+        assert_eq!(view.tier, "gold");
+        let routes: Vec<Option<&str>> = view.journey.iter().map(|s| s.route.as_deref()).collect();
+        assert_eq!(routes, [Some("promo"), Some("site"), Some("checkout")]);
+        // Her funnel progress carried over: pay is her furthest step.
+        assert_eq!(
+            st.events.funnels.progress_of(g2.funnels(), "ann"),
+            vec![(0, 1)]
+        );
+        // Gold is protected on the checkout under the new file too.
+        let gold = begin(&u, Method::GET, "/checkout/pay", "ann", Some("gold"), 6_000);
+        assert!(gold.protection().is_some());
+
+        // The request admitted before the reload finishes on its own generation's promo route.
+        assert_eq!(in_flight.generation().unwrap().number, 1);
+        assert!(u.choose_upstream(&mut in_flight, t0, &mut rng()).is_some());
+        let rec = u.finish(
+            &mut in_flight,
+            &Finish {
+                method: &Method::GET,
+                path: "/promo/late",
+                status: 200,
+                failure: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                now: t0,
+                now_ms: 7_000,
+            },
+        );
+        assert!(rec.is_some());
+        let bob = st
+            .store
+            .get("bob", 7_000, &g2.store_settings().model)
+            .unwrap();
+        assert_eq!(
+            StepJson::new(st, &bob.journey[0]).route.as_deref(),
+            Some("promo")
+        );
+    }
+
+    #[test]
+    fn settings_that_pingora_fixes_at_start_are_refused_whole() {
+        let u = Usher::starting_at(
+            Config::parse(FIRST, Path::new(".")).unwrap(),
+            Instant::now(),
+        );
+        let moved = format!("[server]\nlisten = [\"127.0.0.1:18080\"]\nthreads = 4\n{SECOND}");
+        let err = u
+            .apply(Config::parse(&moved, Path::new(".")).unwrap(), source())
+            .unwrap_err();
+        let ReloadError::Cold(what) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(what.len(), 2, "{what:?}");
+        assert!(what[0].starts_with("server.listen changed") && what[0].contains("--upgrade"));
+        assert!(what[1].starts_with("server.threads changed from 1 to 4"));
+        let g = u.generation();
+        assert_eq!(g.number, 1, "nothing of it applied");
+        assert_eq!(g.config.routes[0].name, "promo");
+    }
+
+    #[test]
+    fn host_names_are_looked_up_again_and_addresses_that_stay_keep_their_state() {
+        use std::net::SocketAddr;
+        let answer = std::cell::RefCell::new(vec!["10.0.0.1:8080", "10.0.0.2:8080"]);
+        let mut resolve = |host: &str, port: u16| -> std::io::Result<Vec<SocketAddr>> {
+            assert_eq!((host, port), ("api.internal", 8080));
+            let a = answer.borrow();
+            if a.is_empty() {
+                return Err(std::io::Error::other("no such host"));
+            }
+            Ok(a.iter().map(|a| a.parse().unwrap()).collect())
+        };
+        let text = "[[pools]]\nname = \"api\"\nupstreams = [\"api.internal:8080\", \"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npool = \"api\"\n";
+        let cfg = Config::parse_with(text, Path::new("."), &mut resolve).unwrap();
+        assert_eq!(
+            cfg.upstreams.len(),
+            3,
+            "every address of the name, and the literal one"
+        );
+        let t0 = Instant::now();
+        let u = Usher::starting_at(cfg, t0);
+        let g1 = u.generation();
+        let two = g1
+            .upstreams()
+            .find("10.0.0.2:8080".parse().unwrap())
+            .unwrap();
+        g1.upstreams()
+            .observe(two, AttemptResult::ConnectFailed, ms(1), t0, &mut rng());
+        drop(g1);
+
+        assert!(u.re_resolve(&mut resolve).is_none(), "nothing changed");
+        *answer.borrow_mut() = vec!["10.0.0.2:8080", "10.0.0.3:8080"];
+        let r = u.re_resolve(&mut resolve).unwrap();
+        assert_eq!((r.generation, r.source.cause), (2, "resolve"));
+        let g2 = u.generation();
+        let addrs: Vec<String> = g2.config.upstreams.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.2:8080", "10.0.0.3:8080", "127.0.0.1:9001"]);
+        let two = g2
+            .upstreams()
+            .find("10.0.0.2:8080".parse().unwrap())
+            .unwrap();
+        assert!(
+            !g2.upstreams().serving(two),
+            "an address that stays keeps its ejection"
+        );
+        assert!(g2.upstreams().serving(1), "a new one starts fresh");
+        // A failed look-up keeps the last addresses.
+        answer.borrow_mut().clear();
+        assert!(u.re_resolve(&mut resolve).is_none());
+        assert_eq!(u.generation().config.upstreams.len(), 3);
+        let m = u.state().metrics.encode();
+        for (result, n) in [("unchanged", 1), ("changed", 1), ("failure", 1)] {
+            assert!(
+                m.contains(&format!(
+                    "usher_upstream_resolutions_total{{result=\"{result}\"}} {n}"
+                )),
+                "{result}: {m}"
+            );
+        }
+    }
+}

@@ -234,3 +234,49 @@ impl Events {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SinkKind;
+
+    fn sink(name: &str, path: &str) -> SinkConfig {
+        SinkConfig {
+            name: name.to_string(),
+            queue: 10,
+            kind: SinkKind::Jsonl {
+                path: PathBuf::from(path),
+                max_bytes: 1 << 20,
+                keep: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn an_unchanged_sink_keeps_its_queue_and_a_changed_one_gets_a_new_one() {
+        let ev = Events::new(&prometheus::Registry::new());
+        let spool = Path::new("spool");
+        ev.reconcile(&[sink("a", "a.jsonl"), sink("b", "b.jsonl")], spool);
+        let first = ev.sinks.load_full();
+        assert_eq!(ev.pending.lock().len(), 2);
+        ev.reconcile(&[sink("b", "b2.jsonl"), sink("a", "a.jsonl")], spool);
+        let second = ev.sinks.load_full();
+        assert!(Arc::ptr_eq(&first[0], &second[1]), "a kept its queue");
+        assert!(
+            !Arc::ptr_eq(&first[1], &second[0]),
+            "b changed: a new queue"
+        );
+        assert_eq!(
+            ev.pending.lock().len(),
+            3,
+            "only b's new queue waits to be started"
+        );
+        ev.reconcile(&[sink("a", "a.jsonl")], Path::new("elsewhere"));
+        assert!(
+            !Arc::ptr_eq(&first[0], &ev.sinks.load_full()[0]),
+            "a new spool folder is a change"
+        );
+        ev.close();
+        assert!(ev.sink_names().is_empty());
+    }
+}

@@ -434,19 +434,34 @@ impl CustomerStore {
     /// Evicts the least recently seen customers until the store is within its bound; returns how
     /// many went.
     pub fn trim(&self) -> usize {
+        let max = self.track_max();
+        // Each shard down to its share of the bound, least recently seen first, one lock at a time.
+        let share = max.div_ceil(self.shards.len());
         let mut gone = 0;
-        while self.len() > self.track_max() {
-            // Take from the fullest shard, so that the bound is reached in LRU order per shard.
-            let Some(shard) = self.shards.iter().max_by_key(|s| s.lock().slots.len()) else {
-                break;
-            };
+        for shard in self.shards.iter() {
             let mut s = shard.lock();
-            if !s.evict_lru(&self.hasher) {
+            while s.slots.len() > share && self.len() > max && s.evict_lru(&self.hasher) {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                gone += 1;
+            }
+        }
+        // Shards are not filled evenly: take what is still over the bound round the shards.
+        while self.len() > max {
+            let before = gone;
+            for shard in self.shards.iter() {
+                if self.len() <= max {
+                    break;
+                }
+                if shard.lock().evict_lru(&self.hasher) {
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                    gone += 1;
+                }
+            }
+            if gone == before {
                 break;
             }
-            self.len.fetch_sub(1, Ordering::Relaxed);
-            self.evicted.fetch_add(1, Ordering::Relaxed);
-            gone += 1;
         }
         gone
     }

@@ -402,3 +402,191 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
     out.took = started.elapsed();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::{Exchange, Finish, RequestHead};
+    use crate::upstream::AttemptResult;
+    use crate::views::CustomerJson;
+    use http::{HeaderMap, Method, Uri};
+    use rand::SeedableRng;
+
+    fn config(routes_first: &str) -> Config {
+        let text = format!(
+            r#"
+[[tiers]]
+name = "{routes_first}"
+[[tiers]]
+name = "gold"
+[[tiers]]
+name = "standard"
+[[pools]]
+name = "web"
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[[routes]]
+name = "{routes_first}"
+match = {{ path_prefix = "/{routes_first}" }}
+pool = "web"
+[[routes]]
+name = "checkout"
+match = {{ path_prefix = "/checkout" }}
+pool = "web"
+critical = true
+slo = 0.99
+[[routes]]
+name = "site"
+pool = "web"
+[[funnels]]
+name = "checkout"
+steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout/pay" }}, {{ name = "done", path = "/checkout/done" }}]
+"#
+        );
+        Config::parse(&text, Path::new(".")).unwrap()
+    }
+
+    fn request(u: &Usher, path: &str, who: &str, status: u16, at: u64) {
+        let method = Method::POST;
+        let uri: Uri = path.parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-customer-id", who.parse().unwrap());
+        let mut ex = Exchange::new();
+        u.begin(
+            &mut ex,
+            &RequestHead {
+                method: &method,
+                uri: &uri,
+                headers: &h,
+                peer: None,
+            },
+            at,
+        );
+        let now = Instant::now();
+        u.choose_upstream(&mut ex, now, &mut rand::rngs::SmallRng::seed_from_u64(1));
+        u.response_head(&mut ex, status, now);
+        u.finish(
+            &mut ex,
+            &Finish {
+                method: &method,
+                path,
+                status,
+                failure: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                now,
+                now_ms: at,
+            },
+        );
+    }
+
+    fn view(u: &Usher, who: &str) -> serde_json::Value {
+        let g = u.generation();
+        let c = u
+            .state()
+            .store
+            .get(who, 100_000, &g.store_settings().model)
+            .unwrap();
+        serde_json::to_value(CustomerJson::new(u.state(), &g, &c)).unwrap()
+    }
+
+    #[test]
+    fn what_was_learned_round_trips_into_a_process_with_other_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let a = Usher::new(config("promo"));
+        for (i, who) in ["ann", "bob", "cid"].iter().enumerate() {
+            request(&a, "/promo/x", who, 200, 1_000 + i as u64);
+            request(&a, "/checkout/pay", who, 503, 2_000 + i as u64);
+        }
+        request(&a, "/cart", "dee", 200, 3_000);
+        let g = a.generation();
+        let up = g
+            .upstreams()
+            .find("127.0.0.1:9002".parse().unwrap())
+            .unwrap();
+        g.upstreams().observe(
+            up,
+            AttemptResult::ConnectFailed,
+            Duration::from_millis(1),
+            Instant::now(),
+            &mut rand::rngs::SmallRng::seed_from_u64(1),
+        );
+        a.state().events.cooldown().allow(
+            EventType::CustomerDegraded,
+            "ann",
+            5_000,
+            Duration::from_secs(600),
+        );
+        let w = write(&a, &path).unwrap();
+        assert_eq!(w.customers, 4);
+        assert_eq!(
+            written_by(&path).map(|(_, pid)| pid),
+            Some(std::process::id())
+        );
+
+        // Another process whose configuration interns names in another order.
+        let b = Usher::new(config("beta"));
+        let l = load(&b, &path).unwrap();
+        // Routes by name: b has no promo route, so two of three.
+        assert_eq!(
+            (l.customers, l.funnels, l.cooldowns, l.routes, l.upstreams),
+            (4, 1, 1, 2, 1)
+        );
+        for who in ["ann", "bob", "cid", "dee"] {
+            assert_eq!(view(&b, who), view(&a, who), "{who}");
+        }
+        assert_eq!(
+            view(&b, "ann")["journey"][0]["route"],
+            "promo",
+            "a route b does not have"
+        );
+        let bg = b.generation();
+        assert_eq!(
+            b.state().events.funnels.progress_of(bg.funnels(), "dee"),
+            vec![(0, 0)]
+        );
+        assert!(!b.state().events.cooldown().allow(
+            EventType::CustomerDegraded,
+            "ann",
+            6_000,
+            Duration::from_secs(600)
+        ));
+        let checkout = b.state().route("checkout").unwrap();
+        assert_eq!(
+            checkout.slo.lock().entries(),
+            g.route_state(1).unwrap().slo.lock().entries()
+        );
+        let up = bg
+            .upstreams()
+            .find("127.0.0.1:9002".parse().unwrap())
+            .unwrap();
+        assert_eq!(bg.upstreams().view(up, Instant::now()).state, "ejected");
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused_whole_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let a = Usher::new(config("promo"));
+        for i in 0..50 {
+            request(&a, "/checkout/pay", &format!("c{i}"), 200, 1_000 + i);
+        }
+        write(&a, &path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let b = Usher::new(config("promo"));
+        std::fs::write(&path, &good[..good.len() * 2 / 3]).unwrap();
+        assert!(matches!(load(&b, &path), Err(FrameError::Truncated(_))));
+        let mut bad = good.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0xff;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(load(&b, &path).is_err());
+        assert!(
+            b.state().store.is_empty(),
+            "nothing of a bad snapshot is taken"
+        );
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(load(&b, &path).unwrap().customers, 50);
+    }
+}
