@@ -14,7 +14,7 @@ use crate::experience::{ScoreModel, StoreSettings};
 use crate::identity::IdentityResolver;
 use crate::metrics::GenMetrics;
 use crate::routing::RouteTable;
-use crate::state::{RouteState, State};
+use crate::state::{InFlight, RouteState, State};
 use crate::upstream::{PoolSpec, Settings, UpstreamId, Upstreams};
 use http::HeaderValue;
 use std::path::PathBuf;
@@ -75,6 +75,8 @@ pub struct Generation {
     /// Every value of the experience header, by rounded score and state, made once: formatting one
     /// per request took a visible share of a request's time.
     pub(crate) experience_values: Vec<HeaderValue>,
+    /// The state's count of requests in flight, at hand for the request path.
+    pub(crate) in_flight: Arc<InFlight>,
 }
 
 impl Generation {
@@ -172,6 +174,7 @@ impl Generation {
             metrics,
             peek_customer: prot.rescue_below.is_some() || prot.experience_header.is_some(),
             experience_values,
+            in_flight: state.in_flight.clone(),
             config,
         };
         gen.refresh_upstream_states(now);

@@ -17,7 +17,7 @@ use crate::stats::LatencyStats;
 use crate::upstream::Registry;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,18 +65,55 @@ pub struct State {
     pub metrics: Metrics,
     pub events: Events,
     /// Requests between admission and their end, for draining at shutdown.
-    in_flight: Arc<AtomicU64>,
+    pub in_flight: Arc<InFlight>,
     /// When this process started, Unix milliseconds.
     pub started_ms: u64,
 }
 
-/// Counts one request as in flight until dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<AtomicU64>);
+/// Requests between admission and their end. One counter per thread slot, each on its own cache
+/// line, so that counting on the request path never bounces a shared line between worker threads;
+/// a request may end on another thread than it started on, so a slot can go negative and only the
+/// sum means anything.
+pub struct InFlight {
+    slots: Box<[Slot]>,
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+#[repr(align(128))]
+struct Slot(AtomicI64);
+
+const SLOTS: usize = 64;
+
+thread_local! {
+    static SLOT: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % SLOTS
+    };
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            slots: (0..SLOTS).map(|_| Slot(AtomicI64::new(0))).collect(),
+        }
+    }
+}
+
+impl InFlight {
+    fn slot(&self) -> &AtomicI64 {
+        &self.slots[SLOT.with(|s| *s)].0
+    }
+
+    pub fn enter(&self) {
+        self.slot().fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn leave(&self) {
+        self.slot().fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        let sum: i64 = self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+        sum.max(0) as u64
     }
 }
 
@@ -94,7 +131,7 @@ impl State {
             tier_names: Interner::new(MAX_TIERS),
             metrics,
             events,
-            in_flight: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(InFlight::default()),
             started_ms: now_ms,
         }
     }
@@ -126,14 +163,9 @@ impl State {
         self.routes.lock().get(name).cloned()
     }
 
-    pub fn enter(&self) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.in_flight.clone())
-    }
-
     /// Requests admitted and not yet finished.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.count()
     }
 
     /// The name behind an interned tier id.

@@ -4,6 +4,8 @@
 use crate::procs::{self, Proc};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The core the proxy under test runs on.
@@ -19,6 +21,10 @@ pub enum Contestant {
     /// Bare Pingora with usher's default peer timeouts: throughput only.
     BareTimeouts,
     Usher,
+    /// usher with its configuration reloaded (SIGHUP) every second: throughput only.
+    UsherReloading,
+    /// Another usher binary (`USHER_BEFORE`), e.g. the build before a change: throughput only.
+    UsherBefore,
     Nginx,
     Haproxy,
 }
@@ -44,6 +50,8 @@ impl Contestant {
             Contestant::Bare => "bare Pingora",
             Contestant::BareTimeouts => "bare Pingora + timeouts",
             Contestant::Usher => "usher",
+            Contestant::UsherReloading => "usher, reload every second",
+            Contestant::UsherBefore => "usher (before)",
             Contestant::Nginx => "nginx",
             Contestant::Haproxy => "HAProxy",
         }
@@ -53,6 +61,8 @@ impl Contestant {
 /// Where the binaries are.
 pub struct Tools {
     pub usher: PathBuf,
+    /// `USHER_BEFORE`: an earlier usher binary to measure side by side.
+    pub usher_before: Option<PathBuf>,
     pub bare: PathBuf,
     pub nginx: PathBuf,
     pub haproxy: PathBuf,
@@ -65,6 +75,49 @@ pub struct Running {
     pub target: SocketAddr,
     pub proc: Option<Proc>,
     pub admin: Option<SocketAddr>,
+    /// Sends SIGHUP every second while it lives (`UsherReloading`).
+    pub reloader: Option<Reloader>,
+}
+
+/// A thread that sends a process SIGHUP every second until dropped; counts what it sent.
+pub struct Reloader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Reloader {
+    fn start(pid: u32) -> Reloader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sent = 0;
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let ok = std::process::Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|st| st.success());
+                sent += u32::from(ok);
+            }
+            sent
+        });
+        Reloader {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it; the number of reloads it asked for.
+    pub fn finish(mut self) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// usher with everything on: identity and trusted tiers, scoring and journeys, protection and
@@ -165,6 +218,7 @@ impl Tools {
                     target: upstreams[0],
                     proc: None,
                     admin: None,
+                    reloader: None,
                 })
             }
             Contestant::Bare | Contestant::BareTimeouts => {
@@ -175,7 +229,7 @@ impl Tools {
                 args.extend(upstreams.iter().map(|u| u.to_string()));
                 (Proc::pinned("bare", PROXY_CORE, &self.bare, &args)?, None)
             }
-            Contestant::Usher => {
+            Contestant::Usher | Contestant::UsherReloading | Contestant::UsherBefore => {
                 let admin = procs::free_addr();
                 let path = dir.join("usher.toml");
                 std::fs::write(&path, usher_config(listen, admin, upstreams, &dir))?;
@@ -184,8 +238,15 @@ impl Tools {
                     "--config".to_string(),
                     path.display().to_string(),
                 ];
+                let binary = match (c, &self.usher_before) {
+                    (Contestant::UsherBefore, Some(b)) => b,
+                    (Contestant::UsherBefore, None) => {
+                        anyhow::bail!("set USHER_BEFORE to the usher binary to compare with")
+                    }
+                    _ => &self.usher,
+                };
                 (
-                    Proc::pinned("usher", PROXY_CORE, &self.usher, &args)?,
+                    Proc::pinned("usher", PROXY_CORE, binary, &args)?,
                     Some(admin),
                 )
             }
@@ -237,10 +298,12 @@ impl Tools {
             }
         };
         procs::wait_listening(listen, Duration::from_secs(15))?;
+        let reloader = (c == Contestant::UsherReloading).then(|| Reloader::start(proc.pid()));
         Ok(Running {
             target: listen,
             proc: Some(proc),
             admin,
+            reloader,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Per-request state, and the small types the engine's callers exchange with it.
 
-use super::{Generation, InFlight};
+use super::Generation;
 use crate::identity::Identity;
 use crate::ids::{RouteId, UpstreamId};
 use crate::measure::Outcome;
@@ -50,7 +50,8 @@ pub(crate) struct Attempt {
 /// thresholds stay that generation's until the request ends, whatever a reload does meanwhile.
 pub struct Exchange {
     pub(crate) gen: Option<Arc<Generation>>,
-    pub(crate) in_flight: Option<InFlight>,
+    /// Counted in flight on its generation until it finishes (or is dropped).
+    pub(crate) admitted: bool,
     pub(crate) started: Instant,
     /// Wall clock at admission, Unix milliseconds; later wall times are derived from `started`
     /// rather than read again.
@@ -100,7 +101,7 @@ impl Exchange {
     pub fn starting_at(started: Instant) -> Self {
         Exchange {
             gen: None,
-            in_flight: None,
+            admitted: false,
             started,
             wall_ms: 0,
             identity: None,
@@ -243,6 +244,14 @@ pub struct Finish<'a> {
     pub bytes_out: u64,
     pub now: Instant,
     pub now_ms: u64,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let (true, Some(g)) = (self.admitted, &self.gen) {
+            g.in_flight.leave();
+        }
+    }
 }
 
 impl std::fmt::Debug for Exchange {

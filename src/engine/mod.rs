@@ -113,7 +113,10 @@ impl Usher {
     pub fn begin(&self, ex: &mut Exchange, req: &RequestHead<'_>, now_ms: u64) -> Admission {
         let g = self.current.load_full();
         ex.wall_ms = now_ms;
-        ex.in_flight = Some(self.state.enter());
+        if !ex.admitted {
+            g.in_flight.enter();
+            ex.admitted = true;
+        }
         let identity = g.identity.resolve(req.uri, req.headers, req.peer);
         if exchange::head_size(req) > g.config.server.max_header_bytes {
             ex.identity = Some(identity);
@@ -593,7 +596,9 @@ impl Usher {
         if let (Some(sick), Some(p)) = (ex.rerouted_from, ex.protection) {
             self.notify_rerouted(g, &m, sick, p.as_str());
         }
-        ex.in_flight = None;
+        if std::mem::take(&mut ex.admitted) {
+            g.in_flight.leave();
+        }
         Some(rec)
     }
 

@@ -129,8 +129,41 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// What the throughput table lists, in order.
+fn throughput_contestants(tools: &Tools) -> Vec<Contestant> {
+    let mut v = vec![
+        Contestant::Direct,
+        Contestant::Bare,
+        Contestant::BareTimeouts,
+        Contestant::Usher,
+        Contestant::UsherReloading,
+    ];
+    if tools.usher_before.is_some() {
+        v.push(Contestant::UsherBefore);
+    }
+    v.extend([Contestant::Nginx, Contestant::Haproxy]);
+    v
+}
+
+/// The configuration generation a usher's admin API reports.
+fn admin_generation(admin: SocketAddr) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    v["generation"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no generation in {body}"))
+}
+
 #[derive(Default)]
 struct Throughput {
+    /// Per round of the reloading usher: reloads asked for, and the generation it reached.
+    reloads: Vec<(u32, u64)>,
     rps: BTreeMap<&'static str, Vec<f64>>,
     cpu_us: BTreeMap<&'static str, Vec<f64>>,
     peak_rss_kb: BTreeMap<&'static str, u64>,
@@ -144,14 +177,22 @@ fn throughput(
 ) -> anyhow::Result<Throughput> {
     let script = customers_script(work, 1000)?;
     let mut t = Throughput::default();
-    let mut contestants = Contestant::ALL.to_vec();
-    contestants.insert(2, Contestant::BareTimeouts);
+    let contestants = throughput_contestants(tools);
     for round in 0..o.runs {
         for &c in &contestants {
             let running = tools.start(c, &[origin], &format!("tp{round}"))?;
             wrk(running.target, 1, &script)?;
             let before = running.proc.as_ref().map(|p| p.cpu_ticks());
             let r = wrk(running.target, o.secs, &script)?;
+            if let Some(rel) = running.reloader {
+                let sent = rel.finish();
+                let generation = running
+                    .admin
+                    .and_then(|a| admin_generation(a).ok())
+                    .unwrap_or(0);
+                eprintln!("  round {round}: {sent} reloads asked for, configuration generation {generation}");
+                t.reloads.push((sent, generation));
+            }
             if let (Some(p), Some(b)) = (&running.proc, before) {
                 let cpu_s = (p.cpu_ticks() - b) as f64 / ticks_per_second();
                 t.cpu_us
@@ -514,6 +555,31 @@ fn only_latency(
     Ok(())
 }
 
+/// `--only throughput`: the throughput rows alone (with `USHER_BEFORE`, an earlier usher beside
+/// this one), printed rather than written to RESULTS.md.
+fn only_throughput(tools: &Tools, o: &Opts, work: &Path) -> anyhow::Result<()> {
+    let (origin_proc, origin) = tools.nginx_origin(LOAD_CORE)?;
+    let tp = throughput(tools, origin, o, work)?;
+    drop(origin_proc);
+    let rps = |n: &str| tp.rps.get(n).map(|v| median(v.clone())).unwrap_or(0.0);
+    let (bare, usher) = (rps("bare Pingora"), rps("usher"));
+    println!("median of {} interleaved runs of wrk -t1 -c32 -d{}s, 1,000 customers", o.runs, o.secs);
+    for c in throughput_contestants(tools) {
+        let n = c.name();
+        let cpu = tp.cpu_us.get(n).map_or(0.0, |v| median(v.clone()));
+        println!(
+            "{n:>28}: {:>8.0} req/s  {:.2}x bare Pingora  {:.2}x usher  {cpu:.1} us CPU per request",
+            rps(n),
+            rps(n) / bare,
+            rps(n) / usher
+        );
+    }
+    for (round, (sent, generation)) in tp.reloads.iter().enumerate() {
+        println!("reloading usher, round {round}: {sent} SIGHUPs, generation {generation} at the end");
+    }
+    Ok(())
+}
+
 fn only(
     rt: &tokio::runtime::Runtime,
     tools: &Tools,
@@ -590,6 +656,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let tools = Tools {
         usher: root.join("../target/release/usher"),
+        usher_before: std::env::var_os("USHER_BEFORE").map(PathBuf::from),
         bare: root.join("target/release/bare"),
         nginx: which("nginx")?,
         haproxy: which("haproxy")?,
@@ -607,6 +674,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let f = args.get(i + 1).cloned().unwrap_or_default();
         let p = args.get(i + 2).cloned().unwrap_or_default();
+        if f == "throughput" {
+            return only_throughput(&tools, &o, &work);
+        }
         if f == "latency" {
             let rate = args
                 .get(i + 3)
@@ -719,11 +789,10 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(md, "- every proxy runs one worker pinned to core 0 (`taskset -c 0`); wrk, the open-loop generator and the origins run on core 1; upstream keep-alive everywhere; peer configs in `bench-harness/peers/`");
     let _ = writeln!(md, "- usher runs with everything on: identity and trusted tiers, scoring and journeys, protection and rescue, the experience header, latency-aware balancing, passive and active health, retries, metrics, events to a JSON-lines file, a funnel and an objective\n");
 
-    let _ = writeln!(md, "## Throughput\n\n`wrk -t1 -c32 -d{}s` against an nginx `return 200` origin, 1,000 distinct customers in the `x-customer-id` header, median of {} interleaved runs; CPU time per request and peak RSS of the proxy process. *bare Pingora + timeouts* is the baseline with usher's default peer timeouts (connect 1 s, read and write 10 s): what timeouts cost by themselves, apart from usher's own work.\n", o.secs, o.runs);
+    let _ = writeln!(md, "## Throughput\n\n`wrk -t1 -c32 -d{}s` against an nginx `return 200` origin, 1,000 distinct customers in the `x-customer-id` header, median of {} interleaved runs; CPU time per request and peak RSS of the proxy process. *bare Pingora + timeouts* is the baseline with usher's default peer timeouts (connect 1 s, read and write 10 s): what timeouts cost by themselves, apart from usher's own work. *usher, reload every second* is usher sent SIGHUP every second of the run: each reload reads and checks the file and puts a whole new generation in force.\n", o.secs, o.runs);
     let direct = rps["direct"];
     let bare = rps["bare Pingora"];
-    let mut listed = Contestant::ALL.to_vec();
-    listed.insert(2, Contestant::BareTimeouts);
+    let listed = throughput_contestants(&tools);
     let rows: Vec<Vec<String>> = listed
         .iter()
         .map(|c| {
