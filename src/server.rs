@@ -327,17 +327,13 @@ impl Running {
     /// writes out events and the snapshot. Returns once that is done (Pingora's thread is left to
     /// finish its own wait in the background).
     pub fn stop_gracefully(mut self) {
-        let mut closed = self.usher.closed();
+        let closed = self.usher.closed();
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(ShutdownSignal::GracefulTerminate);
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        if let Ok(rt) = rt {
-            rt.block_on(async {
-                let _ = closed.wait_for(|c| *c).await;
-            });
+        // Polled, so that this works from inside an async runtime as well as outside one.
+        while !*closed.borrow() && self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
         }
         self.thread.take();
     }

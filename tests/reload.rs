@@ -273,7 +273,9 @@ async fn fifty_reloads_under_load_lose_nothing() {
         )),
         "a removed upstream's gauge is gone"
     );
-    running.stop();
+    // Stopped as SIGTERM stops it: the state is saved next to the file.
+    running.stop_gracefully();
+    assert!(dir.path().join("usher-state/usher.snapshot").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

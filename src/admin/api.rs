@@ -154,7 +154,7 @@ fn reload(usher: &Usher) -> Reply {
             409,
             &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
         ),
-        Err(e @ ReloadError::NoSource) => Reply::json(
+        Err(e @ (ReloadError::NoSource | ReloadError::Superseded)) => Reply::json(
             409,
             &serde_json::json!({ "reloaded": false, "error": e.to_string() }),
         ),
@@ -313,4 +313,29 @@ fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "upstreams": list })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn reload_is_for_callers_on_loopback_and_config_says_what_is_in_force() {
+        let text = "[[pools]]\nname = \"p\"\nupstreams = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
+        let u = Usher::new(Config::parse(text, std::path::Path::new(".")).unwrap());
+        let (near, far) = (Caller { loopback: true }, Caller { loopback: false });
+        assert_eq!(handle(&u, "POST", "/reload", None, 0, far).status, 403);
+        assert_eq!(handle(&u, "GET", "/reload", None, 0, near).status, 405);
+        let r = handle(&u, "POST", "/reload", None, 0, near);
+        assert_eq!(r.status, 409, "no file to read again");
+        assert_eq!(handle(&u, "POST", "/customers", None, 0, near).status, 405);
+        let c = handle(&u, "GET", "/config", None, 0, far);
+        let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(
+            (v["generation"].as_u64(), v["cause"].as_str()),
+            (Some(1), Some("start"))
+        );
+        assert_eq!(v["routes"], serde_json::json!(["r"]));
+    }
 }

@@ -24,6 +24,8 @@ pub enum ReloadError {
     Invalid { path: PathBuf, errors: ConfigErrors },
     #[error("{}; the running configuration stays", .0.join("; "))]
     Cold(Vec<String>),
+    #[error("the configuration changed while this one was being made; it was not applied")]
+    Superseded,
 }
 
 /// A configuration put in force.
@@ -110,8 +112,22 @@ impl Usher {
     /// Puts `config` in force as the next generation, unless it changes what cannot change while
     /// usher runs.
     pub fn apply(&self, config: Config, source: Source) -> Result<Reloaded, ReloadError> {
+        self.apply_over(None, config, source)
+    }
+
+    /// As [`Self::apply`]; with `base`, only if generation `base` is still the one in force (a
+    /// configuration derived from it must not undo a reload that came in between).
+    fn apply_over(
+        &self,
+        base: Option<u64>,
+        config: Config,
+        source: Source,
+    ) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reloading.lock();
         let current = self.generation();
+        if base.is_some_and(|b| b != current.number) {
+            return Err(ReloadError::Superseded);
+        }
         let cold = cold_changes(&current.config.server, &config.server);
         if !cold.is_empty() {
             return Err(ReloadError::Cold(cold));
@@ -164,7 +180,7 @@ impl Usher {
             ..g.source.clone()
         };
         let before: Vec<String> = g.config.upstreams.iter().map(|a| a.to_string()).collect();
-        match self.apply(next, source) {
+        match self.apply_over(Some(g.number), next, source) {
             Ok(r) => {
                 let after: Vec<String> = self
                     .generation()
