@@ -303,3 +303,55 @@ async fn reload_is_refused_for_a_usher_without_a_file_and_on_get() {
     assert_eq!(r.status().as_u16(), 405);
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_may_name_a_host_and_every_address_it_has_is_an_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Origin::start_local("a").await.unwrap();
+    let cfg = config(
+        &format!(
+            "[[pools]]\nname = \"p\"\nupstreams = [\"localhost:{}\"]\nresolve_interval = \"1s\"\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            a.addr.port()
+        ),
+        dir.path(),
+    );
+    let admin = cfg.server.admin.unwrap();
+    let running = usher::server::spawn(cfg).unwrap();
+    let c = client();
+    let listen = running.listen();
+    for _ in 0..5 {
+        let (s, body) = get(
+            &c,
+            format!("http://{listen}/x"),
+            &[("x-customer-id", "ann")],
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let v = json(&c, format!("http://{admin}/config")).await;
+    let ups: Vec<&str> = v["pools"][0]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(ups.contains(&a.addr.to_string().as_str()), "{v}");
+    // Looked up again every second: the same addresses, so the same generation.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, m) = get(&c, format!("http://{admin}/metrics"), &[]).await;
+    assert!(
+        sample(
+            &m,
+            "usher_upstream_resolutions_total",
+            &[("result", "unchanged")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        json(&c, format!("http://{admin}/config")).await["generation"],
+        1
+    );
+    running.stop();
+}
