@@ -79,6 +79,7 @@ fn cycle(c: &mut Criterion) {
             u.begin(
                 &mut ex,
                 &RequestHead {
+                    version: http::Version::HTTP_11,
                     method: &Method::GET,
                     uri: &uri,
                     headers: &headers[i],

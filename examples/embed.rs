@@ -47,11 +47,14 @@ impl ProxyHttp for ShopProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut ShopCtx) -> Result<bool> {
         // usher identifies the customer and classifies the route; this proxy serves every path, so a
         // request outside usher's routes is still proxied (and measured as route "none").
-        if self.usher.on_request(session, &mut ctx.usher) == Admission::HeadTooLarge {
-            session.respond_error(431).await?;
-            return Ok(true);
+        let admission = self.usher.on_request(session, &mut ctx.usher);
+        match admission.refusal() {
+            Some((status, _)) if admission != Admission::NoRoute => {
+                session.respond_error(status).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(false)
     }
 
     async fn upstream_peer(

@@ -28,6 +28,10 @@ pub const UPSTREAM_IDLE_CONNECTIONS: i64 = 128;
 pub const CUSTOMER_ID_HEADER: &str = "x-customer-id";
 pub const DEFAULT_TIER: &str = "standard";
 pub const MAX_ID_LEN: i64 = 128;
+/// The claim of a customer token that holds the customer id.
+pub const JWT_CUSTOMER_CLAIM: &str = "sub";
+/// Clock skew allowed on a token's `exp` and `nbf`.
+pub const JWT_LEEWAY: Duration = secs(30);
 
 // [experience]
 pub const HALF_LIFE: Duration = secs(600);

@@ -50,6 +50,7 @@ pub mod names {
         "usher_config_last_reload_success_timestamp_seconds";
     pub const UPSTREAM_RESOLUTIONS: &str = "usher_upstream_resolutions_total";
     pub const SNAPSHOTS: &str = "usher_state_snapshots_total";
+    pub const IDENTITY_TOKENS: &str = "usher_identity_tokens_total";
 }
 
 /// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
@@ -88,6 +89,9 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     resolutions: IntCounterVec,
     snapshots: IntCounterVec,
+    tokens: IntCounterVec,
+    /// `tokens` by result, looked up once.
+    token_cells: Mutex<std::collections::HashMap<&'static str, IntCounter>>,
 }
 
 /// One configuration's handles: routes and upstreams of that configuration, by position.
@@ -238,7 +242,14 @@ impl Metrics {
             "State snapshots written and read, by what and result.",
             &["op", "result"],
         );
+        let tokens = counter_vec(
+            names::IDENTITY_TOKENS,
+            "Customer tokens seen, by how they checked out (valid, missing, expired, bad_signature, ...).",
+            &["result"],
+        );
         Metrics {
+            tokens,
+            token_cells: Mutex::new(std::collections::HashMap::new()),
             requests,
             request_duration,
             upstream_duration,
@@ -363,6 +374,15 @@ impl Metrics {
 
     pub fn resolution(&self, result: &str) {
         must(self.resolutions.get_metric_with_label_values(&[result])).inc();
+    }
+
+    /// One request's token checked out as `result`.
+    pub fn token(&self, result: &'static str) {
+        let mut cells = self.token_cells.lock();
+        cells
+            .entry(result)
+            .or_insert_with(|| must(self.tokens.get_metric_with_label_values(&[result])))
+            .inc();
     }
 
     pub fn snapshot(&self, op: &str, result: &str) {

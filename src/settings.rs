@@ -105,3 +105,40 @@ pub struct HealthCheck {
     pub rise: u32,
     pub fall: u32,
 }
+
+/// The keys customer tokens must be signed with, as read from the configuration's key file: one
+/// key for one algorithm, or a JWKS set whose keys are chosen by the token's `kid`.
+#[derive(Clone)]
+pub struct JwtKeys {
+    /// Where they were read from.
+    pub file: std::path::PathBuf,
+    pub keys: Vec<JwtKey>,
+}
+
+#[derive(Clone)]
+pub struct JwtKey {
+    /// The `kid` a token names to be checked with this key; `None` for a single key file.
+    pub kid: Option<String>,
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algs: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{:?}{}",
+                    k.algorithm,
+                    k.kid
+                        .as_deref()
+                        .map(|k| format!(" kid {k}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        write!(f, "JwtKeys({}: {})", self.file.display(), algs.join(", "))
+    }
+}

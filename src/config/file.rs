@@ -25,6 +25,24 @@ pub struct IdentityFile {
     pub tier: Option<Vec<TierSourceFile>>,
     pub default_tier: Option<String>,
     pub max_id_len: Option<i64>,
+    pub jwt: Option<JwtFile>,
+    /// Confirms a `trusted_from` that covers every address.
+    pub trust_any_peer: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub key_file: Option<String>,
+    pub jwks_file: Option<String>,
+    pub algorithm: Option<String>,
+    pub issuer: Option<OneOrMany>,
+    pub audience: Option<OneOrMany>,
+    pub customer_claim: Option<String>,
+    pub tier_claim: Option<String>,
+    pub leeway: Option<String>,
 }
 
 /// One place to read a customer id from; exactly one of the keys must be set.
@@ -32,6 +50,7 @@ pub struct IdentityFile {
 #[serde(deny_unknown_fields)]
 pub struct IdSourceFile {
     pub header: Option<String>,
+    pub trusted_from: Option<Vec<String>>,
     pub cookie: Option<String>,
     pub query: Option<String>,
 }
@@ -43,6 +62,7 @@ pub struct TierSourceFile {
     pub header: Option<String>,
     pub trusted_from: Option<Vec<String>>,
     pub table: Option<String>,
+    pub verified_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -165,13 +165,45 @@ pub struct IdentityConfig {
     pub tier: Vec<TierSource>,
     pub default_tier: TierId,
     pub max_id_len: usize,
+    /// A signed token that says who the customer is (and their tier): a verified identity.
+    pub jwt: Option<JwtConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdSource {
-    Header(HeaderName),
+    /// A header; with `trusted_from`, believed only from those peers (an authenticating front),
+    /// and then the id is verified.
+    Header {
+        name: HeaderName,
+        trusted_from: Option<Vec<IpNet>>,
+    },
     Cookie(String),
     Query(String),
+}
+
+/// Where a token is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`, or the header's whole value for any other header.
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub source: TokenSource,
+    /// The keys tokens must be signed with (read when the configuration is loaded).
+    pub keys: std::sync::Arc<crate::settings::JwtKeys>,
+    /// Accepted `iss` values; empty: not checked.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; empty: not checked.
+    pub audiences: Vec<String>,
+    /// The claim that holds the customer id.
+    pub customer_claim: String,
+    /// The claim that holds the tier name, if any.
+    pub tier_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +218,9 @@ pub enum TierSource {
         path: PathBuf,
         /// Shared: a configuration is cloned into each generation, a large table is not.
         entries: std::sync::Arc<HashMap<Box<str>, TierId>>,
+        /// Applies only to verified ids (a token, or a trusted id header): nobody gets a tier by
+        /// knowing an id.
+        verified_only: bool,
     },
 }
 

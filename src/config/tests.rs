@@ -31,9 +31,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.upstreams.len(), 2);
     assert_eq!(
         c.identity.customer_id,
-        vec![IdSource::Header(http::HeaderName::from_static(
-            "x-customer-id"
-        ))]
+        vec![IdSource::Header {
+            name: http::HeaderName::from_static("x-customer-id"),
+            trusted_from: None
+        }]
     );
 }
 

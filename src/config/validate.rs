@@ -45,6 +45,18 @@ const MAX_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_ROUTES: usize = 10_000;
 const MAX_UPSTREAMS: usize = 10_000;
 
+/// Longest part of a value an error message quotes.
+const QUOTE_MAX: usize = 80;
+
+/// `v` quoted for an error message, cut to [`QUOTE_MAX`] characters: an error about a 50 MB value
+/// must not be 50 MB.
+fn quote(v: &str) -> String {
+    match v.char_indices().nth(QUOTE_MAX) {
+        None => format!("{v:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &v[..cut], v.len()),
+    }
+}
+
 /// Longest Unix socket path (`sun_path` holds 108 bytes with its terminating zero).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -453,6 +465,7 @@ fn identity_config(
     tiers: &[Tier],
     base_dir: &Path,
 ) -> IdentityConfig {
+    let trust_any = f.trust_any_peer.unwrap_or(false);
     let sources = f.customer_id.unwrap_or_else(|| {
         vec![IdSourceFile {
             header: Some(d::CUSTOMER_ID_HEADER.into()),
@@ -462,10 +475,20 @@ fn identity_config(
     let mut customer_id = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         let path = format!("identity.customer_id[{i}]");
+        if s.trusted_from.is_some() && s.header.is_none() {
+            errs.push(
+                format!("{path}.trusted_from"),
+                "only applies to a header source",
+            );
+        }
         match (&s.header, &s.cookie, &s.query) {
             (Some(h), None, None) => {
-                if let Some(h) = header_name(errs, &format!("{path}.header"), h) {
-                    customer_id.push(IdSource::Header(h));
+                let trusted_from = s
+                    .trusted_from
+                    .as_ref()
+                    .map(|t| trusted_nets(errs, &format!("{path}.trusted_from"), t, trust_any));
+                if let Some(name) = header_name(errs, &format!("{path}.header"), h) {
+                    customer_id.push(IdSource::Header { name, trusted_from });
                 }
             }
             (None, Some(c), None) if !c.is_empty() => customer_id.push(IdSource::Cookie(c.clone())),
@@ -483,20 +506,20 @@ fn identity_config(
         match (&s.header, &s.table) {
             (Some(h), None) => {
                 let name = header_name(errs, &format!("{path}.header"), h);
-                let mut trusted_from = Vec::new();
-                for (j, c) in s.trusted_from.iter().flatten().enumerate() {
-                    match parse_net(c) {
-                        Some(n) => trusted_from.push(n),
-                        None => errs.push(
-                            format!("{path}.trusted_from[{j}]"),
-                            format!("{c:?} is not an address or CIDR block, e.g. \"10.0.0.0/8\""),
-                        ),
+                let trusted_from = match &s.trusted_from {
+                    Some(t) => trusted_nets(errs, &format!("{path}.trusted_from"), t, trust_any),
+                    None => {
+                        errs.push(
+                            format!("{path}.trusted_from"),
+                            "a tier header needs trusted_from: otherwise any client could promote itself",
+                        );
+                        Vec::new()
                     }
-                }
-                if s.trusted_from.is_none() {
+                };
+                if s.verified_only.is_some() {
                     errs.push(
-                        format!("{path}.trusted_from"),
-                        "a tier header needs trusted_from: otherwise any client could promote itself",
+                        format!("{path}.verified_only"),
+                        "only applies to a table source",
                     );
                 }
                 if let Some(name) = name {
@@ -515,6 +538,7 @@ fn identity_config(
                     tier.push(TierSource::Table {
                         path: file,
                         entries: std::sync::Arc::new(entries),
+                        verified_only: s.verified_only.unwrap_or(false),
                     });
                 }
             }
@@ -540,12 +564,221 @@ fn identity_config(
         MAX_ID_LEN,
         d::MAX_ID_LEN,
     ) as usize;
+    let jwt = f.jwt.as_ref().and_then(|j| jwt_config(errs, j, base_dir));
     IdentityConfig {
         customer_id,
         tier,
         default_tier,
         max_id_len,
+        jwt,
     }
+}
+
+/// A `trusted_from` list. One that covers every address trusts every client, which is what the
+/// list exists to prevent: refused unless `identity.trust_any_peer` says it is meant.
+fn trusted_nets(errs: &mut Errors, path: &str, list: &[String], trust_any: bool) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (j, c) in list.iter().enumerate() {
+        match parse_net(c) {
+            Some(n) => {
+                if n.prefix_len() == 0 && !trust_any {
+                    errs.push(
+                        format!("{path}[{j}]"),
+                        format!("{c:?} trusts every client to make this claim; list the addresses of what sits in front of usher, or set identity.trust_any_peer = true if that is really meant"),
+                    );
+                }
+                out.push(n);
+            }
+            None => errs.push(
+                format!("{path}[{j}]"),
+                format!(
+                    "{} is not an address or CIDR block, e.g. \"10.0.0.0/8\"",
+                    quote(c)
+                ),
+            ),
+        }
+    }
+    out
+}
+
+fn jwt_config(errs: &mut Errors, f: &JwtFile, base_dir: &Path) -> Option<JwtConfig> {
+    let path = "identity.jwt";
+    let source = match (&f.header, &f.cookie) {
+        (Some(h), None) => header_name(errs, &format!("{path}.header"), h).map(TokenSource::Header),
+        (None, Some(c)) if !c.is_empty() => Some(TokenSource::Cookie(c.clone())),
+        (None, None) => Some(TokenSource::Header(http::header::AUTHORIZATION)),
+        _ => {
+            errs.push(
+                path,
+                "set at most one of header or cookie (default: the authorization header)",
+            );
+            None
+        }
+    };
+    let keys = match (&f.key_file, &f.jwks_file) {
+        (Some(k), None) => {
+            let file = base_dir.join(k);
+            let alg = match f.algorithm.as_deref() {
+                Some(a @ ("HS256" | "RS256" | "ES256")) => Some(a),
+                Some(a) => {
+                    errs.push(
+                        format!("{path}.algorithm"),
+                        format!("{} is not one of \"HS256\", \"RS256\", \"ES256\"", quote(a)),
+                    );
+                    None
+                }
+                None => {
+                    errs.push(
+                        format!("{path}.algorithm"),
+                        "a key_file needs its algorithm: \"HS256\", \"RS256\" or \"ES256\"",
+                    );
+                    None
+                }
+            };
+            alg.and_then(|a| match jwt_key_file(&file, a) {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.key_file"),
+                        format!("{}: {e}", file.display()),
+                    );
+                    None
+                }
+            })
+        }
+        (None, Some(k)) => {
+            if f.algorithm.is_some() {
+                errs.push(
+                    format!("{path}.algorithm"),
+                    "a JWKS names each key's algorithm: leave it out",
+                );
+            }
+            let file = base_dir.join(k);
+            match jwks_file(&file) {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.jwks_file"),
+                        format!("{}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            errs.push(
+                path,
+                "set exactly one of key_file (with algorithm) or jwks_file",
+            );
+            None
+        }
+    };
+    let leeway = duration(
+        errs,
+        &format!("{path}.leeway"),
+        f.leeway.as_ref(),
+        d::JWT_LEEWAY,
+    );
+    let list = |v: &Option<OneOrMany>| v.as_ref().map_or(Vec::new(), |x| x.as_slice().to_vec());
+    Some(JwtConfig {
+        source: source?,
+        keys: std::sync::Arc::new(keys?),
+        issuers: list(&f.issuer),
+        audiences: list(&f.audience),
+        customer_claim: f
+            .customer_claim
+            .clone()
+            .unwrap_or_else(|| d::JWT_CUSTOMER_CLAIM.to_string()),
+        tier_claim: f.tier_claim.clone(),
+        leeway,
+    })
+}
+
+/// Reads at most this much of a key file: keys are small, a huge file is a mistake.
+const MAX_KEY_FILE: u64 = 1 << 20;
+
+fn read_small(file: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut buf = Vec::new();
+    f.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if buf.len() as u64 > MAX_KEY_FILE {
+        return Err(format!("larger than {MAX_KEY_FILE} bytes: not a key file"));
+    }
+    Ok(buf)
+}
+
+fn jwt_key_file(file: &Path, alg: &str) -> Result<crate::settings::JwtKeys, String> {
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    let bytes = read_small(file)?;
+    let (algorithm, key) = match alg {
+        "HS256" => {
+            let secret: Vec<u8> = bytes.trim_ascii().to_vec();
+            if secret.len() < 32 {
+                return Err("an HS256 secret needs at least 32 bytes".into());
+            }
+            (
+                Algorithm::HS256,
+                DecodingKey::from_secret(&secret)
+                    .map_err(|e| format!("not a usable secret: {e}"))?,
+            )
+        }
+        "RS256" => (
+            Algorithm::RS256,
+            DecodingKey::from_rsa_pem(&bytes)
+                .map_err(|e| format!("not an RSA public key in PEM: {e}"))?,
+        ),
+        _ => (
+            Algorithm::ES256,
+            DecodingKey::from_ec_pem(&bytes)
+                .map_err(|e| format!("not an EC (P-256) public key in PEM: {e}"))?,
+        ),
+    };
+    Ok(crate::settings::JwtKeys {
+        file: file.to_path_buf(),
+        keys: vec![crate::settings::JwtKey {
+            kid: None,
+            algorithm,
+            key,
+        }],
+    })
+}
+
+fn jwks_file(file: &Path) -> Result<crate::settings::JwtKeys, String> {
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    let bytes = read_small(file)?;
+    let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let kid = jwk.common.key_id.clone();
+        let algorithm = match jwk.common.key_algorithm.map(|a| a.to_string()) {
+            Some(a) if a == "HS256" => Algorithm::HS256,
+            Some(a) if a == "RS256" => Algorithm::RS256,
+            Some(a) if a == "ES256" => Algorithm::ES256,
+            Some(a) => {
+                return Err(format!(
+                    "key {i}: algorithm {a} is not one of HS256, RS256, ES256"
+                ))
+            }
+            None => return Err(format!("key {i} has no \"alg\"")),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+        keys.push(crate::settings::JwtKey {
+            kid,
+            algorithm,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err("no keys".into());
+    }
+    Ok(crate::settings::JwtKeys {
+        file: file.to_path_buf(),
+        keys,
+    })
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {

@@ -185,6 +185,8 @@ pub enum Admission {
     NoRoute,
     /// Request line and headers exceed `server.max_header_bytes`: answer 431, forward nothing.
     HeadTooLarge,
+    /// An HTTP/1.1 request without a Host header: answer 400.
+    NoHost,
 }
 
 impl Admission {
@@ -194,6 +196,7 @@ impl Admission {
             Admission::Route(_) => None,
             Admission::NoRoute => Some((404, "usher: no route matches this request\n")),
             Admission::HeadTooLarge => Some((431, "usher: request header fields too large\n")),
+            Admission::NoHost => Some((400, "usher: an HTTP/1.1 request needs a Host header\n")),
         }
     }
 }
@@ -201,6 +204,7 @@ impl Admission {
 /// The request as usher sees it on admission.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
+    pub version: http::Version,
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,

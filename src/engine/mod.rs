@@ -117,7 +117,16 @@ impl Usher {
             g.in_flight.enter();
             ex.admitted = true;
         }
-        let identity = g.identity.resolve(req.uri, req.headers, req.peer);
+        let identity = g.identity.resolve(req.uri, req.headers, req.peer, now_ms);
+        if let Some(t) = identity.token {
+            self.state.metrics.token(t.as_str());
+        }
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+            // RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+            ex.identity = Some(identity);
+            ex.gen = Some(g);
+            return Admission::NoHost;
+        }
         if exchange::head_size(req) > g.config.server.max_header_bytes {
             ex.identity = Some(identity);
             ex.gen = Some(g);
@@ -563,11 +572,7 @@ impl Usher {
             None => {
                 // The request failed before identification (e.g. a malformed head): count it, but
                 // against nobody in particular.
-                anonymous = Identity {
-                    id: "anon:unknown".into(),
-                    tier: g.config.identity.default_tier,
-                    untrusted_tier_header: false,
-                };
+                anonymous = Identity::unknown(g.config.identity.default_tier);
                 &anonymous
             }
         };

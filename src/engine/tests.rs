@@ -61,6 +61,7 @@ fn begin(
 ) -> Exchange {
     let mut h = HeaderMap::new();
     h.insert("x-customer-id", customer.parse().unwrap());
+    h.insert("host", "shop.example".parse().unwrap());
     if let Some(t) = tier {
         h.insert("x-customer-tier", t.parse().unwrap());
     }
@@ -69,6 +70,7 @@ fn begin(
     u.begin(
         &mut ex,
         &RequestHead {
+            version: http::Version::HTTP_11,
             method: &method,
             uri: &uri,
             headers: &h,

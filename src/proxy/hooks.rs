@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Prefix of headers that only usher may set toward the upstream.
-pub const RESERVED_PREFIX: &str = "x-usher-";
+use crate::identity::headers;
+pub use crate::identity::headers::RESERVED_PREFIX;
 
 #[derive(Clone)]
 pub struct UsherHooks {
@@ -46,6 +46,7 @@ impl UsherHooks {
     pub fn on_request(&self, session: &Session, ex: &mut Exchange) -> Admission {
         let req = session.req_header();
         let head = RequestHead {
+            version: req.version,
             method: &req.method,
             uri: &req.uri,
             headers: &req.headers,
@@ -101,31 +102,17 @@ impl UsherHooks {
         self.usher.accepts(ex, addr)
     }
 
-    /// upstream_request_filter: removes `x-usher-*` headers the client sent and tier claims the
-    /// client was not trusted to make; adds the experience header when configured.
+    /// upstream_request_filter: removes every header that reads as one of usher's own
+    /// (`x-usher-*`) or as a claim usher believes only from some peers (tier and trusted id
+    /// headers), lookalike spellings (`x_customer_tier`) included, unless this peer was trusted to
+    /// send it; adds the experience header when configured.
     pub fn on_upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) -> Result<()> {
-        let reserved = |n: &str| {
-            n.len() > RESERVED_PREFIX.len()
-                && n[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+        let (guarded, trusted) = match (ex.generation(), ex.identity()) {
+            (Some(g), Some(i)) => (g.identity_resolver().guarded(), i.trusted),
+            _ => (&[][..], 0),
         };
-        if req.headers.keys().any(|k| reserved(k.as_str())) {
-            let names: Vec<_> = req
-                .headers
-                .keys()
-                .filter(|k| reserved(k.as_str()))
-                .cloned()
-                .collect();
-            for n in names {
-                req.remove_header(&n);
-            }
-        }
-        if let (Some(g), true) = (
-            ex.generation(),
-            ex.identity().is_some_and(|i| i.untrusted_tier_header),
-        ) {
-            for n in g.identity_resolver().tier_headers() {
-                req.remove_header(n);
-            }
+        for name in headers::to_strip(&req.headers, guarded, trusted) {
+            req.remove_header(&name);
         }
         if let Some((name, value)) = self.usher.experience_header(ex) {
             req.insert_header(name.clone(), value)?;

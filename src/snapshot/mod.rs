@@ -451,10 +451,12 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
         let uri: Uri = path.parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-customer-id", who.parse().unwrap());
+        h.insert("host", "shop.example".parse().unwrap());
         let mut ex = Exchange::new();
         u.begin(
             &mut ex,
             &RequestHead {
+                version: http::Version::HTTP_11,
                 method: &method,
                 uri: &uri,
                 headers: &h,
