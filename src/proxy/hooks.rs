@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::identity::headers;
-pub use crate::identity::headers::RESERVED_PREFIX;
 
 #[derive(Clone)]
 pub struct UsherHooks {
