@@ -81,27 +81,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// The admin address written in `path` (read leniently: the file may be the invalid one being
-/// reloaded), else the default.
-fn admin_of(path: &std::path::Path) -> anyhow::Result<SocketAddr> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let admin = toml::from_str::<toml::Table>(&text)
-        .ok()
-        .and_then(|t| t.get("server")?.get("admin")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| usher::defaults::ADMIN.to_string());
-    admin.parse().with_context(|| {
-        format!(
-            "{}: server.admin {admin:?} is not an address; pass --admin",
-            path.display()
-        )
-    })
-}
-
+/// `usher reload`: checks the file here first, exactly as the running usher will (so a bad file is
+/// refused with every error without asking anything), then asks the running usher (its admin
+/// address from the run file it keeps in its state folder, else the file's) to read it again.
 fn reload(config: &std::path::Path, admin: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
-    let admin = match admin {
-        Some(a) => a,
-        None => admin_of(config)?,
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!(
+                "reload refused: {} is not valid; the running configuration stays (nothing was sent)",
+                config.display()
+            );
+            for e in &errs.0 {
+                eprintln!("  {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let running = usher::server::RunFile::read(&cfg.state.dir).filter(|r| r.alive());
+    let admin = match (admin, running.and_then(|r| r.admin), cfg.server.admin) {
+        (Some(a), _, _) | (None, Some(a), _) | (None, None, Some(a)) => a,
+        (None, None, None) => anyhow::bail!(
+            "{}: server.admin is off, and no running usher says where its admin API is; pass --admin",
+            config.display()
+        ),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

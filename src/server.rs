@@ -33,6 +33,12 @@ const CLOSE_BUDGET_SECS: u64 = 60;
 const UPGRADE_WAIT_SECS: usize = 60;
 /// The upgrade socket's name in `state.dir`.
 pub const UPGRADE_SOCK: &str = "upgrade.sock";
+/// In `state.dir`: the running usher's pid and admin address, one per line, while it runs.
+pub const RUN_FILE: &str = "usher.pid";
+/// In `state.dir`: the pid of a new process waiting for the listening sockets.
+pub const WAITING_FILE: &str = "upgrade.waiting";
+/// In `state.dir`: locked by the usher that owns the folder (its snapshot), one at a time.
+pub const LOCK_FILE: &str = "usher.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -48,6 +54,59 @@ pub enum StartError {
     NotReady(SocketAddr, Duration),
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),
+    #[error("cannot use the state folder {}: {source}", dir.display())]
+    StateDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the state folder {} is in use by another usher{}; give each usher its own state.dir, or take over from it with `usher run --upgrade`", dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    StateInUse {
+        dir: std::path::PathBuf,
+        pid: Option<u32>,
+    },
+    #[error("--upgrade: no running usher found to take over from ({} names none that is alive); start it without --upgrade", dir.join(RUN_FILE).display())]
+    NothingToUpgrade { dir: std::path::PathBuf },
+}
+
+/// What `usher run` leaves in `state.dir` while it runs: its pid and its admin address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFile {
+    pub pid: u32,
+    pub admin: Option<SocketAddr>,
+}
+
+impl RunFile {
+    pub fn read(dir: &Path) -> Option<RunFile> {
+        let text = std::fs::read_to_string(dir.join(RUN_FILE)).ok()?;
+        let mut lines = text.lines();
+        let pid = lines.next()?.trim().parse().ok()?;
+        let admin = lines.next().and_then(|a| a.trim().parse().ok());
+        Some(RunFile { pid, admin })
+    }
+
+    fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let admin = self.admin.map(|a| a.to_string()).unwrap_or_default();
+        let tmp = dir.join(format!("{RUN_FILE}.tmp"));
+        std::fs::write(&tmp, format!("{}\n{admin}\n", self.pid))?;
+        std::fs::rename(tmp, dir.join(RUN_FILE))
+    }
+
+    /// Whether the process is alive (signal 0 delivers nothing, only checks).
+    pub fn alive(&self) -> bool {
+        // SAFETY: kill with signal 0 sends nothing; it only asks whether the pid exists.
+        self.pid != 0 && unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+    }
+}
+
+/// The pid a file in `dir` names, if that process is alive and is not this one.
+fn live_other(dir: &Path, name: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let other = RunFile { pid, admin: None };
+    (pid != std::process::id() && other.alive()).then_some(pid)
 }
 
 /// Pingora reports a listener it cannot bind by panicking inside its service task, leaving the
@@ -139,11 +198,20 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
 /// is reported and left alone (never fatal).
 pub fn load_snapshot(usher: &Usher) {
     let path = snapshot::path_of(usher);
-    if !path.exists() {
-        tracing::info!(path = %path.display(), "no state snapshot: starting fresh");
-        return;
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "no state snapshot: starting fresh");
+        }
+        Err(e) => {
+            usher.state().metrics.snapshot("read", "failure");
+            tracing::error!(path = %path.display(), "cannot read the state snapshot, starting without it: {e}");
+        }
+        Ok(m) if !m.is_file() => {
+            usher.state().metrics.snapshot("read", "failure");
+            tracing::error!(path = %path.display(), "the state snapshot is not a regular file, starting without it");
+        }
+        Ok(_) => load_snapshot_from(usher, &path),
     }
-    load_snapshot_from(usher, &path);
 }
 
 fn load_snapshot_from(usher: &Usher, path: &Path) {
@@ -169,30 +237,12 @@ fn load_snapshot_from(usher: &Usher, path: &Path) {
     }
 }
 
-/// After a graceful upgrade: the old process writes its state when it has drained, after this one
-/// started. Wait for that snapshot and merge it in; if it never comes, take what is there.
-fn take_over_snapshot(usher: &Usher, started_ms: u64, within: Duration) {
-    let path = snapshot::path_of(usher);
-    let me = std::process::id();
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some((written_ms, pid)) = snapshot::written_by(&path) {
-            if pid != me && written_ms >= started_ms {
-                tracing::info!(old_pid = pid, "the old process's state arrived");
-                load_snapshot_from(usher, &path);
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    tracing::warn!(path = %path.display(), "no state from the old process within {within:?}: taking the last snapshot");
-    if path.exists() {
-        load_snapshot_from(usher, &path);
-    }
+/// Pingora's signals, with SIGINT as graceful as SIGTERM (a Ctrl-C should not lose state
+/// either), and SIGQUIT acted on only when a new process is waiting for the sockets: Pingora would
+/// otherwise give up handing them over after a few seconds and shut down, leaving nobody serving.
+struct Signals {
+    state_dir: std::path::PathBuf,
 }
-
-/// Pingora's signals, with SIGINT as graceful as SIGTERM: a Ctrl-C should not lose state either.
-struct Signals;
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -206,27 +256,68 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot watch for signals: stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT: handing the listening sockets to the new process");
-                ShutdownSignal::GracefulUpgrade
+        loop {
+            tokio::select! {
+                _ = quit.recv() => match live_other(&self.state_dir, WAITING_FILE) {
+                    Some(pid) => {
+                        tracing::info!(new_pid = pid, "SIGQUIT: handing the listening sockets to the new process");
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    None => tracing::error!(
+                        "SIGQUIT ignored: no new process is waiting for the listening sockets; start `usher run --upgrade` (it sends SIGQUIT itself)"
+                    ),
+                },
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::GracefulTerminate,
             }
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = int.recv() => ShutdownSignal::GracefulTerminate,
         }
     }
 }
 
 /// `usher run`: serves until SIGTERM or SIGINT (graceful; a second SIGINT exits at once) or SIGQUIT
 /// (graceful upgrade), reloading on SIGHUP. Returns once requests are drained, events written
-/// out and state saved.
+/// out and state saved. With `upgrade`, takes over from the usher running on the same state
+/// folder: waits for its sockets, asks it to hand them over (SIGQUIT), and merges the state it
+/// writes on its way out.
 pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartError> {
-    if !upgrade {
+    let dir = config.state.dir.clone();
+    let dir_err = |source| StartError::StateDir {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(dir_err)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(dir_err)?;
+    let old = if upgrade {
+        let old = RunFile::read(&dir)
+            .filter(|r| r.alive() && r.pid != std::process::id())
+            .ok_or_else(|| StartError::NothingToUpgrade { dir: dir.clone() })?;
+        std::fs::write(dir.join(WAITING_FILE), std::process::id().to_string()).map_err(dir_err)?;
+        Some(old)
+    } else {
         preflight(&config)?;
-    }
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StartError::StateInUse {
+                    dir: dir.clone(),
+                    pid: RunFile::read(&dir).map(|r| r.pid),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
+        None
+    };
     let started_ms = crate::time::wall_ms();
     let usher = Usher::with_source(config, source, Instant::now());
-    if !upgrade {
+    if upgrade {
+        // Until the old process has written its state and let go of the folder, it is its.
+        usher.state().set_owns_state_dir(false);
+    } else {
         load_snapshot(&usher);
     }
     let control = tokio::runtime::Builder::new_current_thread()
@@ -243,20 +334,48 @@ pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartErr
             ))
         })
         .map_err(StartError::Signals)?;
+    if let Some(old) = &old {
+        // Pingora waits a few seconds for the sockets once it listens for them (inside
+        // `build`): ask the old process for them now, rather than leave the timing to a person.
+        let pid = old.pid;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            tracing::info!(
+                old_pid = pid,
+                "asking the running usher for its listening sockets (SIGQUIT)"
+            );
+            // SAFETY: sends a signal to a pid read from the state folder; nothing else.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGQUIT) };
+        });
+    }
     let server = build(usher.clone(), upgrade);
     if upgrade {
+        let _ = std::fs::remove_file(dir.join(WAITING_FILE));
         tracing::info!("listening sockets taken over from the old process");
         let u = usher.clone();
         let within =
             u.generation().config.server.grace_period + Duration::from_secs(CLOSE_BUDGET_SECS + 10);
-        std::thread::spawn(move || take_over_snapshot(&u, started_ms, within));
+        std::thread::spawn(move || take_over_state(&u, lock, started_ms, within));
+    } else {
+        // Held for the life of the process: the folder is this usher's.
+        std::mem::forget(lock);
+    }
+    let me = RunFile {
+        pid: std::process::id(),
+        admin: usher.generation().config.server.admin,
+    };
+    if let Err(e) = me.write(&dir) {
+        tracing::warn!(dir = %dir.display(), "cannot write the run file (usher reload and --upgrade use it): {e}");
     }
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let signals = Signals {
+        state_dir: dir.clone(),
+    };
     std::thread::Builder::new()
         .name("usher-server".into())
         .spawn(move || {
             server.run(RunArgs {
-                shutdown_signal: Box::new(Signals),
+                shutdown_signal: Box::new(signals),
             });
             let _ = done_tx.send(());
         })
@@ -283,8 +402,43 @@ pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartErr
             }
         }
     });
+    // The run file is this process's unless a new one has taken over meanwhile.
+    if RunFile::read(&dir).is_some_and(|r| r.pid == me.pid) {
+        let _ = std::fs::remove_file(dir.join(RUN_FILE));
+    }
     tracing::info!("usher stopped");
     Ok(())
+}
+
+/// After a graceful upgrade: the old process writes its state when it has drained, after this one
+/// started, then lets go of the folder. Take the folder's lock (it is this usher's from then on)
+/// and merge that state in.
+fn take_over_state(usher: &Usher, lock: std::fs::File, started_ms: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                tracing::error!("the old process kept the state folder ({e:?}): this usher will not write a snapshot");
+                return;
+            }
+        }
+    }
+    usher.state().set_owns_state_dir(true);
+    std::mem::forget(lock);
+    let path = snapshot::path_of(usher);
+    match snapshot::written_by(&path) {
+        Some((written_ms, pid)) if written_ms >= started_ms && pid != std::process::id() => {
+            tracing::info!(old_pid = pid, "the old process's state arrived");
+        }
+        _ => {
+            tracing::warn!(path = %path.display(), "the old process wrote no state after this one started: taking the last snapshot")
+        }
+    }
+    load_snapshot(usher);
 }
 
 struct ChannelSignal(tokio::sync::Mutex<tokio::sync::oneshot::Receiver<ShutdownSignal>>);

@@ -68,6 +68,9 @@ pub struct State {
     pub in_flight: Arc<InFlight>,
     /// When this process started, Unix milliseconds.
     pub started_ms: u64,
+    /// Whether the state folder is this process's to write its snapshot to (not while a graceful
+    /// upgrade's old process still holds it).
+    owns_state_dir: std::sync::atomic::AtomicBool,
 }
 
 /// Requests between admission and their end. One counter per thread slot, each on its own cache
@@ -133,6 +136,7 @@ impl State {
             events,
             in_flight: Arc::new(InFlight::default()),
             started_ms: now_ms,
+            owns_state_dir: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -166,6 +170,14 @@ impl State {
     /// Requests admitted and not yet finished.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.count()
+    }
+
+    pub fn owns_state_dir(&self) -> bool {
+        self.owns_state_dir.load(Ordering::Acquire)
+    }
+
+    pub fn set_owns_state_dir(&self, owns: bool) {
+        self.owns_state_dir.store(owns, Ordering::Release);
     }
 
     /// The name behind an interned tier id.

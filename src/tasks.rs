@@ -110,7 +110,8 @@ impl BackgroundService for Periodic {
                         let usher = usher.clone();
                         // A scan of a million customers takes milliseconds: not on the reactor.
                         let _ = tokio::task::spawn_blocking(move || {
-                            usher.state().store.trim();
+                            let trimmed = usher.state().store.trim();
+                            usher.state().metrics.customers_evicted.inc_by(trimmed as u64);
                             usher.refresh_summary(wall_ms());
                         }).await;
                     }
@@ -167,6 +168,10 @@ pub async fn close(usher: &Arc<Usher>, sinks: JoinHandle<()>) {
 /// Writes the snapshot, logging the outcome.
 pub async fn save(usher: &Arc<Usher>) {
     let path = snapshot::path_of(usher);
+    if !usher.state().owns_state_dir() {
+        tracing::error!(path = %path.display(), "not writing the state snapshot: the state folder is still another process's");
+        return;
+    }
     let u = usher.clone();
     let written = tokio::task::spawn_blocking(move || snapshot::write(&u, &path)).await;
     match written {

@@ -160,7 +160,8 @@ async fn sighup_and_usher_reload_read_the_file_again_and_refuse_a_bad_one() {
     let (code, _, err) = usher_cli(&["reload", "--config", file]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("reload refused (422)")
+        err.contains("reload refused")
+            && err.contains("nothing was sent")
             && err.contains("routes[0].pool: no pool named \"gone\""),
         "{err}"
     );
@@ -203,7 +204,9 @@ async fn sighup_and_usher_reload_read_the_file_again_and_refuse_a_bad_one() {
             "usher_config_reloads_total",
             &[("result", "failure")]
         ),
-        Some(3.0)
+        // The bad file by SIGHUP and the moved listener; `usher reload` refused the bad file
+        // itself, without asking.
+        Some(2.0)
     );
     p.signal("TERM");
     p.wait(Duration::from_secs(15));
@@ -339,9 +342,15 @@ async fn a_graceful_upgrade_refuses_no_connection_and_hands_over_the_state() {
     std::fs::write(&path, site(listen, admin, origin.addr, "")).unwrap();
     let mut old = Proc::run(&path, &[]);
     usher::server::wait_listening(listen, Duration::from_secs(20)).unwrap();
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_eq!(fresh_get(listen, "/site/x", "bob"), Ok(200));
     }
+    // Another usher on the same state folder is refused: the folder (its snapshot) is this one's.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, site(free_addr(), free_addr(), origin.addr, "")).unwrap();
+    let (code, _, err) = usher_cli(&["run", "--config", other.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is in use by another usher"), "{err}");
     // Clients arriving all along, each on a new connection.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
@@ -358,17 +367,16 @@ async fn a_graceful_upgrade_refuses_no_connection_and_hands_over_the_state() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let mut new = Proc::run(&path, &["--upgrade"]);
-    let sock = dir.path().join("usher-state/upgrade.sock");
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the new process never waited for the sockets"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A SIGQUIT with no new process waiting is ignored: the old one keeps serving.
     old.signal("QUIT");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        old.alive(),
+        "SIGQUIT with nobody to hand the sockets to must not stop usher"
+    );
+    assert_eq!(fresh_get(listen, "/site/x", "bob"), Ok(200));
+    // The new process asks the old one for the sockets itself.
+    let mut new = Proc::run(&path, &["--upgrade"]);
     old.wait(Duration::from_secs(30));
     // The old process is gone; the new one serves, and has bob's history from the old one.
     let bob = until(
@@ -396,4 +404,22 @@ async fn a_graceful_upgrade_refuses_no_connection_and_hands_over_the_state() {
     );
     new.signal("TERM");
     new.wait(Duration::from_secs(15));
+}
+
+#[test]
+fn an_upgrade_with_nothing_to_take_over_from_says_so_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usher.toml");
+    std::fs::write(&path, site(free_addr(), free_addr(), free_addr(), "")).unwrap();
+    let t = Instant::now();
+    let (code, _, err) = usher_cli(&["run", "--config", path.to_str().unwrap(), "--upgrade"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no running usher found to take over from"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "no waiting for sockets that will never come"
+    );
 }

@@ -53,11 +53,13 @@ fn cold_changes(now: &ServerConfig, next: &ServerConfig) -> Vec<String> {
         format!("{:?}", now.listen),
         format!("{:?}", next.listen),
     );
+    let admin =
+        |a: Option<std::net::SocketAddr>| a.map_or("\"off\"".to_string(), |a| a.to_string());
     check(
         "server.admin",
         now.admin != next.admin,
-        format!("{:?}", now.admin),
-        format!("{:?}", next.admin),
+        admin(now.admin),
+        admin(next.admin),
     );
     check(
         "server.threads",
@@ -128,7 +130,15 @@ impl Usher {
         if base.is_some_and(|b| b != current.number) {
             return Err(ReloadError::Superseded);
         }
-        let cold = cold_changes(&current.config.server, &config.server);
+        let mut cold = cold_changes(&current.config.server, &config.server);
+        if current.config.state.dir != config.state.dir {
+            // The graceful upgrade's socket and the running usher's marks live there.
+            cold.push(format!(
+                "state.dir changed from {} to {}: it cannot change while usher runs; restart usher",
+                current.config.state.dir.display(),
+                config.state.dir.display()
+            ));
+        }
         if !cold.is_empty() {
             return Err(ReloadError::Cold(cold));
         }

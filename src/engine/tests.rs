@@ -789,6 +789,14 @@ steps = [{ name = "cart", path = "/cart" }, { name = "pay", path = "/checkout/pa
         assert_eq!(what.len(), 2, "{what:?}");
         assert!(what[0].starts_with("server.listen changed") && what[0].contains("--upgrade"));
         assert!(what[1].starts_with("server.threads changed from 1 to 4"));
+        let moved_state = format!("[state]\ndir = \"elsewhere\"\n{SECOND}");
+        let err = u
+            .apply(
+                Config::parse(&moved_state, Path::new(".")).unwrap(),
+                source(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("state.dir changed"), "{err}");
         let g = u.generation();
         assert_eq!(g.number, 1, "nothing of it applied");
         assert_eq!(g.config.routes[0].name, "promo");

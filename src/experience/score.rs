@@ -93,13 +93,14 @@ impl Score {
         (self.good, self.weight, self.at_ms)
     }
 
-    /// A score from [`Self::parts`]; `None` for values no score can hold (negative, not finite, or
-    /// more good than weight).
+    /// A score from [`Self::parts`]; `None` for values no score can hold (negative, not finite,
+    /// more good than weight, or more weight than a billion requests at once).
     pub fn from_parts(good: f32, weight: f32, at_ms: u64) -> Option<Score> {
+        const MAX_WEIGHT: f32 = 1e9;
         (good.is_finite()
             && weight.is_finite()
             && good >= 0.0
-            && weight >= 0.0
+            && (0.0..=MAX_WEIGHT).contains(&weight)
             && good <= weight + 1e-3)
             .then_some(Score {
                 good: good.min(weight),

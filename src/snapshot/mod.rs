@@ -268,16 +268,32 @@ pub fn written_by(path: &Path) -> Option<(u64, u32)> {
 }
 
 /// Reads the snapshot at `path` into usher's state, merged with what is already known. The whole
-/// file is checked first: a snapshot that is cut short, corrupt or of another format is refused
-/// and nothing of it is taken. Blocking.
+/// file is checked first, framing and checksum and then every record decoded and judged: a
+/// snapshot that is cut short, corrupt, of another format, or with a record no usher would write,
+/// is refused and nothing of it is taken. Blocking.
 pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
     let started = Instant::now();
     frame::verify(path)?;
+    read(usher, path, false)?;
+    let mut out = read(usher, path, true)?;
+    out.took = started.elapsed();
+    Ok(out)
+}
+
+/// Whether `id` could be a customer id usher tracks (what identity accepts).
+fn usable_id(id: &str, max_len: usize) -> bool {
+    !id.is_empty() && id.len() <= max_len && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// One pass over the records; with `apply` false, every record is decoded and judged and nothing
+/// is changed.
+fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
     let st = usher.state();
     let g = usher.generation();
     let journey_len = g.store_settings().journey_len;
     let model = g.store_settings().model;
     let max_funnels = g.config.events.funnel_track_max;
+    let max_id = crate::defaults::MAX_ID_LEN.max(g.config.identity.max_id_len as i64) as usize;
     let mut out = Loaded::default();
     let mut r = FrameReader::open(path)?;
     let mut buf = Vec::new();
@@ -296,6 +312,9 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
             }
             NAMES => {
                 let n: Names = frame::decode(&buf)?;
+                if !apply {
+                    continue;
+                }
                 let intern =
                     |names: &crate::names::Interner<Arc<str>>, v: &[String]| -> Vec<Option<u16>> {
                         v.iter()
@@ -322,6 +341,22 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
                         c.id
                     )));
                 };
+                if !usable_id(&c.id, max_id) {
+                    return Err(FrameError::Corrupt(format!(
+                        "{:?} is not a customer id",
+                        c.id
+                    )));
+                }
+                if !c.steps.len().is_multiple_of(crate::experience::journey::STEP_BYTES) {
+                    return Err(FrameError::Corrupt(format!(
+                        "customer {:?} has a torn journey",
+                        c.id
+                    )));
+                }
+                if !apply {
+                    out.customers += 1;
+                    continue;
+                }
                 let map = |ids: &[Option<u16>], id: Option<u16>| {
                     id.and_then(|i| ids.get(i as usize).copied().flatten())
                 };
@@ -354,6 +389,9 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
             }
             FUNNEL => {
                 let f: Funnel = frame::decode(&buf)?;
+                if !apply {
+                    continue;
+                }
                 if let Some(id) = funnels.get(f.funnel as usize).copied().flatten() {
                     let p = Progress {
                         furthest: f.furthest,
@@ -369,11 +407,17 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
             }
             COOLDOWN => {
                 let c: Cooldown = frame::decode(&buf)?;
+                if !apply {
+                    continue;
+                }
                 st.events.cooldown().restore(c.kind, c.subject, c.at_ms);
                 out.cooldowns += 1;
             }
             ROUTE => {
                 let rt: Route = frame::decode(&buf)?;
+                if !apply {
+                    continue;
+                }
                 if let Some(rs) = st.route(&rt.name) {
                     let mut w = rs.slo.lock();
                     for (m, good, total) in rt.slo {
@@ -388,6 +432,9 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
             }
             UPSTREAM => {
                 let u: Upstream = frame::decode(&buf)?;
+                if !apply {
+                    continue;
+                }
                 let node = u.addr.parse().ok().and_then(|a| st.upstreams.node(a));
                 if let Some(node) = node {
                     node.restore_health(&u.health, now);
@@ -398,8 +445,9 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
             _ => {}
         }
     }
-    g.refresh_upstream_states(now);
-    out.took = started.elapsed();
+    if apply {
+        g.refresh_upstream_states(now);
+    }
     Ok(out)
 }
 
@@ -590,5 +638,66 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
         );
         std::fs::write(&path, &good).unwrap();
         assert_eq!(load(&b, &path).unwrap().customers, 50);
+    }
+
+    #[test]
+    fn a_well_framed_snapshot_with_an_impossible_record_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let customer = |id: &str, weight: f32| Customer {
+            id: id.into(),
+            tier: 0,
+            good: 1.0,
+            weight,
+            at_ms: 1,
+            first_seen_ms: 1,
+            requests: 1,
+            errors: 0,
+            frustrated: 0,
+            rescued_until_s: 0,
+            degraded: false,
+            steps: Vec::new(),
+        };
+        for bad in [
+            customer("z", f32::NAN),
+            customer("z", 1e30),
+            customer("has space", 1.0),
+            customer("", 1.0),
+        ] {
+            let mut w = FrameWriter::create(&path).unwrap();
+            w.write(
+                HEADER,
+                &Header {
+                    written_ms: 1,
+                    pid: 1,
+                    usher: "test".into(),
+                },
+            )
+            .unwrap();
+            w.write(
+                NAMES,
+                &Names {
+                    routes: vec![],
+                    tiers: vec!["gold".into()],
+                    funnels: vec![],
+                    addrs: vec![],
+                },
+            )
+            .unwrap();
+            w.write(CUSTOMER, &customer("a", 1.0)).unwrap();
+            w.write(CUSTOMER, &bad).unwrap();
+            w.finish().unwrap();
+            let b = Usher::new(config("promo"));
+            let r = load(&b, &path);
+            assert!(
+                matches!(r, Err(FrameError::Corrupt(_))),
+                "{:?}",
+                r.map(|l| l.customers)
+            );
+            assert!(
+                b.state().store.is_empty(),
+                "not even the good record before the bad one"
+            );
+        }
     }
 }

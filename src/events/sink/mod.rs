@@ -41,8 +41,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A spool another process still holds (the old one, during a graceful upgrade) is tried again
 /// this often; events wait in the sink's queue meanwhile.
 const SPOOL_BUSY_RETRY: Duration = Duration::from_millis(200);
-/// How long a stopped sink still waits for a spool held by another process.
-const SPOOL_BUSY_GIVE_UP: Duration = Duration::from_secs(10);
+/// How long a stopped sink still waits for a spool held by another process; well inside the time
+/// usher gives its sinks to close (`crate::tasks`), so that what it cannot spool is still counted.
+const SPOOL_BUSY_GIVE_UP: Duration = Duration::from_secs(5);
 
 fn age_secs(e: &CloudEvent) -> Option<f64> {
     let t = humantime::parse_rfc3339(&e.time).ok()?;
