@@ -2,7 +2,7 @@
 //! bench harness's faults.
 //!
 //! Answers every request with a short JSON echo (origin name, method, path and the request's `x-*`
-//! headers, so tests can see what usher forwarded), keeps connections alive, and can be told at run
+//! and `x_*` headers, so tests can see what usher forwarded), keeps connections alive, and can be told at run
 //! time to add delay (everywhere or under a path prefix), to fail a fraction of requests with 503, or
 //! to fail its health check. Failures are spread evenly and deterministically (every k-th request),
 //! not at random, so tests get exact ratios. Not a production server.
@@ -176,7 +176,8 @@ async fn answer(
     let method = req.method().to_string();
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        if k.as_str().starts_with("x-") {
+        // `x_` too: what a client sends as a lookalike of an `x-` header must show if it got through.
+        if k.as_str().starts_with("x-") || k.as_str().starts_with("x_") {
             headers.insert(
                 k.as_str().to_string(),
                 serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),

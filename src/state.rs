@@ -68,6 +68,9 @@ pub struct State {
     pub in_flight: Arc<InFlight>,
     /// When this process started, Unix milliseconds.
     pub started_ms: u64,
+    /// This process's id in the hop header (16 hex digits, random): a request that comes back
+    /// with it has looped.
+    pub instance: String,
     /// Whether the state folder is this process's to write its snapshot to (not while a graceful
     /// upgrade's old process still holds it).
     owns_state_dir: std::sync::atomic::AtomicBool,
@@ -136,6 +139,7 @@ impl State {
             events,
             in_flight: Arc::new(InFlight::default()),
             started_ms: now_ms,
+            instance: format!("{:016x}", rand::random::<u64>()),
             owns_state_dir: std::sync::atomic::AtomicBool::new(true),
         }
     }

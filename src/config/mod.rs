@@ -49,6 +49,30 @@ impl ConfigErrors {
     }
 }
 
+/// No configuration is this large; a larger file (or `/dev/zero`) is a mistake, not a reason to
+/// read until memory runs out.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Err("it is a directory".to_string());
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "larger than {} MiB; is this the configuration file?",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
+}
+
 impl Config {
     /// Reads and validates a configuration file; relative paths inside it are relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -63,9 +87,15 @@ impl Config {
                 message: format!("cannot read the configuration: {e}"),
             }])
         };
-        let bytes = std::fs::read(path).map_err(|e| cannot(e.to_string()))?;
-        let text =
-            std::str::from_utf8(&bytes).map_err(|e| cannot(format!("not UTF-8 text ({e})")))?;
+        let bytes = read_capped(path).map_err(cannot)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            cannot(format!("line {line} is not UTF-8 text"))
+        })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let config = Self::parse(text, base)?;
         Ok((config, bytes))

@@ -57,6 +57,14 @@ fn quote(v: &str) -> String {
     }
 }
 
+/// A message from a parser, cut to a readable length (it may quote a value of any size).
+fn cut(msg: &str) -> String {
+    match msg.char_indices().nth(2 * QUOTE_MAX) {
+        None => msg.to_string(),
+        Some((at, _)) => format!("{}... (cut)", &msg[..at]),
+    }
+}
+
 /// Longest Unix socket path (`sun_path` holds 108 bytes with its terminating zero).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -87,10 +95,7 @@ pub fn parse(
     let table: toml::Table = match toml::from_str(text) {
         Ok(t) => t,
         Err(e) => {
-            errs.push(
-                "(file)",
-                e.message().to_string() + &location(text, e.span()),
-            );
+            errs.push("(file)", cut(e.message()) + &location(text, e.span()));
             return Err(ConfigErrors(errs.0));
         }
     };
@@ -129,9 +134,13 @@ pub fn parse(
     let protection = protection_config(&mut errs, protection);
     let events = events_config(&mut errs, events, experience.degraded_below, base_dir);
     let funnels = funnel_list(&mut errs, &funnels);
+    loops_to_self(&mut errs, &server, &pools);
     let state = StateConfig {
         dir: base_dir.join(state.dir.as_deref().unwrap_or(d::STATE_DIR)),
     };
+    if let Err(e) = can_make_dir(&state.dir) {
+        errs.push("state.dir", e);
+    }
     // The graceful upgrade's socket lives there, and a socket path has a hard length limit.
     let sock = state.dir.join("upgrade.sock");
     if sock.as_os_str().len() > MAX_SOCKET_PATH {
@@ -204,9 +213,10 @@ fn deserialize<T: DeserializeOwned>(
                 } else {
                     format!("{path}.{inner}")
                 };
-                // toml appends context on further lines; the first says it all.
+                // toml appends context on further lines; the first says it all. serde quotes the
+                // value it could not take: cut it short.
                 let msg = e.into_inner().to_string();
-                errs.push(full, msg.lines().next().unwrap_or("").trim().to_string());
+                errs.push(full, cut(msg.lines().next().unwrap_or("").trim()));
                 if !remove_at(&mut value, &segments) {
                     return None;
                 }
@@ -281,14 +291,20 @@ fn duration(errs: &mut Errors, path: &str, value: Option<&String>, default: Dura
             default
         }
         Ok(d) if d > MAX_DURATION => {
-            errs.push(path, format!("{text:?} is too long; at most 365 days"));
+            errs.push(
+                path,
+                format!("{} is too long; at most 365 days", quote(text)),
+            );
             default
         }
         Ok(d) => d,
         Err(e) => {
             errs.push(
                 path,
-                format!("{text:?} is not a duration ({e}); write e.g. \"300ms\", \"10s\", \"5m\""),
+                format!(
+                    "{} is not a duration ({e}); write e.g. \"300ms\", \"10s\", \"5m\"",
+                    quote(text)
+                ),
             );
             default
         }
@@ -299,7 +315,7 @@ fn header_name(errs: &mut Errors, path: &str, name: &str) -> Option<HeaderName> 
     match HeaderName::from_bytes(name.as_bytes()) {
         Ok(h) => Some(h),
         Err(_) => {
-            errs.push(path, format!("{name:?} is not a valid header name"));
+            errs.push(path, format!("{} is not a valid header name", quote(name)));
             None
         }
     }
@@ -320,8 +336,12 @@ fn upstream_spec(text: &str, resolve: &mut Resolve<'_>) -> Result<UpstreamSpec, 
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(UpstreamSpec::Addr(a));
     }
-    let not_an_address =
-        || format!("{text:?} is not an address; write host:port, e.g. \"127.0.0.1:8080\"");
+    let not_an_address = || {
+        format!(
+            "{} is not an address; write host:port, e.g. \"127.0.0.1:8080\"",
+            quote(text)
+        )
+    };
     let (host, port) = text.rsplit_once(':').ok_or_else(not_an_address)?;
     let port: u16 = port.parse().map_err(|_| not_an_address())?;
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
@@ -333,8 +353,8 @@ fn upstream_spec(text: &str, resolve: &mut Resolve<'_>) -> Result<UpstreamSpec, 
             port,
             addrs,
         }),
-        Ok(_) => Err(format!("{host:?} has no addresses")),
-        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+        Ok(_) => Err(format!("{} has no addresses", quote(host))),
+        Err(e) => Err(format!("cannot resolve {}: {e}", quote(host))),
     }
 }
 
@@ -420,7 +440,7 @@ fn tier_list(errs: &mut Errors, tiers: &[Option<TierFile>]) -> Vec<Tier> {
         match t.name.as_deref() {
             None | Some("") => errs.push(path, "every tier needs a name"),
             Some(n) if out.iter().any(|o| o.name == n) => {
-                errs.push(path, format!("tier {n:?} is defined twice"))
+                errs.push(path, format!("tier {} is defined twice", quote(n)))
             }
             Some(n) => out.push(Tier {
                 name: n.to_string(),
@@ -551,7 +571,11 @@ fn identity_config(
         Some(n) => tier_by_name(tiers, n).unwrap_or_else(|| {
             errs.push(
                 "identity.default_tier",
-                format!("no tier named {n:?}; tiers are {}", tier_names(tiers)),
+                format!(
+                    "no tier named {}; tiers are {}",
+                    quote(n),
+                    tier_names(tiers)
+                ),
             );
             0
         }),
@@ -584,7 +608,7 @@ fn trusted_nets(errs: &mut Errors, path: &str, list: &[String], trust_any: bool)
                 if n.prefix_len() == 0 && !trust_any {
                     errs.push(
                         format!("{path}[{j}]"),
-                        format!("{c:?} trusts every client to make this claim; list the addresses of what sits in front of usher, or set identity.trust_any_peer = true if that is really meant"),
+                        format!("{} trusts every client to make this claim; list the addresses of what sits in front of usher, or set identity.trust_any_peer = true if that is really meant", quote(c)),
                     );
                 }
                 out.push(n);
@@ -781,6 +805,89 @@ fn jwks_file(file: &Path) -> Result<crate::settings::JwtKeys, String> {
     })
 }
 
+/// An upstream that is one of usher's own listeners sends every request back to usher, which
+/// sends it on again until the descriptors run out.
+fn loops_to_self(errs: &mut Errors, server: &ServerConfig, pools: &[PoolConfig]) {
+    let own: Vec<SocketAddr> = server
+        .listen
+        .iter()
+        .chain(server.admin.iter())
+        .copied()
+        .collect();
+    let is_own = |u: &SocketAddr| {
+        own.iter().any(|l| {
+            l.port() == u.port()
+                && (l.ip() == u.ip()
+                    || l.ip().is_unspecified() && (u.ip().is_loopback() || u.ip().is_unspecified()))
+        })
+    };
+    for (i, p) in pools.iter().enumerate() {
+        for (j, spec) in p.specs.iter().enumerate() {
+            if let Some(a) = spec.addrs().iter().find(|a| is_own(a)) {
+                errs.push(
+                    format!("pools[{i}].upstreams[{j}]"),
+                    format!("{a} is usher's own listener: every request would come back to usher"),
+                );
+            }
+        }
+    }
+}
+
+/// Whether the running user may create and write files in `dir`.
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path; access only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// A folder usher keeps files in: if it exists, a writable directory; if not, a writable parent
+/// to make it in (usher makes the folder itself, saying so in its docs; nothing more).
+fn can_make_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(format!("{} exists and is not a directory", dir.display())),
+        Ok(_) if !writable(dir) => Err(format!("{} is not writable by this user", dir.display())),
+        Ok(_) => Ok(()),
+        Err(_) => match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) if !parent.is_dir() => Err(format!(
+                "{} does not exist, and neither does {}",
+                dir.display(),
+                parent.display()
+            )),
+            Some(parent) if !writable(parent) => Err(format!(
+                "{} does not exist and cannot be made: {} is not writable by this user",
+                dir.display(),
+                parent.display()
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// A file usher appends to: its folder must exist and be writable (it is not made silently), and
+/// the file itself, if there, must be a regular file.
+fn can_write_file(file: &Path) -> Result<(), String> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("its folder {} does not exist", dir.display()));
+    }
+    if !writable(dir) {
+        return Err(format!(
+            "its folder {} is not writable by this user",
+            dir.display()
+        ));
+    }
+    match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", file.display())),
+        _ => Ok(()),
+    }
+}
+
 fn parse_net(text: &str) -> Option<IpNet> {
     text.parse::<IpNet>()
         .ok()
@@ -818,8 +925,8 @@ fn load_table(
                 }
                 Some(_) => Some("empty customer id".to_string()),
                 None => Some(format!(
-                    "unknown tier {:?}; tiers are {}",
-                    t.trim(),
+                    "unknown tier {}; tiers are {}",
+                    quote(t.trim()),
                     tier_names(tiers)
                 )),
             },
@@ -921,7 +1028,7 @@ fn pool_list(
                 if !names.insert(n.to_string()) {
                     errs.push(
                         format!("{path}.name"),
-                        format!("pool {n:?} is defined twice"),
+                        format!("pool {} is defined twice", quote(n)),
                     );
                 }
                 n.to_string()
@@ -1010,7 +1117,7 @@ fn health_check(errs: &mut Errors, path: &str, h: &HealthCheckFile) -> HealthChe
     if !check_path.starts_with('/') {
         errs.push(
             format!("{path}.path"),
-            format!("{check_path:?} must start with '/'"),
+            format!("{} must start with '/'", quote(&check_path)),
         );
     }
     let interval = duration(
@@ -1295,7 +1402,7 @@ fn route_list(
                 if !names.insert(n.to_string()) {
                     errs.push(
                         format!("{path}.name"),
-                        format!("route {n:?} is defined twice"),
+                        format!("route {} is defined twice", quote(n)),
                     );
                 }
                 n.to_string()
@@ -1367,7 +1474,11 @@ fn pool_by_name(errs: &mut Errors, path: &str, name: &str, pools: &[PoolConfig])
                 .collect();
             errs.push(
                 path,
-                format!("no pool named {name:?}; pools are {}", known.join(", ")),
+                format!(
+                    "no pool named {}; pools are {}",
+                    quote(name),
+                    known.join(", ")
+                ),
             );
             None
         }
@@ -1381,7 +1492,10 @@ fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMat
     let host = m.host.as_deref().and_then(|h| {
         let h = h.trim().to_ascii_lowercase();
         if h.is_empty() || h.contains('/') || h.contains(' ') {
-            errs.push(format!("{path}.host"), format!("{h:?} is not a host name"));
+            errs.push(
+                format!("{path}.host"),
+                format!("{} is not a host name", quote(&h)),
+            );
             None
         } else if let Some(rest) = h.strip_prefix("*.") {
             Some(HostMatch::Suffix(format!(".{rest}")))
@@ -1395,7 +1509,7 @@ fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMat
         } else {
             errs.push(
                 format!("{path}.path_prefix"),
-                format!("{p:?} must start with '/'"),
+                format!("{} must start with '/'", quote(p)),
             );
             None
         }
@@ -1407,7 +1521,7 @@ fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMat
             Ok(me) if !upper.is_empty() => methods.push(me),
             _ => errs.push(
                 format!("{path}.method[{j}]"),
-                format!("{text:?} is not an HTTP method"),
+                format!("{} is not an HTTP method", quote(text)),
             ),
         }
     }
@@ -1427,7 +1541,7 @@ fn route_match(errs: &mut Errors, path: &str, m: Option<&MatchFile>) -> RouteMat
                 Err(_) => {
                     errs.push(
                         format!("{hpath}.value"),
-                        format!("{v:?} is not a valid header value"),
+                        format!("{} is not a valid header value", quote(v)),
                     );
                     None
                 }
@@ -1484,10 +1598,25 @@ fn events_config(
                 errs.push(
                     format!("{path}.name"),
                     format!(
-                        "sink {:?} is defined twice; give one a different name",
-                        sink.name
+                        "sink {} is defined twice; give one a different name",
+                        quote(&sink.name)
                     ),
                 );
+            }
+            match &sink.kind {
+                SinkKind::Jsonl { path: file, .. } => {
+                    if let Err(e) = can_write_file(file) {
+                        errs.push(format!("{path}.path"), format!("{}: {e}", file.display()));
+                    }
+                }
+                SinkKind::Webhook { .. } | SinkKind::Nats { .. } => {
+                    if let Err(e) = can_make_dir(&spool_dir) {
+                        errs.push(
+                            "events.spool_dir",
+                            format!("the {} sink spools there: {e}", quote(&sink.name)),
+                        );
+                    }
+                }
             }
             sinks.push(sink);
         }
@@ -1538,7 +1667,7 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
         Some(k) => {
             errs.push(
                 format!("{path}.type"),
-                format!("unknown sink type {k:?}; use {KINDS}"),
+                format!("unknown sink type {}; use {KINDS}", quote(k)),
             );
             return None;
         }
@@ -1611,7 +1740,7 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
             Some(u) => {
                 errs.push(
                     format!("{path}.url"),
-                    format!("{u:?} must start with {}", schemes.join(" or ")),
+                    format!("{} must start with {}", quote(u), schemes.join(" or ")),
                 );
                 None
             }
@@ -1671,13 +1800,13 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
         if stream.is_empty() || stream.contains(['.', ' ', '*', '>']) {
             errs.push(
                 format!("{path}.stream"),
-                format!("{stream:?} is not a JetStream stream name"),
+                format!("{} is not a JetStream stream name", quote(stream)),
             );
         }
         if subject.is_empty() || subject.contains([' ', '*', '>']) {
             errs.push(
                 format!("{path}.subject"),
-                format!("{subject:?} is not a subject to publish to"),
+                format!("{} is not a subject to publish to", quote(subject)),
             );
         }
     }
@@ -1698,7 +1827,7 @@ fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel>
                 if out.iter().any(|o| o.name == n) {
                     errs.push(
                         format!("{path}.name"),
-                        format!("funnel {n:?} is defined twice"),
+                        format!("funnel {} is defined twice", quote(n)),
                     );
                 }
                 n.to_string()
@@ -1716,7 +1845,7 @@ fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel>
                     .map_err(|_| {
                         errs.push(
                             format!("{spath}.method"),
-                            format!("{m:?} is not an HTTP method"),
+                            format!("{} is not an HTTP method", quote(m)),
                         )
                     })
                     .ok()
@@ -1731,7 +1860,7 @@ fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel>
                     if parsed.is_none() {
                         errs.push(
                             format!("{spath}.path"),
-                            format!("{p:?} is not a path pattern: start with '/', '*' for one segment, '**' only at the end"),
+                            format!("{} is not a path pattern: start with '/', '*' for one segment, '**' only at the end", quote(p)),
                         );
                     }
                     parsed

@@ -187,6 +187,8 @@ pub enum Admission {
     HeadTooLarge,
     /// An HTTP/1.1 request without a Host header: answer 400.
     NoHost,
+    /// The request has been through this usher before (or through too many): answer 508.
+    Loop,
 }
 
 impl Admission {
@@ -197,6 +199,7 @@ impl Admission {
             Admission::NoRoute => Some((404, "usher: no route matches this request\n")),
             Admission::HeadTooLarge => Some((431, "usher: request header fields too large\n")),
             Admission::NoHost => Some((400, "usher: an HTTP/1.1 request needs a Host header\n")),
+            Admission::Loop => Some((508, "usher: this request has been here before (a loop)\n")),
         }
     }
 }

@@ -121,6 +121,17 @@ impl Usher {
         if let Some(t) = identity.token {
             self.state.metrics.token(t.as_str());
         }
+        let mut hops = crate::identity::headers::hops(req.headers);
+        let looped = hops
+            .by_ref()
+            .take(crate::identity::headers::MAX_HOPS)
+            .any(|h| h == self.state.instance)
+            || hops.next().is_some();
+        if looped {
+            ex.identity = Some(identity);
+            ex.gen = Some(g);
+            return Admission::Loop;
+        }
         if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
             // RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
             ex.identity = Some(identity);

@@ -10,6 +10,21 @@ use http::{HeaderMap, HeaderName};
 
 /// Prefix of headers that only usher may set toward the upstream.
 pub const RESERVED_PREFIX: &str = "x-usher-";
+/// The ushers a request has passed, by instance id, comma-separated: how a loop is caught.
+pub const HOP_HEADER: &str = "x-usher-hop";
+/// A request that has passed this many ushers is looping, whatever the ids say.
+pub const MAX_HOPS: usize = 8;
+
+/// The instance ids in a request's hop header (only what looks like one: 16 hex digits).
+pub fn hops(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(HOP_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
 
 /// One byte as a header name compares: lower case, `_` as `-`.
 fn fold(b: u8) -> u8 {

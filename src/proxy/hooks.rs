@@ -28,11 +28,15 @@ use crate::identity::headers;
 #[derive(Clone)]
 pub struct UsherHooks {
     usher: Arc<Usher>,
+    /// This usher alone as the hop header's value, made once.
+    hop: http::HeaderValue,
 }
 
 impl UsherHooks {
     pub fn new(usher: Arc<Usher>) -> Self {
-        UsherHooks { usher }
+        let hop = http::HeaderValue::from_str(&usher.state().instance)
+            .expect("16 hex digits are a header value");
+        UsherHooks { usher, hop }
     }
 
     pub fn usher(&self) -> &Arc<Usher> {
@@ -110,9 +114,21 @@ impl UsherHooks {
             (Some(g), Some(i)) => (g.identity_resolver().guarded(), i.trusted),
             _ => (&[][..], 0),
         };
+        // The ushers this request came through, then this one: a loop comes back to it (508).
+        let hop = {
+            let mut before = headers::hops(&req.headers).peekable();
+            if before.peek().is_none() {
+                self.hop.clone()
+            } else {
+                let mut v: Vec<&str> = before.collect();
+                v.push(&self.usher.state().instance);
+                http::HeaderValue::from_str(&v.join(", ")).unwrap_or_else(|_| self.hop.clone())
+            }
+        };
         for name in headers::to_strip(&req.headers, guarded, trusted) {
             req.remove_header(&name);
         }
+        req.insert_header(headers::HOP_HEADER, hop)?;
         if let Some((name, value)) = self.usher.experience_header(ex) {
             req.insert_header(name.clone(), value)?;
         }

@@ -347,7 +347,11 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
                         c.id
                     )));
                 }
-                if !c.steps.len().is_multiple_of(crate::experience::journey::STEP_BYTES) {
+                if !c
+                    .steps
+                    .len()
+                    .is_multiple_of(crate::experience::journey::STEP_BYTES)
+                {
                     return Err(FrameError::Corrupt(format!(
                         "customer {:?} has a torn journey",
                         c.id

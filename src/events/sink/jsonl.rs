@@ -28,10 +28,9 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 }
 
 impl JsonlFile {
+    /// Opens (or creates) the file; its folder must exist: a mistyped path is an error, not a new
+    /// folder somewhere.
     pub fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let size = file.metadata()?.len();
         Ok(JsonlFile {
