@@ -350,3 +350,110 @@ async fn a_reload_keeps_an_unchanged_sink_and_moves_a_changed_one_without_losing
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), want);
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_is_dead_lettered_and_what_follows_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let mut receiver = Receiver::new(free_addr());
+    receiver
+        .refuse
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    receiver.start().await;
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nname = \"crm\"\nurl = \"http://{}/events\"\nbatch = 5\n",
+        receiver.addr
+    );
+    let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    let proxy = running.listen();
+    let adm = running.admin().unwrap();
+    // The first batch is refused for good: 400. It must not hold back the rest.
+    degrade(proxy, 0, 3).await;
+    eventually(
+        Duration::from_secs(10),
+        "the refused batch dead-lettered",
+        || {
+            std::fs::read_to_string(dir.path().join("spool/crm/dead.jsonl"))
+                .is_ok_and(|t| !t.is_empty())
+        },
+    )
+    .await;
+    degrade(proxy, 3, 10).await;
+    let (want, _) = expected_ids(&running);
+    let c = client();
+    let dead = json(&c, format!("http://{adm}/events/dead")).await;
+    let dead_ids: HashSet<String> = dead["sinks"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!dead_ids.is_empty() && dead_ids.len() <= 5, "{dead}");
+    eventually(Duration::from_secs(20), "everything else delivered", || {
+        let got: HashSet<String> = receiver.ids().into_iter().collect();
+        got.len() + dead_ids.len() == want.len() && got.is_disjoint(&dead_ids)
+    })
+    .await;
+    let (_, m) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+    let dead_counted: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("usher_events_total") && l.contains("outcome=\"dead_lettered\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(dead_counted as usize, dead_ids.len());
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_verified_against_its_ca_and_gets_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let mut receiver = Receiver::new_tls(free_addr());
+    receiver.start().await;
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-ca.pem"),
+        dir.path().join("ca.pem"),
+    )
+    .unwrap();
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nurl = \"https://127.0.0.1:{}/events\"\nca_file = \"ca.pem\"\n",
+        receiver.addr.port()
+    );
+    let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    degrade(running.listen(), 0, 5).await;
+    let (want, _) = expected_ids(&running);
+    eventually(Duration::from_secs(15), "every event over https", || {
+        receiver.ids().into_iter().collect::<HashSet<_>>() == want
+    })
+    .await;
+    running.stop();
+    // Without the CA the receiver's certificate is not trusted: nothing is delivered, all spooled.
+    let dir2 = tempfile::tempdir().unwrap();
+    let untrusting = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nurl = \"https://127.0.0.1:{}/events\"\ntimeout = \"1s\"\n",
+        receiver.addr.port()
+    );
+    let before = receiver.ids().len();
+    let running = usher::server::spawn(with_sinks(&broken, &untrusting, dir2.path())).unwrap();
+    degrade(running.listen(), 100, 3).await;
+    let adm = running.admin().unwrap();
+    let c = client();
+    let mut spooled = 0.0;
+    for _ in 0..50 {
+        let (_, m) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+        spooled = sample(&m, "usher_event_spool_bytes", &[("sink", "webhook")]).unwrap_or(0.0);
+        if spooled > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(spooled > 0.0);
+    assert_eq!(
+        receiver.ids().len(),
+        before,
+        "an unverified receiver gets nothing"
+    );
+    running.stop();
+}

@@ -423,3 +423,52 @@ fn an_upgrade_with_nothing_to_take_over_from_says_so_at_once() {
         "no waiting for sockets that will never come"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_webhook_backoff_loses_no_event_older_than_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut receiver = Receiver::new(free_addr());
+    let path = dir.path().join("usher.toml");
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nname = \"crm\"\nurl = \"http://{}/events\"\ntimeout = \"300ms\"\n",
+        receiver.addr
+    );
+    std::fs::write(&path, site(listen, admin, broken.addr, &sinks)).unwrap();
+    let mut first = Proc::run(&path, &[]);
+    usher::server::wait_listening(listen, Duration::from_secs(20)).unwrap();
+    // The receiver is down: the sink is backing off while events keep coming.
+    for i in 0..20 {
+        for _ in 0..3 {
+            assert_eq!(fresh_get(listen, "/site/x", &format!("c{i}")), Ok(503));
+        }
+    }
+    let raised = admin_json(admin, "/events?limit=1000").await;
+    let want: std::collections::HashSet<String> = raised["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(want.len() >= 20, "{raised}");
+    std::thread::sleep(Duration::from_millis(1200));
+    first.signal("KILL");
+    let _ = first.0.wait();
+
+    receiver.start().await;
+    let mut second = Proc::run(&path, &[]);
+    usher::server::wait_listening(admin, Duration::from_secs(20)).unwrap();
+    until(
+        Duration::from_secs(30),
+        "every event raised before the kill",
+        async || {
+            let got: std::collections::HashSet<String> = receiver.ids().into_iter().collect();
+            want.is_subset(&got).then_some(())
+        },
+    )
+    .await;
+    second.signal("TERM");
+    second.wait(Duration::from_secs(15));
+}

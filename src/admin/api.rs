@@ -51,6 +51,7 @@ const INDEX: &str = "usher admin API
   GET /routes                  per-route requests, failure rate, p50/p90/p99
   GET /upstreams               per-upstream state, why, requests, failure rate, p50/p90/p99
   GET /events?limit=N          the most recent follow-up events, newest first
+  GET /events/dead?limit=N     events a receiver refused for good, per sink
   GET /config                  the configuration in force: generation, file, hash, load time
   POST /reload                 read the configuration file again (from loopback only)
 ";
@@ -94,6 +95,7 @@ pub fn handle(
         "/customers" | "/customers/" => worst(usher, query, now_ms),
         "/routes" => Reply::json(200, &routes(usher, now_ms)),
         "/events" => events(usher, query),
+        "/events/dead" => dead_letters(usher, query),
         "/upstreams" => Reply::json(200, &upstreams(usher, now_ms)),
         "/config" => Reply::json(200, &config(usher)),
         p => match p.strip_prefix("/customers/") {
@@ -174,6 +176,31 @@ fn events(usher: &Usher, query: Option<&str>) -> Reply {
     let recent = usher.state().events.recent(limit);
     let list: Vec<&crate::events::model::CloudEvent> = recent.iter().map(|e| e.as_ref()).collect();
     Reply::json(200, &serde_json::json!({ "events": list }))
+}
+
+fn dead_letters(usher: &Usher, query: Option<&str>) -> Reply {
+    let limit =
+        match urlencoded::query_param(query.unwrap_or(""), "limit").map(|v| v.parse::<usize>()) {
+            None => 100,
+            Some(Ok(n)) => n.min(MAX_EVENTS),
+            Some(Err(_)) => return Reply::error(400, "limit must be a number, e.g. ?limit=50"),
+        };
+    let g = usher.generation();
+    let ev = &g.config.events;
+    let mut out = Vec::new();
+    for s in &ev.sinks {
+        if matches!(s.kind, crate::config::SinkKind::Jsonl { .. }) {
+            continue;
+        }
+        let dir = ev.spool_dir.join(&s.name);
+        let events = crate::events::sink::spool::dead_letters(&dir, limit).unwrap_or_default();
+        out.push(serde_json::json!({
+            "sink": s.name,
+            "file": dir.join(crate::events::sink::spool::DEAD).display().to_string(),
+            "events": events,
+        }));
+    }
+    Reply::json(200, &serde_json::json!({ "sinks": out }))
 }
 
 fn worst(usher: &Usher, query: Option<&str>, now_ms: u64) -> Reply {

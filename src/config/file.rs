@@ -104,6 +104,7 @@ pub struct SinkFile {
     pub max_spool_bytes: Option<i64>,
     pub stream: Option<String>,
     pub subject: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

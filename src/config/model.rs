@@ -91,6 +91,8 @@ pub enum SinkKind {
         batch: usize,
         timeout: Duration,
         max_spool_bytes: u64,
+        /// Certificates (PEM) an `https://` receiver's may be signed by, besides the system's.
+        ca: Option<std::sync::Arc<Vec<u8>>>,
     },
     /// Publish to NATS JetStream with acknowledgement; the stream is created if missing.
     Nats {

@@ -1690,10 +1690,11 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
         ("max_spool_bytes", f.max_spool_bytes.is_some()),
         ("stream", f.stream.is_some()),
         ("subject", f.subject.is_some()),
+        ("ca_file", f.ca_file.is_some()),
     ];
     let allowed: &[&str] = match kind_name {
         "jsonl" => &["path", "max_bytes", "keep"],
-        "webhook" => &["url", "batch", "timeout", "max_spool_bytes"],
+        "webhook" => &["url", "batch", "timeout", "max_spool_bytes", "ca_file"],
         _ => &["url", "stream", "subject", "timeout", "max_spool_bytes"],
     };
     for (key, set) in present {
@@ -1778,6 +1779,26 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
             ) as usize,
             timeout,
             max_spool_bytes,
+            ca: f.ca_file.as_ref().and_then(|c| {
+                let file = base_dir.join(c);
+                let pem =
+                    read_small(&file).and_then(|b| {
+                        match reqwest::Certificate::from_pem_bundle(&b) {
+                            Ok(certs) if !certs.is_empty() => Ok(b),
+                            _ => Err("no PEM certificate in it".to_string()),
+                        }
+                    });
+                match pem {
+                    Ok(b) => Some(std::sync::Arc::new(b)),
+                    Err(e) => {
+                        errs.push(
+                            format!("{path}.ca_file"),
+                            format!("{}: {e}", file.display()),
+                        );
+                        None
+                    }
+                }
+            }),
         },
         _ => SinkKind::Nats {
             url: url(errs, &["nats://"])?,

@@ -19,17 +19,26 @@ pub enum EventOutcome {
     Dropped = 1,
     /// Written (jsonl) or acknowledged by the receiver (webhook, nats).
     Delivered = 2,
-    /// Not sent at all: the cooldown for this customer and type was running (sink "none").
+    /// Not sent at all: the cooldown for this customer and type was running, or the type's budget
+    /// was spent (sink "none").
     Suppressed = 3,
+    /// Refused by the receiver for good, kept in the sink's dead-letter file.
+    DeadLettered = 4,
 }
 
-const EVENT_OUTCOMES: [&str; 4] = ["queued", "dropped", "delivered", "suppressed"];
+const EVENT_OUTCOMES: [&str; 5] = [
+    "queued",
+    "dropped",
+    "delivered",
+    "suppressed",
+    "dead_lettered",
+];
 
 /// Handles for one sink, moved into its task.
 #[derive(Clone)]
 pub struct SinkMetrics {
     /// `[type][outcome]`.
-    counts: Vec<[IntCounter; 4]>,
+    counts: Vec<[IntCounter; 5]>,
     pub queue_depth: IntGauge,
     pub spool_bytes: IntGauge,
     pub delivery: Histogram,

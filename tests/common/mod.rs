@@ -192,10 +192,14 @@ pub fn figures<'a>(samples: impl Iterator<Item = &'a Sample>) -> Figures {
 }
 
 /// A webhook receiver on a fixed address that records every event it is POSTed and can be
-/// stopped and started again on the same port.
+/// stopped and started again on the same port; optionally over TLS, and refusing (400) the next
+/// `refuse` batches.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub events: std::sync::Arc<parking_lot::Mutex<Vec<serde_json::Value>>>,
+    /// Batches still to answer 400 (a receiver that will never take them).
+    pub refuse: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -204,7 +208,33 @@ impl Receiver {
         Receiver {
             addr,
             events: Default::default(),
+            refuse: Default::default(),
+            tls: None,
             stop: None,
+        }
+    }
+
+    /// The same, serving HTTPS with the test certificate for 127.0.0.1 (signed by
+    /// `tests/fixtures/test-ca.pem`).
+    pub fn new_tls(addr: SocketAddr) -> Receiver {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(dir.join("receiver.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("receiver.pk8")).unwrap();
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Receiver {
+            tls: Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))),
+            ..Receiver::new(addr)
         }
     }
 
@@ -218,7 +248,7 @@ impl Receiver {
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
         self.stop = Some(tx);
-        let events = self.events.clone();
+        let (events, refuse, tls) = (self.events.clone(), self.refuse.clone(), self.tls.clone());
         tokio::spawn(async move {
             let mut stop_accept = rx.clone();
             loop {
@@ -226,11 +256,12 @@ impl Receiver {
                     c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
                     _ = stop_accept.changed() => return,
                 };
-                let (events, mut stop) = (events.clone(), rx.clone());
+                let (events, refuse, tls, mut stop) =
+                    (events.clone(), refuse.clone(), tls.clone(), rx.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let events = events.clone();
+                            let (events, refuse) = (events.clone(), refuse.clone());
                             async move {
                                 let ct = req
                                     .headers()
@@ -244,8 +275,16 @@ impl Receiver {
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
+                                let refused = refuse
+                                    .fetch_update(
+                                        std::sync::atomic::Ordering::SeqCst,
+                                        std::sync::atomic::Ordering::SeqCst,
+                                        |n| n.checked_sub(1),
+                                    )
+                                    .is_ok();
                                 let status =
                                     match serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
+                                        _ if refused => 400,
                                         Ok(batch) if ct == "application/cloudevents-batch+json" => {
                                             events.lock().extend(batch);
                                             200
@@ -260,9 +299,22 @@ impl Receiver {
                             }
                         },
                     );
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                    tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let conn =
+                                http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                            tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                        }
+                        None => {
+                            let conn =
+                                http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                            tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                        }
+                    }
                 });
             }
         });

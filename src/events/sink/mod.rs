@@ -4,7 +4,11 @@
 //! Remote sinks (webhook, NATS) share one driver: every event is appended to the sink's disk spool
 //! first, and batches are delivered from the spool, retried with capped exponential backoff while
 //! the receiver is down. Delivery is at least once; the spool keeps what is not yet acknowledged
-//! across restarts.
+//! across restarts. Events keep reaching the spool while a batch is on its way or waiting out a
+//! backoff, and the spool is written through within a second, so a `kill -9` loses at most the
+//! last second. A batch the receiver refuses outright (a 400: it will never take it) is not
+//! retried: it goes to the sink's dead-letter file beside the spool, counted, and what is behind it
+//! keeps flowing.
 //!
 //! A sink is stopped by its own signal, not the process's: when a reload retires it, or once the
 //! requests in flight at shutdown are done. Then it stops delivering, takes every event still on its
@@ -29,11 +33,28 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
+/// Why a batch was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again: the receiver is down, slow, overloaded or asks to come back later.
+    Retry(String),
+    /// The receiver will never take this batch (a 4xx but 408 and 429): dead-lettered.
+    Reject(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retry(m) | Failure::Reject(m) => f.write_str(m),
+        }
+    }
+}
+
 /// A receiver that takes batches of events and acknowledges them.
 #[async_trait]
 pub trait Deliver: Send {
-    /// Delivers the whole batch or fails; a failed batch is retried whole.
-    async fn deliver(&mut self, batch: &[CloudEvent]) -> Result<(), String>;
+    /// Delivers the whole batch or fails; a batch that failed to be retried is retried whole.
+    async fn deliver(&mut self, batch: &[CloudEvent]) -> Result<(), Failure>;
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -81,8 +102,9 @@ pub async fn run(
             batch,
             timeout,
             max_spool_bytes,
+            ca,
         } => {
-            let d = webhook::Webhook::new(url, timeout);
+            let d = webhook::Webhook::new(url, timeout, ca.as_deref().map(|c| c.as_slice()));
             run_remote(
                 name,
                 d,
@@ -204,21 +226,32 @@ pub async fn run_remote<D: Deliver>(
             tracing::error!(sink = %name, "cannot spool event: {err}");
         }
     };
+    // Takes what is queued and writes it through to the spool file: it is on disk from here on.
+    let take_queued = |spool: &mut Spool,
+                       rx: &mut mpsc::Receiver<Arc<CloudEvent>>,
+                       first: Option<&CloudEvent>| {
+        if let Some(e) = first {
+            spool_in(spool, e);
+        }
+        while let Ok(e) = rx.try_recv() {
+            spool_in(spool, &e);
+        }
+        if let Err(err) = spool.flush() {
+            tracing::error!(sink = %name, "cannot write the spool: {err}");
+        }
+    };
     'deliver: loop {
         if *stop.borrow() {
             break;
         }
-        while let Ok(e) = rx.try_recv() {
-            spool_in(&mut spool, &e);
-        }
-        let _ = spool.flush();
+        take_queued(&mut spool, &mut rx, None);
         metrics.queue_depth.set(rx.len() as i64);
         metrics.spool_bytes.set(spool.pending_bytes() as i64);
 
         if spool.is_empty() {
             tokio::select! {
                 e = rx.recv() => match e {
-                    Some(e) => spool_in(&mut spool, &e),
+                    Some(e) => take_queued(&mut spool, &mut rx, Some(&e)),
                     None => break,
                 },
                 _ = stop.changed() => break,
@@ -239,7 +272,19 @@ pub async fn run_remote<D: Deliver>(
         let outcome = if events.is_empty() {
             Ok(())
         } else {
-            deliver.deliver(&events).await
+            // What arrives while the batch is on its way goes to the spool meanwhile.
+            let sending = deliver.deliver(&events);
+            tokio::pin!(sending);
+            let mut closed = false;
+            loop {
+                tokio::select! {
+                    r = &mut sending => break r,
+                    e = rx.recv(), if !closed => match e {
+                        Some(e) => take_queued(&mut spool, &mut rx, Some(&e)),
+                        None => closed = true,
+                    },
+                }
+            }
         };
         match outcome {
             Ok(()) => {
@@ -254,7 +299,25 @@ pub async fn run_remote<D: Deliver>(
                 }
                 backoff = BACKOFF_MIN;
             }
-            Err(err) => {
+            Err(Failure::Reject(err)) => {
+                tracing::error!(sink = %name, events = events.len(), "the receiver refused a batch, which goes to the dead letters: {err}");
+                let kept = spool.dead_letter(&events);
+                if let Err(e) = &kept {
+                    tracing::error!(sink = %name, "cannot write the dead letters: {e}");
+                }
+                if let Err(e) = spool.commit(to) {
+                    tracing::error!(sink = %name, "cannot record the dead letters in the spool: {e}");
+                }
+                let outcome = match kept {
+                    Ok(true) => EventOutcome::DeadLettered,
+                    _ => EventOutcome::Dropped,
+                };
+                for e in &events {
+                    metrics.count(e.kind, outcome);
+                }
+                backoff = BACKOFF_MIN;
+            }
+            Err(Failure::Retry(err)) => {
                 tracing::warn!(sink = %name, retry_in_ms = backoff.as_millis() as u64, "delivery failed, events stay spooled: {err}");
                 // Full jitter: a fleet of proxies must not hammer a recovering receiver in step.
                 let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
@@ -265,7 +328,7 @@ pub async fn run_remote<D: Deliver>(
                     tokio::select! {
                         _ = &mut sleep => break,
                         e = rx.recv() => match e {
-                            Some(e) => spool_in(&mut spool, &e),
+                            Some(e) => take_queued(&mut spool, &mut rx, Some(&e)),
                             None => break 'deliver,
                         },
                         _ = stop.changed() => break 'deliver,

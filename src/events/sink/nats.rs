@@ -4,7 +4,7 @@
 //! itself drops the duplicates that at-least-once delivery can produce (within its duplicate window).
 
 use super::super::model::CloudEvent;
-use super::Deliver;
+use super::{Deliver, Failure};
 use async_nats::jetstream;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -60,8 +60,8 @@ impl Nats {
 
 #[async_trait]
 impl Deliver for Nats {
-    async fn deliver(&mut self, batch: &[CloudEvent]) -> Result<(), String> {
-        let js = self.context().await?;
+    async fn deliver(&mut self, batch: &[CloudEvent]) -> Result<(), Failure> {
+        let js = self.context().await.map_err(Failure::Retry)?;
         let result: Result<(), String> = async {
             let mut acks = Vec::with_capacity(batch.len());
             for e in batch {
@@ -88,6 +88,6 @@ impl Deliver for Nats {
             // Start afresh next time: the connection or the stream may be what failed.
             self.js = None;
         }
-        result
+        result.map_err(Failure::Retry)
     }
 }

@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 const SEGMENT_MAX: u64 = 4 << 20;
 const CURSOR: &str = "cursor";
 const LOCK: &str = "lock";
+/// Batches the receiver refused for good, one event per line, beside the spool.
+pub const DEAD: &str = "dead.jsonl";
+/// The dead-letter file stops growing here; what would go beyond is counted as dropped.
+const DEAD_MAX: u64 = 64 << 20;
 
 /// A place in the spool: segment number and byte offset within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -213,6 +217,20 @@ impl Spool {
         Ok((out, pos))
     }
 
+    /// Keeps a batch the receiver refused for good in the dead-letter file (written through).
+    /// `Ok(false)`: the file is full and the batch was not kept.
+    pub fn dead_letter(&mut self, events: &[CloudEvent]) -> io::Result<bool> {
+        let path = self.dir.join(DEAD);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let lines: String = events.iter().map(|e| e.to_json_line()).collect();
+        if size + lines.len() as u64 > DEAD_MAX {
+            return Ok(false);
+        }
+        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(lines.as_bytes())?;
+        Ok(true)
+    }
+
     /// Delivery got as far as `to`: persist the cursor and drop delivered segments.
     pub fn commit(&mut self, to: Position) -> io::Result<()> {
         if to <= self.read {
@@ -248,6 +266,21 @@ impl Spool {
         self.read = to;
         Ok(())
     }
+}
+
+/// The newest `limit` dead letters in spool folder `dir`, oldest first.
+pub fn dead_letters(dir: &Path, limit: usize) -> io::Result<Vec<CloudEvent>> {
+    let text = match fs::read_to_string(dir.join(DEAD)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(limit);
+    Ok(lines[skip..]
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 #[cfg(test)]
