@@ -70,6 +70,7 @@ fn main() {
         rescue: Some((40.0, Duration::from_secs(600))),
         degraded_below: 70.0,
         recover_above: 80.0,
+        min_requests: 3,
     };
     let store = CustomerStore::new(n);
     let path = "/checkout/payment/confirm-and-pay";

@@ -91,6 +91,7 @@ fn store(c: &mut Criterion) {
         rescue: Some((40.0, Duration::from_secs(600))),
         degraded_below: 70.0,
         recover_above: 80.0,
+        min_requests: 3,
     };
     let store = CustomerStore::new(n);
     let ids: Vec<String> = (0..n).map(|i| format!("customer-{i:08}")).collect();
@@ -197,8 +198,14 @@ fn handoff(c: &mut Criterion) {
         serde_json::json!({ "rule": "latency" }),
     );
     c.bench_function("event hand-off to 2 sinks (emit)", |b| {
-        let (cooldown, recent) = (Duration::from_secs(600), 1000);
-        b.iter(|| black_box(usher.state().events.emit(ev.clone(), 1, cooldown, recent)))
+        // No budget: these measure the sinks, not the flood limit.
+        let policy = usher::events::Policy {
+            cooldown: Duration::from_secs(600),
+            recent: 1000,
+            budget_per_sec: 0.0,
+            source: "usher://bench",
+        };
+        b.iter(|| black_box(usher.state().events.emit(ev.clone(), 1, &policy)))
     });
     // ...and the cost of the event itself, which only transitions pay.
     c.bench_function("event build (CloudEvent::new)", |b| {

@@ -42,7 +42,13 @@ async fn run(
         let u = u.clone();
         tokio::spawn(async move { u.state().events.run().await })
     };
-    let (cooldown, recent) = (Duration::from_secs(600), 1000);
+    // No budget: these measure the sinks, not the flood limit.
+    let policy = usher::events::Policy {
+        cooldown: Duration::from_secs(600),
+        recent: 1000,
+        budget_per_sec: 0.0,
+        source: "usher://bench",
+    };
     let start = Instant::now();
     let mut dropped = 0;
     for i in 0..n {
@@ -50,7 +56,7 @@ async fn run(
         while !u
             .state()
             .events
-            .emit(event(i), 1_700_000_000_000 + i, cooldown, recent)
+            .emit(event(i), 1_700_000_000_000 + i, &policy)
         {
             dropped += 1;
         }

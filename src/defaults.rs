@@ -108,6 +108,8 @@ pub const FUNNEL_TRACK_MAX: i64 = 100_000;
 pub const SPOOL_DIR: &str = "usher-spool";
 pub const SLO_MIN_REQUESTS: i64 = 20;
 pub const SLO_REALERT: Duration = secs(3600);
+/// Events of one type let out per second, at most.
+pub const EVENT_BUDGET_PER_SEC: f64 = 100.0;
 
 // [[events.sinks]]
 pub const SINK_QUEUE: i64 = 10_000;
@@ -154,6 +156,9 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("events.spool_dir", "\"usher-spool\""),
     ("events.slo_min_requests", "20"),
     ("events.slo_realert", "\"1h\""),
+    ("events.budget_per_second", "100"),
+    ("events.verified_only", "[]"),
+    ("identity.trust_any_peer", "false"),
     ("balancing.decay", "\"10s\""),
     ("balancing.default_rtt", "\"30ms\""),
     ("balancing.failure_penalty", "\"1s\""),

@@ -129,6 +129,7 @@ impl Generation {
             rescue: prot.rescue_below.map(|b| (b, prot.rescue_for)),
             degraded_below: config.experience.degraded_below,
             recover_above: config.events.recover_above,
+            min_requests: config.experience.min_requests,
         };
         let usable: Vec<(&str, Vec<UpstreamId>)> = config
             .routes
@@ -201,8 +202,11 @@ impl Generation {
         &self.store
     }
 
-    pub fn is_degraded(&self, score: f64) -> bool {
+    /// Whether a customer with `requests` requests scoring `score` counts as degraded: under the
+    /// threshold, and seen often enough (`experience.min_requests`) for it to mean something.
+    pub fn is_degraded(&self, score: f64, requests: u32) -> bool {
         score < self.config.experience.degraded_below
+            && requests >= self.config.experience.min_requests
     }
 
     /// The interned id of tier `t`.

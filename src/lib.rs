@@ -10,7 +10,7 @@
 //! reload); what usher learns is the [`state`] (it lasts, keyed by names and addresses, and
 //! [`snapshot`] carries it across restarts). [`engine`] wires them as plain Rust. Leaf modules hold
 //! the shared vocabulary and import no other part of usher: [`ids`], [`names`], [`settings`],
-//! [`defaults`], [`time`], [`matchers`]. [`proxy`] is the only module that knows
+//! [`defaults`], [`time`], [`matchers`], [`event_types`]. [`proxy`] is the only module that knows
 //! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
 //! serves what usher knows; [`server`] assembles a runnable server, [`process`]
 //! readying the process first; [`origin`] and [`demo`] are the
@@ -21,6 +21,7 @@ pub mod config;
 pub mod defaults;
 pub mod demo;
 pub mod engine;
+pub mod event_types;
 pub mod events;
 pub mod experience;
 pub mod generation;

@@ -40,9 +40,9 @@ pub struct StepJson {
     pub outcome: &'static str,
 }
 
-/// "degraded" or "ok" for a score under generation `g`'s threshold.
-pub fn state_of(g: &Generation, score: f64) -> &'static str {
-    if g.is_degraded(score) {
+/// "degraded" or "ok" for a customer of `requests` requests scoring `score` under generation `g`.
+pub fn state_of(g: &Generation, score: f64, requests: u32) -> &'static str {
+    if g.is_degraded(score, requests) {
         "degraded"
     } else {
         "ok"
@@ -55,7 +55,7 @@ impl CustomerJson {
             id: c.id.clone(),
             tier: st.tier_name(c.tier),
             score: (c.score * 10.0).round() / 10.0,
-            state: state_of(g, c.score),
+            state: state_of(g, c.score, c.requests),
             requests: c.requests,
             errors: c.errors,
             frustrated: c.frustrated,

@@ -53,6 +53,20 @@ fn expected_ids(running: &usher::server::Running) -> (HashSet<String>, usize) {
     (all.iter().map(|e| e.id.clone()).collect(), degraded)
 }
 
+/// Every event usher raised, once `degraded` customers have been: a request is recorded just
+/// after its answer is sent, so the last one may still be on its way.
+async fn settled_ids(running: &usher::server::Running, degraded: usize) -> HashSet<String> {
+    for _ in 0..200 {
+        let (ids, n) = expected_ids(running);
+        if n >= degraded {
+            assert_eq!(n, degraded, "more customers degraded than made to");
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {degraded} customers degraded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonl_sink_writes_cloudevents_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,8 +77,7 @@ async fn jsonl_sink_writes_cloudevents_lines() {
     degrade(running.listen(), 0, 3).await;
     let path = dir.path().join("events.jsonl");
     // Flushed at least every second.
-    let (want, degraded) = expected_ids(&running);
-    assert_eq!(degraded, 3);
+    let want = settled_ids(&running, 3).await;
     eventually(Duration::from_secs(5), "every event in the file", || {
         std::fs::read_to_string(&path)
             .map(|s| s.lines().count() == want.len())
@@ -134,8 +147,7 @@ async fn webhook_receiver_down_for_a_while_gets_every_event() {
     // Back: everything arrives, once per id at least, nothing else.
     tokio::time::sleep(Duration::from_millis(500)).await;
     receiver.start().await;
-    let (want, degraded) = expected_ids(&running);
-    assert_eq!(degraded, 35);
+    let want = settled_ids(&running, 35).await;
     eventually(
         Duration::from_secs(40),
         "every event after the receiver came back",
@@ -250,8 +262,7 @@ async fn nats_jetstream_consumers_read_the_events() {
     );
     let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
     degrade(running.listen(), 0, 12).await;
-    let (want, degraded) = expected_ids(&running);
-    assert_eq!(degraded, 12);
+    let want = settled_ids(&running, 12).await;
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await.unwrap());
     let mut got: HashSet<String> = HashSet::new();
@@ -323,8 +334,7 @@ async fn a_reload_keeps_an_unchanged_sink_and_moves_a_changed_one_without_losing
     };
     running.usher().apply(next, source).unwrap();
     degrade(proxy, 20, 15).await;
-    let (want, degraded) = expected_ids(&running);
-    assert_eq!(degraded, 35);
+    let want = settled_ids(&running, 35).await;
     eventually(
         Duration::from_secs(30),
         "every event at the CRM's new address",
@@ -380,7 +390,7 @@ async fn a_refused_batch_is_dead_lettered_and_what_follows_is_delivered() {
     )
     .await;
     degrade(proxy, 3, 10).await;
-    let (want, _) = expected_ids(&running);
+    let want = settled_ids(&running, 13).await;
     let c = client();
     let dead = json(&c, format!("http://{adm}/events/dead")).await;
     let dead_ids: HashSet<String> = dead["sinks"][0]["events"]
@@ -423,7 +433,7 @@ async fn an_https_webhook_is_verified_against_its_ca_and_gets_every_event() {
     );
     let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
     degrade(running.listen(), 0, 5).await;
-    let (want, _) = expected_ids(&running);
+    let want = settled_ids(&running, 5).await;
     eventually(Duration::from_secs(15), "every event over https", || {
         receiver.ids().into_iter().collect::<HashSet<_>>() == want
     })

@@ -380,3 +380,103 @@ fn dangerous_configurations_are_refused_each_with_its_path() {
     let (code, err) = check_file(&binary);
     assert!(code == 2 && err.contains("line 3 is not UTF-8"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_random_ids_to_a_failing_critical_route_stays_within_the_event_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let cfg = config(
+        &format!(
+            r#"
+[events]
+budget_per_second = 50
+verified_only = ["usher.customer.rerouted"]
+[[events.sinks]]
+type = "jsonl"
+path = "events.jsonl"
+[[tiers]]
+name = "standard"
+notify_failures = true
+[outlier]
+consecutive_failures = 1000
+failure_rate = 1.0
+[retries]
+enabled = false
+[[pools]]
+name = "p"
+upstreams = ["{}"]
+[[routes]]
+name = "pay"
+pool = "p"
+critical = true
+"#,
+            broken.addr
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let (listen, admin) = (running.listen(), running.admin().unwrap());
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = (0..16)
+        .map(|w| {
+            tokio::spawn(async move {
+                let c = client();
+                for i in 0..1250 {
+                    let id = format!("flood-{w}-{i}-{}", rand::random::<u32>());
+                    let (s, _) = get(
+                        &c,
+                        format!("http://{listen}/pay"),
+                        &[("x-customer-id", &id)],
+                    )
+                    .await;
+                    assert_eq!(s, 503);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = client();
+    let (_, m) = get(&c, format!("http://{admin}/metrics"), &[]).await;
+    let count = |outcome: &str, sink: &str| {
+        sample(
+            &m,
+            "usher_events_total",
+            &[
+                ("type", "usher.customer.request_failed"),
+                ("sink", sink),
+                ("outcome", outcome),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let out = count("queued", "jsonl");
+    let suppressed = count("suppressed", "none");
+    println!("20,000 failing requests from 20,000 ids in {secs:.1} s: {out} request_failed events let out, {suppressed} suppressed");
+    assert!(
+        out <= 50.0 * (secs + 1.0) + 1.0,
+        "{out} events in {secs:.1} s against a budget of 50/s"
+    );
+    assert!(out >= 50.0, "the budget lets its share out: {out}");
+    assert_eq!(out + suppressed, 20_000.0, "every one is counted");
+    let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let reports = lines
+        .lines()
+        .filter(|l| l.contains("usher.events.budget_exhausted"))
+        .count();
+    assert!(
+        reports >= 1 && reports as f64 <= secs / 60.0 + 1.0,
+        "{reports} flood reports"
+    );
+    // A new id is never degraded by one request: no degraded events at all.
+    assert_eq!(count("queued", "jsonl").max(0.0), out);
+    assert!(
+        !lines.contains("usher.customer.degraded"),
+        "nobody degraded on one request"
+    );
+    running.stop();
+}

@@ -288,7 +288,9 @@ async fn scores_customers_from_real_traffic() {
         Some(5.0),
         "{metrics}"
     );
-    assert_eq!(sample(&metrics, "usher_customers_degraded", &[]), Some(3.0));
+    // slowpoke and unlucky; stranded scores as low but with two requests, fewer than
+    // experience.min_requests, counts as noise, not as degraded.
+    assert_eq!(sample(&metrics, "usher_customers_degraded", &[]), Some(2.0));
     assert_eq!(
         sample(&metrics, "usher_customer_score_count", &[]),
         Some(5.0)

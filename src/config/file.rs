@@ -85,6 +85,8 @@ pub struct EventsFile {
     pub spool_dir: Option<String>,
     pub slo_min_requests: Option<i64>,
     pub slo_realert: Option<String>,
+    pub budget_per_second: Option<f64>,
+    pub verified_only: Option<Vec<String>>,
     pub sinks: Option<Vec<SinkFile>>,
 }
 

@@ -66,6 +66,12 @@ pub struct EventsConfig {
     pub slo_min_requests: u32,
     /// A route's burn is reported again after this long if it goes on.
     pub slo_realert: Duration,
+    /// Events of one type let out per second at most; beyond it they are suppressed, counted and
+    /// reported once a minute. 0: no limit.
+    pub budget_per_sec: f64,
+    /// Customer event types raised only about verified customers (a token, a trusted id header):
+    /// claims anybody can make do not page anybody.
+    pub verified_only: Vec<crate::event_types::EventType>,
     pub sinks: Vec<SinkConfig>,
 }
 

@@ -1621,7 +1621,40 @@ fn events_config(
             sinks.push(sink);
         }
     }
+    let budget_per_sec = match f.budget_per_second {
+        None => d::EVENT_BUDGET_PER_SEC,
+        Some(x) if x.is_finite() && (0.0..=1_000_000.0).contains(&x) => x,
+        Some(x) => {
+            errs.push(
+                "events.budget_per_second",
+                format!("{x} is out of range: 0 (no limit) to 1000000"),
+            );
+            d::EVENT_BUDGET_PER_SEC
+        }
+    };
+    let mut verified_only = Vec::new();
+    for (i, name) in f.verified_only.iter().flatten().enumerate() {
+        use crate::event_types::EventType;
+        match EventType::named(name) {
+            Some(t) if t.about_customer() => verified_only.push(t),
+            _ => errs.push(
+                format!("events.verified_only[{i}]"),
+                format!(
+                    "{} is not an event about a customer; use {}",
+                    quote(name),
+                    EventType::ALL
+                        .iter()
+                        .filter(|t| t.about_customer())
+                        .map(|t| format!("{:?}", t.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
     EventsConfig {
+        budget_per_sec,
+        verified_only,
         source,
         cooldown: duration(errs, "events.cooldown", f.cooldown.as_ref(), d::COOLDOWN),
         recover_above,

@@ -219,7 +219,7 @@ fn print_worst(usher: &crate::Usher) {
                 "{} {:.0}{}{}",
                 c.id,
                 c.score,
-                if g.is_degraded(c.score) {
+                if g.is_degraded(c.score, c.requests) {
                     " DEGRADED"
                 } else {
                     ""

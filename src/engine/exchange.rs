@@ -70,6 +70,8 @@ pub struct Exchange {
     pub(crate) try_timeout: Option<std::time::Duration>,
     /// The customer's score when the request arrived, if tracked and asked for.
     pub(crate) score: Option<f64>,
+    /// The customer's requests before this one, when the score was asked for.
+    pub(crate) known_requests: u32,
     pub(crate) attempt: Option<Attempt>,
     pub(crate) tried: Tried,
     pub(crate) upstream: Option<UpstreamId>,
@@ -112,6 +114,7 @@ impl Exchange {
             bodiless: false,
             try_timeout: None,
             score: None,
+            known_requests: 0,
             attempt: None,
             tried: Tried::default(),
             upstream: None,

@@ -150,6 +150,7 @@ impl Usher {
             None
         };
         ex.score = peek.map(|p| p.score);
+        ex.known_requests = peek.map_or(0, |p| p.requests);
         let tier_protected = g
             .config
             .tiers
@@ -668,6 +669,7 @@ impl Usher {
                 g.config.events.funnel_track_max,
                 &m.identity.id,
                 tier,
+                m.identity.verified,
                 m.method,
                 m.path,
                 failed,
@@ -685,10 +687,12 @@ impl Usher {
     /// Rescans the store for the periodic gauges and score distribution.
     pub fn refresh_summary(&self, now_ms: u64) {
         let g = self.generation();
-        let s =
-            self.state
-                .store
-                .summary(g.config.experience.degraded_below, now_ms, &g.store.model);
+        let s = self.state.store.summary(
+            g.config.experience.degraded_below,
+            g.config.experience.min_requests,
+            now_ms,
+            &g.store.model,
+        );
         self.state.metrics.set_summary(&s);
     }
 
@@ -703,7 +707,7 @@ impl Usher {
         let rounded = score.round().clamp(0.0, 100.0) as usize;
         let value = g
             .experience_values
-            .get(rounded * 2 + usize::from(g.is_degraded(score)))?;
+            .get(rounded * 2 + usize::from(g.is_degraded(score, ex.known_requests)))?;
         Some((name, value.clone()))
     }
 }

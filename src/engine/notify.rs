@@ -22,7 +22,18 @@ const JOURNEY_STEPS: usize = 5;
 impl Usher {
     fn emit(&self, g: &Generation, e: CloudEvent, now_ms: u64) -> bool {
         let ev = &g.config.events;
-        self.state.events.emit(e, now_ms, ev.cooldown, ev.recent)
+        let policy = crate::events::Policy {
+            cooldown: ev.cooldown,
+            recent: ev.recent,
+            budget_per_sec: ev.budget_per_sec,
+            source: &ev.source,
+        };
+        self.state.events.emit(e, now_ms, &policy)
+    }
+
+    /// Whether an event of `kind` may be raised about a customer whose id is `verified` or not.
+    fn allowed(g: &Generation, kind: EventType, verified: bool) -> bool {
+        verified || !g.config.events.verified_only.contains(&kind)
     }
 
     /// The common part of every customer event; `tier` is the tier's name.
@@ -70,7 +81,8 @@ impl Usher {
         data.insert(
             "state".into(),
             json!(match score {
-                Some(s) => crate::views::state_of(g, s),
+                Some(s) =>
+                    crate::views::state_of(g, s, snapshot.as_ref().map_or(0, |c| c.requests)),
                 None => "unknown",
             }),
         );
@@ -105,11 +117,12 @@ impl Usher {
         let tier = Self::tier_name(g, m);
         let now = m.now_ms;
         let source = &g.config.events.source;
-        if let Some(t) = rec.transition {
-            let (kind, disc) = match t {
-                Transition::Degraded => (EventType::CustomerDegraded, "degraded"),
-                Transition::Recovered => (EventType::CustomerRecovered, "recovered"),
-            };
+        let verified = m.identity.verified;
+        let transition = rec.transition.map(|t| match t {
+            Transition::Degraded => (EventType::CustomerDegraded, "degraded"),
+            Transition::Recovered => (EventType::CustomerRecovered, "recovered"),
+        });
+        if let Some((kind, disc)) = transition.filter(|(k, _)| Self::allowed(g, *k, verified)) {
             let (route, upstream) = Self::names(g, m);
             let data = self.customer_data(
                 g,
@@ -134,7 +147,11 @@ impl Usher {
             .tiers
             .get(m.identity.tier as usize)
             .is_some_and(|t| t.notify_failures);
-        if critical && asks && m.outcome.is_failure() {
+        if critical
+            && asks
+            && m.outcome.is_failure()
+            && Self::allowed(g, EventType::RequestFailed, verified)
+        {
             let (route, upstream) = Self::names(g, m);
             let data = self.customer_data(
                 g,
@@ -164,6 +181,9 @@ impl Usher {
         why: &str,
     ) {
         let id = m.identity.id.as_str();
+        if !Self::allowed(g, EventType::Rerouted, m.identity.verified) {
+            return;
+        }
         let (route, upstream) = Self::names(g, m);
         let sick_addr = g.upstreams.node(sick).addr().to_string();
         let data = self.customer_data(
@@ -235,6 +255,9 @@ impl Usher {
         let Some(def) = g.funnels.get(a.funnel) else {
             return;
         };
+        if !Self::allowed(g, EventType::JourneyAbandoned, a.verified) {
+            return;
+        }
         let step = def.steps.get(a.furthest).map(|s| s.name.clone());
         let tier = self.state.tier_name(a.tier);
         let data = self.customer_data(

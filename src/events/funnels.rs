@@ -36,6 +36,8 @@ pub struct Progress {
     pub last_ms: u64,
     pub errors: u16,
     pub frustrated: u16,
+    /// The customer's id was verified when they entered.
+    pub verified: bool,
 }
 
 /// A customer who entered a funnel and did not finish it in time.
@@ -52,6 +54,7 @@ pub struct Abandoned {
     pub last_ms: u64,
     pub errors: u16,
     pub frustrated: u16,
+    pub verified: bool,
 }
 
 /// Who is in which funnel now: what usher learns, kept across configurations. The definitions come
@@ -84,6 +87,7 @@ impl Funnels {
         max_tracked: usize,
         customer: &str,
         tier: u8,
+        verified: bool,
         method: &Method,
         path: &str,
         failed: bool,
@@ -122,6 +126,7 @@ impl Funnels {
                             last_ms: now_ms,
                             errors: u16::from(failed),
                             frustrated: u16::from(frustrated),
+                            verified,
                         },
                     );
                 }
@@ -172,6 +177,7 @@ impl Funnels {
                 last_ms: p.last_ms,
                 errors: p.errors,
                 frustrated: p.frustrated,
+                verified: p.verified,
             });
             false
         });
@@ -233,8 +239,9 @@ mod tests {
 
     impl F {
         fn observe(&self, who: &str, m: &Method, path: &str, failed: bool, at: u64) {
-            self.state
-                .observe(&self.defs, self.max, who, 1, m, path, failed, false, at);
+            self.state.observe(
+                &self.defs, self.max, who, 1, true, m, path, failed, false, at,
+            );
         }
         fn sweep(&self, at: u64) -> Vec<Abandoned> {
             self.state.sweep(&self.defs, at)

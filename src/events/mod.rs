@@ -58,8 +58,36 @@ struct Pending {
     metrics: SinkMetrics,
 }
 
+/// How the configuration in force lets events out.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// At most one event of a type about a customer per this long.
+    pub cooldown: Duration,
+    /// Events kept for `GET /events`.
+    pub recent: usize,
+    /// Events of one type let out per second, at most (a token bucket holding one second's worth);
+    /// the rest are suppressed and counted. 0: no limit.
+    pub budget_per_sec: f64,
+    /// The `source` of the events usher raises about itself.
+    pub source: &'a str,
+}
+
+/// One type's budget, and what it suppressed since it last said so.
+#[derive(Debug, Clone, Copy, Default)]
+struct Budget {
+    tokens: f64,
+    at_ms: u64,
+    started: bool,
+    suppressed: u64,
+    reported_ms: Option<u64>,
+}
+
+/// A flood is reported at most this often per type.
+const BUDGET_REPORT_EVERY_MS: u64 = 60_000;
+
 pub struct Events {
     sinks: ArcSwap<Vec<Arc<SinkQueue>>>,
+    budgets: Mutex<[Budget; EventType::ALL.len()]>,
     pending: Mutex<Vec<Pending>>,
     wake: Notify,
     closed: AtomicBool,
@@ -73,6 +101,7 @@ impl Events {
     pub fn new(registry: &prometheus::Registry) -> Self {
         Events {
             sinks: ArcSwap::from_pointee(Vec::new()),
+            budgets: Mutex::new([Budget::default(); EventType::ALL.len()]),
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -133,14 +162,74 @@ impl Events {
         self.wake.notify_one();
     }
 
-    /// Hands `e` to every sink, unless it is about a customer whose cooldown (`cooldown`) for this
-    /// type is running; keeps it among the `recent` latest. Never blocks. Returns whether the event
-    /// went out.
-    pub fn emit(&self, e: CloudEvent, now_ms: u64, cooldown: Duration, recent: usize) -> bool {
-        if e.kind.about_customer() && !self.cooldown.allow(e.kind, &e.subject, now_ms, cooldown) {
+    /// Hands `e` to every sink, unless it is about a customer whose cooldown for this type is
+    /// running, or its type's budget is spent; keeps it among the recent ones. Never blocks.
+    /// Returns whether the event went out.
+    pub fn emit(&self, e: CloudEvent, now_ms: u64, p: &Policy<'_>) -> bool {
+        if e.kind.about_customer() && !self.cooldown.allow(e.kind, &e.subject, now_ms, p.cooldown) {
             self.counters.suppressed(e.kind);
             return false;
         }
+        if e.kind != EventType::BudgetExhausted {
+            if let Some(flood) = self.spend(e.kind, now_ms, p.budget_per_sec) {
+                self.counters.suppressed(e.kind);
+                if let Some(suppressed) = flood {
+                    let report = CloudEvent::new(
+                        p.source,
+                        EventType::BudgetExhausted,
+                        e.kind.as_str(),
+                        now_ms,
+                        "",
+                        serde_json::json!({
+                            "type": e.kind.as_str(),
+                            "budget_per_second": p.budget_per_sec,
+                            "suppressed": suppressed,
+                        }),
+                    );
+                    self.send(report, p.recent);
+                }
+                return false;
+            }
+        }
+        self.send(e, p.recent);
+        true
+    }
+
+    /// Takes one event of `kind` from its budget. `None`: it may go out. `Some(report)`: it must
+    /// not; `report` is `Some(suppressed so far)` when the flood is to be reported now.
+    fn spend(&self, kind: EventType, now_ms: u64, per_sec: f64) -> Option<Option<u64>> {
+        if per_sec <= 0.0 {
+            return None;
+        }
+        let mut all = self.budgets.lock();
+        let b = &mut all[kind as usize];
+        if !b.started {
+            *b = Budget {
+                tokens: per_sec,
+                at_ms: now_ms,
+                started: true,
+                ..Budget::default()
+            };
+        }
+        let dt = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
+        b.tokens = (b.tokens + dt * per_sec).min(per_sec);
+        b.at_ms = b.at_ms.max(now_ms);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return None;
+        }
+        b.suppressed += 1;
+        let due = b
+            .reported_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= BUDGET_REPORT_EVERY_MS);
+        if !due {
+            return Some(None);
+        }
+        b.reported_ms = Some(now_ms);
+        Some(Some(std::mem::take(&mut b.suppressed)))
+    }
+
+    fn send(&self, e: CloudEvent, recent: usize) {
         let e = Arc::new(e);
         for s in self.sinks.load().iter() {
             let outcome = match s.tx.try_send(e.clone()) {
@@ -159,7 +248,6 @@ impl Events {
             }
             r.push_back(e);
         }
-        true
     }
 
     /// The newest `limit` events, newest first.
@@ -278,5 +366,97 @@ mod tests {
         );
         ev.close();
         assert!(ev.sink_names().is_empty());
+    }
+
+    fn event(kind: EventType, subject: &str, at: u64) -> CloudEvent {
+        CloudEvent::new("usher://t", kind, subject, at, "", serde_json::json!({}))
+    }
+
+    #[test]
+    fn a_flood_is_held_to_the_budget_counted_and_reported_once_a_minute() {
+        let registry = prometheus::Registry::new();
+        let ev = Events::new(&registry);
+        let p = Policy {
+            cooldown: Duration::from_secs(600),
+            recent: 100_000,
+            budget_per_sec: 10.0,
+            source: "usher://t",
+        };
+        // 1000 customers failing within one millisecond: ten go out.
+        let out = (0..1000)
+            .filter(|i| {
+                ev.emit(
+                    event(EventType::RequestFailed, &format!("c{i}"), 1_000),
+                    1_000,
+                    &p,
+                )
+            })
+            .count();
+        assert_eq!(out, 10);
+        let reports: Vec<_> = ev
+            .recent(100_000)
+            .into_iter()
+            .filter(|e| e.kind == EventType::BudgetExhausted)
+            .collect();
+        assert_eq!(reports.len(), 1, "one report, not one per suppressed event");
+        assert_eq!(reports[0].subject, "usher.customer.request_failed");
+        // Another type has its own budget.
+        assert!(ev.emit(event(EventType::UpstreamEjected, "u", 1_000), 1_000, &p));
+        // The bucket refills at the budget's rate: half a second later, five more.
+        let later = (0..100)
+            .filter(|i| {
+                ev.emit(
+                    event(EventType::RequestFailed, &format!("d{i}"), 1_500),
+                    1_500,
+                    &p,
+                )
+            })
+            .count();
+        assert_eq!(later, 5);
+        // Still flooding a minute on: reported again, with what was suppressed meanwhile.
+        for i in 0..100 {
+            ev.emit(
+                event(EventType::RequestFailed, &format!("e{i}"), 61_000),
+                61_000,
+                &p,
+            );
+        }
+        let reports: Vec<_> = ev
+            .recent(100_000)
+            .into_iter()
+            .filter(|e| e.kind == EventType::BudgetExhausted)
+            .collect();
+        assert_eq!(reports.len(), 2);
+        // Newest first: the first report counted the one that started the flood; the second,
+        // everything suppressed after it up to and including the one that made it due.
+        assert_eq!(reports[1].data["suppressed"], 1);
+        assert_eq!(reports[0].data["suppressed"], 989 + 95 + 1);
+        let text = {
+            let mut buf = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &registry.gather(),
+                &mut buf,
+            )
+            .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        let suppressed = text
+            .lines()
+            .find(|l| {
+                l.contains("outcome=\"suppressed\"") && l.contains("usher.customer.request_failed")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert_eq!(suppressed, Some((990 + 95 + 90) as f64));
+        // No limit with 0.
+        let free = Policy {
+            budget_per_sec: 0.0,
+            ..p
+        };
+        assert!((0..1000).all(|i| ev.emit(
+            event(EventType::Rerouted, &format!("f{i}"), 70_000),
+            70_000,
+            &free
+        )));
     }
 }

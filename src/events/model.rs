@@ -12,64 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub const SPEC_VERSION: &str = "1.0";
 
-/// usher's event types. The string forms are the CloudEvents `type` attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventType {
-    #[serde(rename = "usher.customer.degraded")]
-    CustomerDegraded,
-    #[serde(rename = "usher.customer.recovered")]
-    CustomerRecovered,
-    #[serde(rename = "usher.customer.request_failed")]
-    RequestFailed,
-    #[serde(rename = "usher.customer.journey_abandoned")]
-    JourneyAbandoned,
-    #[serde(rename = "usher.customer.rerouted")]
-    Rerouted,
-    #[serde(rename = "usher.upstream.ejected")]
-    UpstreamEjected,
-    #[serde(rename = "usher.upstream.restored")]
-    UpstreamRestored,
-    #[serde(rename = "usher.route.slo_burn")]
-    SloBurn,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 8] = [
-        EventType::CustomerDegraded,
-        EventType::CustomerRecovered,
-        EventType::RequestFailed,
-        EventType::JourneyAbandoned,
-        EventType::Rerouted,
-        EventType::UpstreamEjected,
-        EventType::UpstreamRestored,
-        EventType::SloBurn,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::CustomerDegraded => "usher.customer.degraded",
-            EventType::CustomerRecovered => "usher.customer.recovered",
-            EventType::RequestFailed => "usher.customer.request_failed",
-            EventType::JourneyAbandoned => "usher.customer.journey_abandoned",
-            EventType::Rerouted => "usher.customer.rerouted",
-            EventType::UpstreamEjected => "usher.upstream.ejected",
-            EventType::UpstreamRestored => "usher.upstream.restored",
-            EventType::SloBurn => "usher.route.slo_burn",
-        }
-    }
-
-    /// Events about a customer are subject to the per-customer cooldown.
-    pub fn about_customer(self) -> bool {
-        matches!(
-            self,
-            EventType::CustomerDegraded
-                | EventType::CustomerRecovered
-                | EventType::RequestFailed
-                | EventType::JourneyAbandoned
-                | EventType::Rerouted
-        )
-    }
-}
+pub use crate::event_types::EventType;
 
 /// A CloudEvents 1.0 event in structured JSON form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,9 @@ pub struct StoreSettings {
     /// (hysteresis) keeps a score hovering at the threshold from flapping.
     pub degraded_below: f64,
     pub recover_above: f64,
+    /// A customer with fewer requests than this is never degraded: one slow request from someone
+    /// never seen before is noise, and anyone can send one under any id.
+    pub min_requests: u32,
 }
 
 /// A customer crossing into or out of the degraded state.
@@ -55,6 +58,7 @@ pub enum Transition {
 pub struct Peek {
     pub score: f64,
     pub rescued: bool,
+    pub requests: u32,
 }
 
 /// What one request contributes to its customer.
@@ -328,15 +332,16 @@ impl CustomerStore {
                 c.rescued_until_s = until.min(u32::MAX as u64) as u32;
             }
         }
-        let transition = if !c.degraded && score < st.degraded_below {
-            c.degraded = true;
-            Some(Transition::Degraded)
-        } else if c.degraded && score >= st.recover_above {
-            c.degraded = false;
-            Some(Transition::Recovered)
-        } else {
-            None
-        };
+        let transition =
+            if !c.degraded && score < st.degraded_below && c.requests >= st.min_requests {
+                c.degraded = true;
+                Some(Transition::Degraded)
+            } else if c.degraded && score >= st.recover_above {
+                c.degraded = false;
+                Some(Transition::Recovered)
+            } else {
+                None
+            };
         Recorded {
             transition,
             score_before,
@@ -373,6 +378,7 @@ impl CustomerStore {
         Some(Peek {
             score: c.score.value(now_ms, model),
             rescued: u64::from(c.rescued_until_s) * 1000 > now_ms,
+            requests: c.requests,
         })
     }
 
@@ -410,8 +416,15 @@ impl CustomerStore {
         out
     }
 
-    /// Score distribution and the number of customers scoring below `threshold`.
-    pub fn summary(&self, threshold: f64, now_ms: u64, model: &ScoreModel) -> Summary {
+    /// Score distribution, and the number of customers with at least `min_requests` scoring below
+    /// `threshold` (the degraded ones).
+    pub fn summary(
+        &self,
+        threshold: f64,
+        min_requests: u32,
+        now_ms: u64,
+        model: &ScoreModel,
+    ) -> Summary {
         let mut sum = Summary::default();
         for shard in self.shards.iter() {
             let s = shard.lock();
@@ -419,7 +432,7 @@ impl CustomerStore {
                 let v = c.score.value(now_ms, model);
                 sum.tracked += 1;
                 sum.sum += v;
-                if v < threshold {
+                if v < threshold && c.requests >= min_requests {
                     sum.below += 1;
                 }
                 let first = ((v / 10.0).ceil() as usize).clamp(1, 10) - 1;
@@ -661,11 +674,39 @@ mod tests {
             rescue: Some((40.0, Duration::from_secs(60))),
             degraded_below: 70.0,
             recover_above: 80.0,
+            min_requests: 1,
         }
     }
 
     fn store(track_max: usize) -> CustomerStore {
         CustomerStore::new(track_max)
+    }
+
+    #[test]
+    fn nobody_is_degraded_on_fewer_than_min_requests() {
+        let st = store(10);
+        let strict = StoreSettings {
+            min_requests: 3,
+            ..set()
+        };
+        let t = |at| {
+            st.record("new", &obs(Judgement::Frustrated, "/", at), at, &strict)
+                .transition
+        };
+        assert_eq!(
+            t(1),
+            None,
+            "one bad request from someone never seen is noise"
+        );
+        assert_eq!(t(2), None);
+        assert_eq!(t(3), Some(Transition::Degraded));
+        assert_eq!(st.summary(70.0, 3, 3, &set().model).below, 1);
+        st.record("once", &obs(Judgement::Frustrated, "/", 4), 4, &strict);
+        assert_eq!(
+            st.summary(70.0, 3, 4, &set().model).below,
+            1,
+            "not counted as degraded either"
+        );
     }
 
     #[test]
@@ -901,7 +942,7 @@ mod tests {
         for _ in 0..8 {
             st.record("bad", &obs(Judgement::Frustrated, "/", 1), 1, &set());
         }
-        let s = st.summary(70.0, 1, &set().model);
+        let s = st.summary(70.0, 1, 1, &set().model);
         assert_eq!((s.tracked, s.below), (2, 1));
         // "bad" scores 20: in the <= 20 bucket and every one after; "ok" only in <= 100.
         assert_eq!(s.buckets[0], 0);

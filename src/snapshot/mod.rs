@@ -82,6 +82,7 @@ struct Funnel {
     last_ms: u64,
     errors: u16,
     frustrated: u16,
+    verified: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -209,6 +210,7 @@ pub fn write(usher: &Usher, path: &Path) -> std::io::Result<Written> {
                 last_ms: p.last_ms,
                 errors: p.errors,
                 frustrated: p.frustrated,
+                verified: p.verified,
             },
         )?;
     }
@@ -404,6 +406,7 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
                         last_ms: f.last_ms,
                         errors: f.errors,
                         frustrated: f.frustrated,
+                        verified: f.verified,
                     };
                     st.events.funnels.restore(id, f.customer, p, max_funnels);
                     out.funnels += 1;
