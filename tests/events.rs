@@ -186,8 +186,10 @@ async fn a_restart_delivers_what_was_spooled() {
     // First run: the receiver is down the whole time.
     let first = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
     degrade(first.listen(), 0, 8).await;
-    let (want, degraded) = expected_ids(&first);
-    assert_eq!(degraded, 8);
+    let want = settled_ids(&first, 8).await;
+    // Every event is on disk within a second of being raised, whatever the receiver does: after
+    // that, stopping at once (no drain) loses nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     first.stop();
     let spool = dir.path().join("spool").join("webhook");
     let spooled: usize = std::fs::read_dir(&spool)
