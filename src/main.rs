@@ -41,6 +41,10 @@ enum Command {
         /// The admin address, if not the file's `server.admin`.
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// A file holding an operator token, when the admin API has tokens (or set
+        /// USHER_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Validate a configuration file: exit 0, or list every error with its path.
     Check {
@@ -84,7 +88,11 @@ fn main() -> ExitCode {
 /// `usher reload`: checks the file here first, exactly as the running usher will (so a bad file is
 /// refused with every error without asking anything), then asks the running usher (its admin
 /// address from the run file it keeps in its state folder, else the file's) to read it again.
-fn reload(config: &std::path::Path, admin: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+fn reload(
+    config: &std::path::Path,
+    admin: Option<SocketAddr>,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(errs) => {
@@ -111,11 +119,13 @@ fn reload(config: &std::path::Path, admin: Option<SocketAddr>) -> anyhow::Result
         .build()?;
     let (status, body) = rt
         .block_on(async {
-            let resp = reqwest::Client::new()
+            let mut req = reqwest::Client::new()
                 .post(format!("http://{admin}/reload"))
-                .timeout(std::time::Duration::from_secs(60))
-                .send()
-                .await?;
+                .timeout(std::time::Duration::from_secs(60));
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await?;
             let status = resp.status().as_u16();
             Ok::<_, reqwest::Error>((status, resp.text().await.unwrap_or_default()))
         })
@@ -171,7 +181,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             usher::server::run(cfg, source, upgrade).context("running usher")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reload { config, admin } => reload(&config, admin),
+        Command::Reload {
+            config,
+            admin,
+            token_file,
+        } => {
+            let token = match token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("USHER_ADMIN_TOKEN").ok(),
+            };
+            reload(&config, admin, token)
+        }
         Command::Demo {
             listen,
             admin,

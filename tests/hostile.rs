@@ -480,3 +480,111 @@ critical = true
     );
     running.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_takes_tokens_by_role_and_refuses_everyone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start_local("o").await.unwrap();
+    let (viewer, operator) = (
+        "v-0123456789abcdef0123456789",
+        "o-0123456789abcdef0123456789",
+    );
+    std::fs::write(
+        dir.path().join("tokens"),
+        format!("# who may use the admin API\nviewer {viewer}\noperator {operator}\n"),
+    )
+    .unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        "[server]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nadmin_tokens = \"tokens\"\n[[pools]]\nname = \"p\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        origin.addr
+    );
+    let path = dir.path().join("usher.toml");
+    std::fs::write(&path, &text).unwrap();
+    let (cfg, bytes) = usher::Config::load_with_text(&path).unwrap();
+    let source = usher::engine::Source::of_text(Some(path.clone()), &bytes, 0, "start");
+    let running = usher::server::spawn_usher(usher::Usher::with_source(
+        cfg,
+        source,
+        std::time::Instant::now(),
+    ))
+    .unwrap();
+    let c = client();
+    let call = |method: reqwest::Method, path: &'static str, token: Option<&'static str>| {
+        let c = c.clone();
+        async move {
+            let mut r = c.request(method, format!("http://{admin}{path}"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let resp = r.send().await.unwrap();
+            let www = resp.headers().get("www-authenticate").is_some();
+            (resp.status().as_u16(), www)
+        }
+    };
+    use reqwest::Method;
+    assert_eq!(
+        call(Method::GET, "/healthz", None).await.0,
+        200,
+        "liveness needs no token"
+    );
+    assert_eq!(
+        call(Method::GET, "/customers?worst=3", None).await,
+        (401, true)
+    );
+    assert_eq!(
+        call(
+            Method::GET,
+            "/metrics",
+            Some("v-0123456789abcdef0123456780")
+        )
+        .await
+        .0,
+        401,
+        "a near miss"
+    );
+    assert_eq!(
+        call(Method::GET, "/customers?worst=3", Some(viewer))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(call(Method::GET, "/config", Some(viewer)).await.0, 200);
+    assert_eq!(
+        call(Method::POST, "/reload", Some(viewer)).await.0,
+        403,
+        "a viewer cannot reload"
+    );
+    assert_eq!(call(Method::POST, "/reload", Some(operator)).await.0, 200);
+    assert_eq!(call(Method::POST, "/reload", None).await.0, 401);
+    running.stop();
+
+    // Off loopback without tokens: refused by check.
+    let open = "[server]\nadmin = \"0.0.0.0:19999\"\n[[pools]]\nname = \"p\"\nupstreams = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
+    let (code, err) = check(dir.path(), open);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.admin: 0.0.0.0:19999 can be reached from other machines"),
+        "{err}"
+    );
+    let (code, err) = check(
+        dir.path(),
+        &open.replace("[server]\n", "[server]\nadmin_tokens = \"tokens\"\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        dir.path().join("weak"),
+        "operator short\nroot 0123456789abcdef0123456789\n",
+    )
+    .unwrap();
+    let (code, err) = check(
+        dir.path(),
+        &open.replace("[server]\n", "[server]\nadmin_tokens = \"weak\"\n"),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("weak:1: a token needs at least 24")
+            && err.contains("weak:2: unknown role \"root\""),
+        "{err}"
+    );
+}

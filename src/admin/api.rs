@@ -4,6 +4,7 @@
 //! JSON throughout, names rather than indices, times as RFC 3339. Read-only but for `POST /reload`,
 //! which only a caller on loopback may make.
 
+use crate::config::Role;
 use crate::engine::{ReloadError, Usher};
 use crate::stats::StatsView;
 pub use crate::time::rfc3339;
@@ -53,7 +54,7 @@ const INDEX: &str = "usher admin API
   GET /events?limit=N          the most recent follow-up events, newest first
   GET /events/dead?limit=N     events a receiver refused for good, per sink
   GET /config                  the configuration in force: generation, file, hash, load time
-  POST /reload                 read the configuration file again (from loopback only)
+  POST /reload                 read the configuration file again (operator)
 ";
 
 /// Who is asking, as far as the admin API cares.
@@ -61,6 +62,18 @@ const INDEX: &str = "usher admin API
 pub struct Caller {
     /// The request came from this machine.
     pub loopback: bool,
+    /// The role of the bearer token it presented, if that is one of the configured tokens.
+    pub role: Option<Role>,
+}
+
+/// What `path` needs: operator for what changes things, viewer for the rest, nothing for
+/// liveness.
+fn needs(method: &str, path: &str) -> Option<Role> {
+    match (method, path) {
+        (_, "/healthz") => None,
+        ("POST", "/reload") => Some(Role::Operator),
+        _ => Some(Role::Viewer),
+    }
 }
 
 pub fn handle(
@@ -71,10 +84,31 @@ pub fn handle(
     now_ms: u64,
     caller: Caller,
 ) -> Reply {
+    if let Some(need) = needs(method, path) {
+        let secured = !usher.generation().config.admin_tokens.is_empty();
+        // Without tokens, a caller on this machine may do everything; with them, the token says.
+        let has = if secured {
+            caller.role
+        } else if caller.loopback {
+            Some(Role::Operator)
+        } else {
+            None
+        };
+        match has {
+            None if secured => {
+                return Reply::error(
+                    401,
+                    "this needs an admin token: Authorization: Bearer <token>",
+                )
+            }
+            None => return Reply::error(403, "the admin API answers callers on this machine only"),
+            Some(role) if role < need => return Reply::error(403, "this needs an operator token"),
+            Some(_) => {}
+        }
+    }
     if path == "/reload" {
         return match method {
-            "POST" if caller.loopback => reload(usher),
-            "POST" => Reply::error(403, "POST /reload is accepted from loopback only"),
+            "POST" => reload(usher),
             _ => Reply::error(405, "use POST /reload"),
         };
     }
@@ -351,13 +385,22 @@ mod tests {
     fn reload_is_for_callers_on_loopback_and_config_says_what_is_in_force() {
         let text = "[[pools]]\nname = \"p\"\nupstreams = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
         let u = Usher::new(Config::parse(text, std::path::Path::new(".")).unwrap());
-        let (near, far) = (Caller { loopback: true }, Caller { loopback: false });
+        let near = Caller {
+            loopback: true,
+            role: None,
+        };
+        let far = Caller {
+            loopback: false,
+            role: None,
+        };
         assert_eq!(handle(&u, "POST", "/reload", None, 0, far).status, 403);
+        assert_eq!(handle(&u, "GET", "/customers/x", None, 0, far).status, 403);
+        assert_eq!(handle(&u, "GET", "/healthz", None, 0, far).status, 200);
         assert_eq!(handle(&u, "GET", "/reload", None, 0, near).status, 405);
         let r = handle(&u, "POST", "/reload", None, 0, near);
         assert_eq!(r.status, 409, "no file to read again");
         assert_eq!(handle(&u, "POST", "/customers", None, 0, near).status, 405);
-        let c = handle(&u, "GET", "/config", None, 0, far);
+        let c = handle(&u, "GET", "/config", None, 0, near);
         let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
         assert_eq!(
             (v["generation"].as_u64(), v["cause"].as_str()),

@@ -4,6 +4,7 @@
 //! Listens on its own address (loopback by default), apart from proxied traffic: customer journeys
 //! are personal data and must not be reachable through the proxy's public listener.
 
+pub mod access;
 pub mod api;
 mod service;
 

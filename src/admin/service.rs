@@ -1,7 +1,7 @@
 //! Serving the admin API from inside a Pingora server: an ordinary Pingora service, so usher's binary
 //! and an embedding proxy add it to their `Server` the same way.
 
-use super::api;
+use super::{access, api};
 use crate::engine::{wall_ms, Usher};
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     usher: Arc<Usher>,
+    refusals: access::Refusals,
 }
 
 #[async_trait]
@@ -24,12 +25,19 @@ impl ServeHttp for AdminApp {
             req.uri.path().to_string(),
             req.uri.query().map(str::to_string),
         );
+        let source = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let caller = api::Caller {
-            loopback: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .is_some_and(|a| a.ip().is_loopback()),
+            loopback: source.is_some_and(|ip| ip.is_loopback()),
+            role: access::role_of(&self.usher.generation().config.admin_tokens, authorization),
         };
+        let presented = authorization.is_some();
         let usher = self.usher.clone();
         // Scans of a large store take milliseconds, and a reload reads and checks a file: keep them
         // off the admin listener's reactor.
@@ -42,9 +50,20 @@ impl ServeHttp for AdminApp {
             content_type: "text/plain",
             body: b"admin handler failed\n".to_vec(),
         });
+        if matches!(reply.status, 401 | 403) {
+            if let Some(ip) = source.filter(|ip| self.refusals.should_log(*ip, wall_ms())) {
+                let req = session.req_header();
+                tracing::warn!(source = %ip, method = %req.method, path = req.uri.path(), token = presented, status = reply.status,
+                    "admin API refused a caller (logged once a minute per source)");
+            }
+        }
         let is_head = session.req_header().method == http::Method::HEAD;
         let len = reply.body.len();
-        http::Response::builder()
+        let mut answer = http::Response::builder();
+        if reply.status == 401 {
+            answer = answer.header("www-authenticate", "Bearer");
+        }
+        answer
             .status(reply.status)
             .header("content-type", reply.content_type)
             .header("content-length", len)
@@ -58,7 +77,10 @@ impl ServeHttp for AdminApp {
 pub fn admin_service(usher: Arc<Usher>, addr: SocketAddr) -> Service<HttpServer<AdminApp>> {
     let mut svc = Service::new(
         "usher admin".to_string(),
-        HttpServer::new_app(AdminApp { usher }),
+        HttpServer::new_app(AdminApp {
+            usher,
+            refusals: access::Refusals::default(),
+        }),
     );
     svc.add_tcp(&addr.to_string());
     svc

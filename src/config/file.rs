@@ -16,6 +16,7 @@ pub struct ServerFile {
     pub grace_period: Option<String>,
     pub max_header_bytes: Option<i64>,
     pub upstream_idle_connections: Option<i64>,
+    pub admin_tokens: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

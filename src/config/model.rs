@@ -25,6 +25,8 @@ pub use crate::ids::{PoolId, RouteId, TierId, UpstreamId};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// Who may use the admin API, and for what (empty: loopback callers only, for everything).
+    pub admin_tokens: Vec<AdminToken>,
     pub identity: IdentityConfig,
     pub tiers: Vec<Tier>,
     pub experience: ExperienceConfig,
@@ -41,6 +43,28 @@ pub struct Config {
     pub events: EventsConfig,
     pub funnels: Vec<Funnel>,
     pub state: StateConfig,
+}
+
+/// What an admin token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads: customers, routes, upstreams, events, metrics, the configuration in force.
+    Viewer,
+    /// Also reloads the configuration (and erases customers).
+    Operator,
+}
+
+/// One admin token: its SHA-256 (the token itself is not kept) and its role.
+#[derive(Clone, PartialEq)]
+pub struct AdminToken {
+    pub role: Role,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({:?})", self.role)
+    }
 }
 
 /// Where what usher learns is kept across restarts.

@@ -122,7 +122,20 @@ pub fn parse(
     let funnels: Vec<Option<FunnelFile>> = array(&mut errs, &table, "funnels");
     let state: StateFile = section(&mut errs, &table, "state").unwrap_or_default();
 
+    let admin_tokens = server
+        .admin_tokens
+        .as_ref()
+        .map(|t| admin_tokens(&mut errs, &base_dir.join(t)))
+        .unwrap_or_default();
     let server = server_config(&mut errs, server);
+    if let Some(a) = server.admin.filter(|a| !a.ip().is_loopback()) {
+        if admin_tokens.is_empty() {
+            errs.push(
+                "server.admin",
+                format!("{a} can be reached from other machines, and the admin API shows every customer's journey: give it tokens (server.admin_tokens) or use a loopback address such as 127.0.0.1:{}", a.port()),
+            );
+        }
+    }
     let tiers = tier_list(&mut errs, &tiers);
     let identity = identity_config(&mut errs, identity, &tiers, base_dir);
     let experience = experience_config(&mut errs, experience);
@@ -157,6 +170,7 @@ pub fn parse(
     if errs.0.is_empty() {
         Ok(Config {
             server,
+            admin_tokens,
             identity,
             tiers,
             experience,
@@ -886,6 +900,66 @@ fn can_write_file(file: &Path) -> Result<(), String> {
         Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", file.display())),
         _ => Ok(()),
     }
+}
+
+/// Shortest admin token accepted: long enough that guessing is hopeless.
+const MIN_TOKEN_LEN: usize = 24;
+
+/// Reads `role token` lines (`viewer` or `operator`; blank lines and `#` comments skipped).
+fn admin_tokens(errs: &mut Errors, file: &Path) -> Vec<AdminToken> {
+    use sha2::Digest;
+    let path = "server.admin_tokens";
+    let text = match read_small(file)
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(path, format!("{}: {e}", file.display()));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{}:{}", file.display(), n + 1);
+        let Some((role, token)) = line.split_once(char::is_whitespace) else {
+            errs.push(
+                path,
+                format!("{at}: expected `viewer <token>` or `operator <token>`"),
+            );
+            continue;
+        };
+        let role = match role {
+            "viewer" => Role::Viewer,
+            "operator" => Role::Operator,
+            other => {
+                errs.push(
+                    path,
+                    format!(
+                        "{at}: unknown role {}; use viewer or operator",
+                        quote(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        let token = token.trim();
+        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            errs.push(path, format!("{at}: a token needs at least {MIN_TOKEN_LEN} printable characters, no spaces (e.g. `openssl rand -hex 24`)"));
+            continue;
+        }
+        out.push(AdminToken {
+            role,
+            sha256: sha2::Sha256::digest(token.as_bytes()).into(),
+        });
+    }
+    if out.is_empty() && errs.0.iter().all(|e| e.path != path) {
+        errs.push(path, format!("{}: no tokens in it", file.display()));
+    }
+    out
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {
