@@ -23,6 +23,20 @@ pub const GRACE_PERIOD: Duration = secs(5);
 pub const MAX_HEADER_BYTES: i64 = 64 * 1024;
 /// Pingora's own default.
 pub const UPSTREAM_IDLE_CONNECTIONS: i64 = 128;
+/// Downstream connections open at once; fewer when the open-files limit cannot hold them (see
+/// [`FD_RESERVE`]).
+pub const MAX_CONNECTIONS: i64 = 16_384;
+/// nginx's `client_header_timeout` is 60 s; 10 s is ample for any real client on any network and
+/// lets a slowloris hold a connection for at most that long.
+pub const HEAD_TIMEOUT: Duration = secs(10);
+/// nginx's `keepalive_timeout` is 75 s, Pingora's first-request default 60 s.
+pub const IDLE_TIMEOUT_DOWNSTREAM: Duration = secs(60);
+/// Descriptors kept out of the downstream connections' share of the open-files limit, besides the
+/// idle upstream pool: for the admin API, sinks, logs, the snapshot and health checks.
+pub const FD_RESERVE: u64 = 256;
+/// Connections the admin API holds at once (not configurable: its callers are a few people and
+/// scrapers, and it must never eat the proxy's descriptors).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 // [identity]
 pub const CUSTOMER_ID_HEADER: &str = "x-customer-id";
@@ -136,6 +150,9 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.grace_period", "\"5s\""),
     ("server.max_header_bytes", "65536"),
     ("server.upstream_idle_connections", "128"),
+    ("server.max_connections", "16384"),
+    ("server.head_timeout", "\"10s\""),
+    ("server.idle_timeout", "\"60s\""),
     ("identity.default_tier", "\"standard\""),
     ("identity.max_id_len", "128"),
     ("experience.half_life", "\"10m\""),

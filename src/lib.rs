@@ -12,8 +12,8 @@
 //! the shared vocabulary and import no other part of usher: [`ids`], [`names`], [`settings`],
 //! [`defaults`], [`time`], [`matchers`], [`event_types`]. [`proxy`] is the only module that knows
 //! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
-//! serves what usher knows; [`server`] assembles a runnable server, [`process`]
-//! readying the process first; [`origin`] and [`demo`] are the
+//! serves what usher knows; [`transport`] caps and times the downstream connections under both;
+//! [`server`] assembles a runnable server, [`process`] readying the process first; [`origin`] and [`demo`] are the
 //! programmable origins and synthetic traffic behind `usher demo` and the tests.
 
 pub mod admin;
@@ -43,6 +43,7 @@ pub mod state;
 pub mod stats;
 pub mod tasks;
 pub mod time;
+pub mod transport;
 pub mod upstream;
 pub mod urlencoded;
 pub mod views;

@@ -26,16 +26,20 @@ pub enum Outcome {
     Timeout = 4,
     /// The client went away before the response was complete.
     ClientGone = 5,
+    /// usher itself ran out of something (descriptors, memory, local ports): the customer was
+    /// failed, but no upstream is to blame.
+    LocalResource = 6,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::ClientError,
         Outcome::Upstream5xx,
         Outcome::ConnectFailure,
         Outcome::Timeout,
         Outcome::ClientGone,
+        Outcome::LocalResource,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl Outcome {
             Outcome::ConnectFailure => "connect_failure",
             Outcome::Timeout => "timeout",
             Outcome::ClientGone => "client_gone",
+            Outcome::LocalResource => "local_resource",
         }
     }
 
@@ -53,12 +58,15 @@ impl Outcome {
         Outcome::ALL.get(v as usize).copied().unwrap_or(Outcome::Ok)
     }
 
-    /// A failure on the serving side: what counts against an upstream and makes a customer frustrated
-    /// whatever the latency.
+    /// A failure on the serving side: what makes a customer frustrated whatever the latency. All but
+    /// [`Outcome::LocalResource`] also count against the upstream.
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Outcome::Upstream5xx | Outcome::ConnectFailure | Outcome::Timeout
+            Outcome::Upstream5xx
+                | Outcome::ConnectFailure
+                | Outcome::Timeout
+                | Outcome::LocalResource
         )
     }
 

@@ -51,6 +51,23 @@ pub mod names {
     pub const UPSTREAM_RESOLUTIONS: &str = "usher_upstream_resolutions_total";
     pub const SNAPSHOTS: &str = "usher_state_snapshots_total";
     pub const IDENTITY_TOKENS: &str = "usher_identity_tokens_total";
+    pub const CONNECTIONS_OPEN: &str = "usher_connections_open";
+    pub const CONNECTIONS_LIMIT: &str = "usher_connections_limit";
+    pub const CONNECTIONS_REFUSED: &str = "usher_connections_refused_total";
+    pub const CONNECTIONS_IDLE_CLOSED: &str = "usher_connections_idle_closed_total";
+}
+
+/// One listener's connection handles (`listener` is "proxy" or "admin"), looked up once.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    pub limit: IntGauge,
+    /// Turned away at the cap.
+    pub refused_capacity: IntCounter,
+    /// Closed because a request head did not arrive within `server.head_timeout`.
+    pub refused_head_timeout: IntCounter,
+    /// Kept-alive connections closed after `server.idle_timeout` without a request.
+    pub idle_closed: IntCounter,
 }
 
 /// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
@@ -89,6 +106,10 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     resolutions: IntCounterVec,
     snapshots: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_limit: IntGaugeVec,
+    connections_refused: IntCounterVec,
+    connections_idle_closed: IntCounterVec,
     tokens: IntCounterVec,
     /// `tokens` by result, looked up once.
     token_cells: Mutex<std::collections::HashMap<&'static str, IntCounter>>,
@@ -247,7 +268,36 @@ impl Metrics {
             "Customer tokens seen, by how they checked out (valid, missing, expired, bad_signature, ...).",
             &["result"],
         );
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
+            reg(Box::new(g.clone()));
+            g
+        };
+        let connections_open = gauge_vec(
+            names::CONNECTIONS_OPEN,
+            "Downstream connections open now, by listener (proxy, admin).",
+            &["listener"],
+        );
+        let connections_limit = gauge_vec(
+            names::CONNECTIONS_LIMIT,
+            "Downstream connections a listener holds at most: server.max_connections, or less when the open-files limit cannot hold that many.",
+            &["listener"],
+        );
+        let connections_refused = counter_vec(
+            names::CONNECTIONS_REFUSED,
+            "Downstream connections refused, by listener and reason: capacity (503 at the cap), head_timeout (408: no complete request head within server.head_timeout).",
+            &["listener", "reason"],
+        );
+        let connections_idle_closed = counter_vec(
+            names::CONNECTIONS_IDLE_CLOSED,
+            "Kept-alive downstream connections closed after server.idle_timeout without a request, by listener.",
+            &["listener"],
+        );
         Metrics {
+            connections_open,
+            connections_limit,
+            connections_refused,
+            connections_idle_closed,
             tokens,
             token_cells: Mutex::new(std::collections::HashMap::new()),
             requests,
@@ -383,6 +433,32 @@ impl Metrics {
             .entry(result)
             .or_insert_with(|| must(self.tokens.get_metric_with_label_values(&[result])))
             .inc();
+    }
+
+    /// The connection handles of one listener.
+    pub fn connections(&self, listener: &str) -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: must(
+                self.connections_open
+                    .get_metric_with_label_values(&[listener]),
+            ),
+            limit: must(
+                self.connections_limit
+                    .get_metric_with_label_values(&[listener]),
+            ),
+            refused_capacity: must(
+                self.connections_refused
+                    .get_metric_with_label_values(&[listener, "capacity"]),
+            ),
+            refused_head_timeout: must(
+                self.connections_refused
+                    .get_metric_with_label_values(&[listener, "head_timeout"]),
+            ),
+            idle_closed: must(
+                self.connections_idle_closed
+                    .get_metric_with_label_values(&[listener]),
+            ),
+        }
     }
 
     pub fn snapshot(&self, op: &str, result: &str) {

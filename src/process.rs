@@ -18,8 +18,8 @@
 //!   bench harness measures throughput at a million customers with it off.
 //!
 //! nginx and HAProxy workers are single-threaded, so they never wait on the first, and neither
-//! asks for huge pages. What this module deliberately isn't: a connection limit (running out of
-//! descriptors is refused per `accept`, as before) or general tuning; each setting here answers a
+//! asks for huge pages. What this module deliberately isn't: a connection limit (the cap that the
+//! open-files limit implies is `crate::transport`'s) or general tuning; each setting here answers a
 //! stall that was measured.
 
 /// Descriptor slots made up front: 65,536 cost the kernel about half a MiB of pointers, and cover
@@ -91,6 +91,22 @@ pub fn prepare() -> std::io::Result<Prepared> {
         table,
         thp_off: thp_off(),
     })
+}
+
+/// The soft open-files limit now in force; `None` where it cannot be read.
+#[cfg(unix)]
+pub fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+#[cfg(not(unix))]
+pub fn open_files_limit() -> Option<u64> {
+    None
 }
 
 #[cfg(target_os = "linux")]

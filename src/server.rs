@@ -14,10 +14,12 @@ use crate::engine::{Source, Usher};
 use crate::proxy::{UsherHooks, UsherProxy};
 use crate::snapshot;
 use crate::tasks::periodic_service;
+use crate::transport::{fd_budget, Guarded};
 use async_trait::async_trait;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -169,6 +171,23 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
             "process not readied ({e}): the kernel may stall the proxy as connections grow"
         ),
     }
+    if let Some(open_files) = crate::process::open_files_limit() {
+        let idle_upstreams =
+            (config.server.upstream_idle_connections * config.server.threads) as u64;
+        let budget = fd_budget(open_files, idle_upstreams);
+        usher.state().proxy_connections.set_budget(budget);
+        let asked = config.server.connections.max;
+        if asked > budget {
+            tracing::warn!(
+                max_connections = asked,
+                serving_at_most = budget,
+                open_files,
+                "server.max_connections is more than the open-files limit can hold beside upstream connections and a reserve; raise the limit (ulimit -n, LimitNOFILE=) to serve more"
+            );
+        } else {
+            tracing::info!(max_connections = asked, open_files, "connection cap set");
+        }
+    }
     if upgrade {
         let _ = std::fs::create_dir_all(&config.state.dir);
     }
@@ -178,10 +197,18 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), pingora_conf(&config));
     server.bootstrap();
-    let mut proxy = http_proxy_service_with_name(
+    let connections = usher.state().proxy_connections.clone();
+    let limits = {
+        let usher = usher.clone();
+        Arc::new(move || usher.generation().config.server.connections)
+    };
+    let app = http_proxy(
         &server.configuration,
         UsherProxy::new(UsherHooks::new(usher.clone())),
-        "usher proxy",
+    );
+    let mut proxy = Service::new(
+        "usher proxy".to_string(),
+        Guarded::new(app, connections, limits),
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());

@@ -77,6 +77,26 @@ impl Default for EwmaSettings {
     }
 }
 
+/// How a listener treats its downstream connections: how many it holds, how long a request head may
+/// take to arrive, and how long a kept-alive connection may sit idle (or a client may take to accept
+/// the next bytes of a response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max: usize,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max: d::MAX_CONNECTIONS as usize,
+            head_timeout: d::HEAD_TIMEOUT,
+            idle_timeout: d::IDLE_TIMEOUT_DOWNSTREAM,
+        }
+    }
+}
+
 /// The retry budget of a pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetSettings {

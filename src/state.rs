@@ -14,6 +14,7 @@ use crate::experience::CustomerStore;
 use crate::metrics::Metrics;
 use crate::names::Interner;
 use crate::stats::LatencyStats;
+use crate::transport::Connections;
 use crate::upstream::Registry;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -66,6 +67,9 @@ pub struct State {
     pub events: Events,
     /// Requests between admission and their end, for draining at shutdown.
     pub in_flight: Arc<InFlight>,
+    /// Downstream connections open on the proxy listeners and on the admin API, each under its cap.
+    pub proxy_connections: Arc<Connections>,
+    pub admin_connections: Arc<Connections>,
     /// When this process started, Unix milliseconds.
     pub started_ms: u64,
     /// This process's id in the hop header (16 hex digits, random): a request that comes back
@@ -128,6 +132,10 @@ impl State {
     pub fn new(track_max: usize, now: Instant, now_ms: u64) -> Self {
         let metrics = Metrics::new();
         let events = Events::new(metrics.registry());
+        let (proxy_connections, admin_connections) = (
+            Connections::new(metrics.connections("proxy")),
+            Connections::new(metrics.connections("admin")),
+        );
         State {
             store: CustomerStore::new(track_max),
             upstreams: Registry::new(now),
@@ -138,6 +146,8 @@ impl State {
             metrics,
             events,
             in_flight: Arc::new(InFlight::default()),
+            proxy_connections,
+            admin_connections,
             started_ms: now_ms,
             instance: format!("{:016x}", rand::random::<u64>()),
             owns_state_dir: std::sync::atomic::AtomicBool::new(true),

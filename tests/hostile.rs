@@ -36,6 +36,22 @@ async fn tracked(c: &reqwest::Client, admin: std::net::SocketAddr, who: &str) ->
     panic!("{who} was never recorded");
 }
 
+/// Waits (at most two seconds) for `probe` to answer `want`: a request is recorded just after its
+/// answer is sent.
+async fn usher_eventually<F, Fut>(probe: F, want: u16)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    for _ in 0..100 {
+        if probe().await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never answered {want}");
+}
+
 fn echoed(body: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(body).unwrap()["headers"].clone()
 }
@@ -557,6 +573,42 @@ async fn the_admin_api_takes_tokens_by_role_and_refuses_everyone_else() {
     );
     assert_eq!(call(Method::POST, "/reload", Some(operator)).await.0, 200);
     assert_eq!(call(Method::POST, "/reload", None).await.0, 401);
+
+    // Erasure is an operator's: a viewer cannot, and afterwards usher knows nothing of them.
+    let (s, _) = get(
+        &c,
+        format!("http://{listen}/"),
+        &[("x-customer-id", "erin")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let seen = |token| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .get(format!("http://{admin}/customers/erin"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    usher_eventually(|| seen(viewer), 200).await;
+    assert_eq!(
+        call(Method::DELETE, "/customers/erin", Some(viewer))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(call(Method::DELETE, "/customers/erin", None).await.0, 401);
+    assert_eq!(
+        call(Method::DELETE, "/customers/erin", Some(operator))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(seen(viewer).await, 404, "erased");
     running.stop();
 
     // Off loopback without tokens: refused by check.

@@ -55,6 +55,7 @@ const INDEX: &str = "usher admin API
   GET /events/dead?limit=N     events a receiver refused for good, per sink
   GET /config                  the configuration in force: generation, file, hash, load time
   POST /reload                 read the configuration file again (operator)
+  DELETE /customers/{id}       forget a customer: score, journey, funnels, recent events (operator)
 ";
 
 /// Who is asking, as far as the admin API cares.
@@ -72,6 +73,7 @@ fn needs(method: &str, path: &str) -> Option<Role> {
     match (method, path) {
         (_, "/healthz") => None,
         ("POST", "/reload") => Some(Role::Operator),
+        ("DELETE", p) if p.starts_with("/customers/") => Some(Role::Operator),
         _ => Some(Role::Viewer),
     }
 }
@@ -112,10 +114,16 @@ pub fn handle(
             _ => Reply::error(405, "use POST /reload"),
         };
     }
+    if method == "DELETE" {
+        return match path.strip_prefix("/customers/") {
+            Some(raw) => erase(usher, raw),
+            None => Reply::error(405, "only a customer can be erased: DELETE /customers/{id}"),
+        };
+    }
     if method != "GET" && method != "HEAD" {
         return Reply::error(
             405,
-            "the admin API is read-only but for POST /reload: use GET",
+            "the admin API is read-only but for POST /reload and DELETE /customers/{id}: use GET",
         );
     }
     match path {
@@ -149,6 +157,17 @@ fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
         Some(c) => Reply::json(200, &CustomerJson::new(st, &g, &c)),
         None => Reply::error(404, "customer not tracked (never seen, or evicted)"),
     }
+}
+
+fn erase(usher: &Usher, raw: &str) -> Reply {
+    let Some(id) = urlencoded::decode_path(raw) else {
+        return Reply::error(400, "malformed percent-encoding in customer id");
+    };
+    let known = usher.erase_customer(&id);
+    Reply::json(
+        200,
+        &serde_json::json!({ "erased": id, "was_tracked": known }),
+    )
 }
 
 fn config(usher: &Usher) -> serde_json::Value {

@@ -2,7 +2,10 @@
 //! and an embedding proxy add it to their `Server` the same way.
 
 use super::{access, api};
+use crate::defaults as d;
 use crate::engine::{wall_ms, Usher};
+use crate::settings::ConnectionLimits;
+use crate::transport::{self, Guarded};
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::http_app::ServeHttp;
@@ -19,6 +22,16 @@ pub struct AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        transport::request_started(session.stream());
+        let answer = self.answer(session).await;
+        // The answer is small and written at once; the connection idles from here.
+        transport::request_finished(session.stream());
+        answer
+    }
+}
+
+impl AdminApp {
+    async fn answer(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path, query) = (
             req.method.as_str().to_string(),
@@ -73,14 +86,27 @@ impl ServeHttp for AdminApp {
     }
 }
 
-/// The admin API as a Pingora service listening on `addr`.
-pub fn admin_service(usher: Arc<Usher>, addr: SocketAddr) -> Service<HttpServer<AdminApp>> {
+/// The admin API as a Pingora service listening on `addr`: at most [`d::ADMIN_MAX_CONNECTIONS`]
+/// connections, under the proxy's head and idle timeouts.
+pub fn admin_service(
+    usher: Arc<Usher>,
+    addr: SocketAddr,
+) -> Service<Guarded<HttpServer<AdminApp>>> {
+    let connections = usher.state().admin_connections.clone();
+    let limits = {
+        let usher = usher.clone();
+        Arc::new(move || ConnectionLimits {
+            max: d::ADMIN_MAX_CONNECTIONS,
+            ..usher.generation().config.server.connections
+        })
+    };
+    let app = HttpServer::new_app(AdminApp {
+        usher,
+        refusals: access::Refusals::default(),
+    });
     let mut svc = Service::new(
         "usher admin".to_string(),
-        HttpServer::new_app(AdminApp {
-            usher,
-            refusals: access::Refusals::default(),
-        }),
+        Guarded::new(app, connections, limits),
     );
     svc.add_tcp(&addr.to_string());
     svc

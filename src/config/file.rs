@@ -17,6 +17,9 @@ pub struct ServerFile {
     pub max_header_bytes: Option<i64>,
     pub upstream_idle_connections: Option<i64>,
     pub admin_tokens: Option<String>,
+    pub max_connections: Option<i64>,
+    pub head_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,7 @@
 
 use crate::matchers::PathPattern;
 pub use crate::settings::HealthCheck;
-use crate::settings::{BudgetSettings, EwmaSettings, OutlierSettings};
+use crate::settings::{BudgetSettings, ConnectionLimits, EwmaSettings, OutlierSettings};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -189,6 +189,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Idle upstream connections kept for reuse, per worker thread, across all upstreams.
     pub upstream_idle_connections: usize,
+    /// The proxy listeners' downstream connections: cap, head and idle timeouts.
+    pub connections: ConnectionLimits,
 }
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use super::model::*;
 use super::{ConfigError, ConfigErrors};
 use crate::defaults as d;
 use crate::matchers::PathPattern;
-use crate::settings::{BudgetSettings, EwmaSettings, OutlierSettings};
+use crate::settings::{BudgetSettings, ConnectionLimits, EwmaSettings, OutlierSettings};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -436,6 +436,28 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         1 << 20,
         d::UPSTREAM_IDLE_CONNECTIONS,
     ) as usize;
+    let connections = ConnectionLimits {
+        max: int_in(
+            errs,
+            "server.max_connections",
+            f.max_connections,
+            1,
+            1 << 24,
+            d::MAX_CONNECTIONS,
+        ) as usize,
+        head_timeout: duration(
+            errs,
+            "server.head_timeout",
+            f.head_timeout.as_ref(),
+            d::HEAD_TIMEOUT,
+        ),
+        idle_timeout: duration(
+            errs,
+            "server.idle_timeout",
+            f.idle_timeout.as_ref(),
+            d::IDLE_TIMEOUT_DOWNSTREAM,
+        ),
+    };
     ServerConfig {
         listen,
         admin,
@@ -443,6 +465,7 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         grace_period,
         max_header_bytes,
         upstream_idle_connections,
+        connections,
     }
 }
 

@@ -109,6 +109,15 @@ impl Usher {
         &self.state
     }
 
+    /// Forgets customer `id` (a person's right to erasure): score, journey, funnel progress,
+    /// cooldowns and recent events; the next snapshot no longer holds them. False when usher knew
+    /// nothing of them.
+    pub fn erase_customer(&self, id: &str) -> bool {
+        let known = self.state.store.erase(id);
+        self.state.events.forget_customer(id);
+        known
+    }
+
     /// Admits the request, identifies the customer, finds the route and decides on protection.
     pub fn begin(&self, ex: &mut Exchange, req: &RequestHead<'_>, now_ms: u64) -> Admission {
         let g = self.current.load_full();
@@ -318,7 +327,10 @@ impl Usher {
         match outcome {
             Outcome::ConnectFailure => Some(AttemptResult::ConnectFailed),
             Outcome::Upstream5xx | Outcome::Timeout => Some(AttemptResult::Failed),
-            Outcome::Ok | Outcome::ClientError | Outcome::ClientGone => None,
+            // Out of descriptors or memory here says nothing about the upstream.
+            Outcome::Ok | Outcome::ClientError | Outcome::ClientGone | Outcome::LocalResource => {
+                None
+            }
         }
     }
 

@@ -116,6 +116,14 @@ impl Events {
         &self.cooldown
     }
 
+    /// Forgets what is kept here about customer `id`: funnel progress, cooldowns and the recent
+    /// events about them. Events already handed to sinks are the receivers' to erase.
+    pub fn forget_customer(&self, id: &str) {
+        self.funnels.forget(id);
+        self.cooldown.forget(id);
+        self.recent.lock().retain(|e| e.subject != id);
+    }
+
     /// Names of the sinks in force.
     pub fn sink_names(&self) -> Vec<String> {
         self.sinks.load().iter().map(|s| s.name.clone()).collect()

@@ -369,6 +369,18 @@ impl CustomerStore {
         Some(snapshot(&s.slots[i as usize], now_ms, model))
     }
 
+    /// Forgets customer `id` altogether (score, counters, journey); false when not tracked.
+    pub fn erase(&self, id: &str) -> bool {
+        let (hash, shard) = self.shard_of(id);
+        let mut s = shard.lock();
+        let Some(&i) = s.index.find(hash, |&i| s.slots[i as usize].id == id) else {
+            return false;
+        };
+        s.remove_slot(i, &self.hasher);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
     /// The current score of `id` and whether it is being rescued; `None` when not tracked.
     pub fn peek(&self, id: &str, now_ms: u64, model: &ScoreModel) -> Option<Peek> {
         let (hash, shard) = self.shard_of(id);
@@ -587,13 +599,18 @@ impl Shard {
         }
     }
 
-    /// Removes the least recently seen customer, moving the last slot into its place; false when
-    /// the shard is empty.
+    /// Removes the least recently seen customer; false when the shard is empty.
     fn evict_lru(&mut self, hasher: &foldhash::fast::RandomState) -> bool {
         let victim = self.tail;
         if victim == NIL {
             return false;
         }
+        self.remove_slot(victim, hasher);
+        true
+    }
+
+    /// Removes the customer in slot `victim`, moving the last slot into its place.
+    fn remove_slot(&mut self, victim: u32, hasher: &foldhash::fast::RandomState) {
         self.unlink(victim);
         self.forget(victim, hasher);
         let last = (self.slots.len() - 1) as u32;
@@ -620,7 +637,6 @@ impl Shard {
             });
         }
         self.slots.pop();
-        true
     }
 
     fn unlink(&mut self, i: u32) {
@@ -707,6 +723,36 @@ mod tests {
             1,
             "not counted as degraded either"
         );
+    }
+
+    #[test]
+    fn an_erased_customer_is_gone_and_the_others_stay_findable() {
+        let st = store(100);
+        // One shard is enough to exercise the slot moves: several ids land in each.
+        let ids: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            st.record(
+                id,
+                &obs(Judgement::Satisfied, "/", i as u64),
+                i as u64,
+                &set(),
+            );
+        }
+        assert!(st.erase("c7"));
+        assert!(!st.erase("c7"), "already gone");
+        assert!(!st.erase("never-seen"));
+        assert_eq!(st.len(), 39);
+        assert!(st.get("c7", 50, &set().model).is_none());
+        for id in ids.iter().filter(|id| *id != "c7") {
+            assert!(st.get(id, 50, &set().model).is_some(), "{id} lost");
+        }
+        // Coming back starts afresh.
+        st.record("c7", &obs(Judgement::Satisfied, "/", 60), 60, &set());
+        assert_eq!(st.get("c7", 60, &set().model).unwrap().requests, 1);
+        // The recency list survived the moves: trimming to nothing walks all of it.
+        st.set_track_max(1);
+        st.trim();
+        assert_eq!(st.len(), 1);
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub fn outcome_of(e: &Error) -> Outcome {
     if let HTTPStatus(code) = e.etype() {
         return Outcome::of_status(*code);
     }
+    if local_resource(e) {
+        return Outcome::LocalResource;
+    }
     match e.esource() {
         ErrorSource::Downstream => match e.etype() {
             InvalidHTTPHeader => Outcome::ClientError,
@@ -30,6 +33,26 @@ pub fn outcome_of(e: &Error) -> Outcome {
     }
 }
 
+/// Whether `e` came from this process running out of descriptors, memory or local ports: the
+/// failure of a `socket()` or `connect()` that the upstream never saw. Pingora wraps the OS error
+/// in its own errors and sometimes in a detail type, so the whole cause chain is searched.
+fn local_resource(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
+    while let Some(c) = cause {
+        if let Some(code) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return matches!(
+                code,
+                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The status to answer the client with after error `e`; 0 when the client can no longer be told.
 pub fn status_for(e: &Error) -> u16 {
     use ErrorType::*;
@@ -37,6 +60,9 @@ pub fn status_for(e: &Error) -> u16 {
         return *code;
     }
     match e.esource() {
+        ErrorSource::Upstream | ErrorSource::Internal | ErrorSource::Unset if local_resource(e) => {
+            503
+        }
         ErrorSource::Upstream => match outcome_of(e) {
             Outcome::Timeout => 504,
             _ => 502,
@@ -97,5 +123,41 @@ mod tests {
             status_for(&err(HTTPStatus(431), ErrorSource::Internal)),
             431
         );
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_usher_s_own_failure() {
+        use ErrorType::*;
+        // As Pingora reports a socket() that failed: InternalError because of the OS error.
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let e = Error::because(InternalError, "Fail to connect to 127.0.0.1:1", emfile);
+        assert_eq!(outcome_of(&e), Outcome::LocalResource);
+        assert_eq!(status_for(&e), 503);
+        // Behind a detail type, as connect() failures are.
+        #[derive(Debug)]
+        struct Detail(std::io::Error);
+        impl std::fmt::Display for Detail {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        impl std::error::Error for Detail {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Error::because(
+            ConnectError,
+            "connect",
+            Detail(std::io::Error::from_raw_os_error(libc::ENFILE)),
+        )
+        .into_up();
+        assert_eq!(outcome_of(&e), Outcome::LocalResource);
+        assert_eq!(status_for(&e), 503);
+        // A refused connection is still the upstream's.
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let e = Error::because(ConnectRefused, "connect", refused).into_up();
+        assert_eq!(outcome_of(&e), Outcome::ConnectFailure);
+        assert_eq!(status_for(&e), 502);
     }
 }

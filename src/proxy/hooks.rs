@@ -171,11 +171,15 @@ impl UsherHooks {
     }
 
     /// fail_to_connect: the request never reached the upstream, so any method may be retried on
-    /// another one, within the budget.
+    /// another one, within the budget; unless usher itself is out of descriptors or memory, which no
+    /// other upstream would change and which is not held against this one.
     pub fn fail_to_connect(&self, mut e: Box<Error>, ex: &mut Exchange) -> Box<Error> {
         let now = Instant::now();
-        self.usher.attempt_failed(ex, outcome_of(&e), now);
-        let retry = self.usher.retry(ex, false, now) == RetryVerdict::Retry;
+        let outcome = outcome_of(&e);
+        self.usher.attempt_failed(ex, outcome, now);
+        // Out of descriptors here, out of them for the next upstream too: a retry only spends budget.
+        let retry = outcome != Outcome::LocalResource
+            && self.usher.retry(ex, false, now) == RetryVerdict::Retry;
         e.set_retry(retry);
         e
     }

@@ -3,6 +3,7 @@
 use super::errors::status_for;
 use super::hooks::UsherHooks;
 use crate::engine::Exchange;
+use crate::transport;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -30,10 +31,22 @@ impl ProxyHttp for UsherProxy {
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ex: &mut Exchange) -> Result<()> {
+        transport::request_started(session.stream());
         // RFC 9112 9.3.2: a server must answer pipelined requests in order. Pingora drops the
         // second and later ones unless told otherwise (it closes after the first); the setting
         // sticks for the rest of the connection.
         session.set_pipelining_enabled(true);
+        // Pingora waits for ever on a client that stops taking the response: a stall as long as
+        // the idle timeout ends it.
+        let idle = self
+            .hooks
+            .usher()
+            .generation()
+            .config
+            .server
+            .connections
+            .idle_timeout;
+        session.set_write_timeout(Some(idle));
         Ok(())
     }
 
@@ -132,5 +145,6 @@ impl ProxyHttp for UsherProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ex: &mut Exchange) {
         self.hooks.on_logging(session, e, ex);
+        transport::request_finished(session.stream());
     }
 }

@@ -1,0 +1,171 @@
+//! The connection cap: plain counting, no sockets, so that the arithmetic is testable on its own.
+//!
+//! A listener's [`Connections`] lasts for the process (the count must survive reloads); the cap it
+//! applies is the configuration's `server.max_connections`, lowered to what the open-files limit
+//! can hold ([`fd_budget`]) so that a full listener never starves upstream connects or the admin API.
+
+use crate::defaults as d;
+use crate::metrics::ConnectionMetrics;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Refused connections given a moment to read their 503 at once, at most: beyond that a flood of
+/// refusals would hold descriptors of its own, so they are just closed.
+const MAX_LINGERING: usize = 64;
+
+/// How many downstream connections `open_files` descriptors can carry while keeping room for
+/// `idle_upstreams` pooled upstream connections and [`d::FD_RESERVE`] more (admin API, sinks,
+/// logs, the snapshot): half of what is left, since every downstream connection that is being
+/// proxied holds an upstream one too. The reserve never takes more than half of a small limit.
+pub fn fd_budget(open_files: u64, idle_upstreams: u64) -> usize {
+    let reserve = (d::FD_RESERVE + idle_upstreams).min(open_files / 2);
+    let budget = open_files.saturating_sub(reserve) / 2;
+    usize::try_from(budget).unwrap_or(usize::MAX).max(1)
+}
+
+/// One listener's open connections.
+pub struct Connections {
+    open: AtomicUsize,
+    /// What the open-files limit allows ([`fd_budget`]); unbounded until told.
+    budget: AtomicUsize,
+    lingering: AtomicUsize,
+    metrics: ConnectionMetrics,
+}
+
+/// The right of one admitted connection to be open: given back when dropped.
+pub struct Slot {
+    connections: Arc<Connections>,
+}
+
+impl Connections {
+    pub fn new(metrics: ConnectionMetrics) -> Arc<Self> {
+        Arc::new(Connections {
+            open: AtomicUsize::new(0),
+            budget: AtomicUsize::new(usize::MAX),
+            lingering: AtomicUsize::new(0),
+            metrics,
+        })
+    }
+
+    /// Lowers every cap to `budget` from now on.
+    pub fn set_budget(&self, budget: usize) {
+        self.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// The cap in force when the configuration asks for `configured`.
+    pub fn limit(&self, configured: usize) -> usize {
+        configured.min(self.budget.load(Ordering::Relaxed))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A slot for a new connection, or `None` (counted) when `limit(configured)` are open already.
+    /// Connections that are open stay open: a lowered cap only turns new ones away.
+    pub fn admit(self: &Arc<Self>, configured: usize) -> Option<Slot> {
+        let limit = self.limit(configured);
+        self.metrics.limit.set(limit as i64);
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before >= limit {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.refused_capacity.inc();
+            return None;
+        }
+        self.metrics.open.inc();
+        Some(Slot {
+            connections: self.clone(),
+        })
+    }
+
+    /// Whether one more refused connection may linger to read its answer; pair with
+    /// [`Connections::lingered`].
+    pub(crate) fn may_linger(&self) -> bool {
+        let before = self.lingering.fetch_add(1, Ordering::AcqRel);
+        if before >= MAX_LINGERING {
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn lingered(&self) {
+        self.lingering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Slot {
+    pub(crate) fn head_timed_out(&self) {
+        self.connections.metrics.refused_head_timeout.inc();
+    }
+
+    pub(crate) fn idle_closed(&self) {
+        self.connections.metrics.idle_closed.inc();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.open.fetch_sub(1, Ordering::AcqRel);
+        self.connections.metrics.open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn the_cap_turns_new_connections_away_and_frees_a_slot_on_drop() {
+        let m = Metrics::new();
+        let c = Connections::new(m.connections("proxy"));
+        let a = c.admit(2).expect("first");
+        let _b = c.admit(2).expect("second");
+        assert!(c.admit(2).is_none());
+        assert_eq!(c.open(), 2);
+        drop(a);
+        assert_eq!(c.open(), 1);
+        let _c = c.admit(2).expect("a slot came free");
+        let text = m.encode();
+        assert!(
+            text.contains("usher_connections_open{listener=\"proxy\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("usher_connections_limit{listener=\"proxy\"} 2"));
+        assert!(text
+            .contains("usher_connections_refused_total{listener=\"proxy\",reason=\"capacity\"} 1"));
+    }
+
+    #[test]
+    fn the_open_files_limit_lowers_the_cap() {
+        let m = Metrics::new();
+        let c = Connections::new(m.connections("proxy"));
+        assert_eq!(c.limit(16_384), 16_384);
+        c.set_budget(fd_budget(1024, 128));
+        assert_eq!(c.limit(16_384), (1024 - 256 - 128) / 2);
+        assert_eq!(c.limit(10), 10);
+    }
+
+    #[test]
+    fn the_budget_keeps_a_reserve_and_half_for_upstreams() {
+        assert_eq!(fd_budget(1_048_576, 128), (1_048_576 - 384) / 2);
+        assert_eq!(fd_budget(20_000, 256), (20_000 - 512) / 2);
+        // A small limit still leaves some room to serve: the reserve takes at most half.
+        assert_eq!(fd_budget(100, 128), 25);
+        assert_eq!(fd_budget(1, 128), 1);
+        assert_eq!(fd_budget(0, 0), 1);
+    }
+
+    #[test]
+    fn lingering_is_bounded() {
+        let m = Metrics::new();
+        let c = Connections::new(m.connections("proxy"));
+        for _ in 0..MAX_LINGERING {
+            assert!(c.may_linger());
+        }
+        assert!(!c.may_linger());
+        c.lingered();
+        assert!(c.may_linger());
+    }
+}

@@ -1,0 +1,417 @@
+//! A downstream stream that keeps its connection's deadlines: the request head must arrive within
+//! `head_timeout` (else 408 and close), a kept-alive connection may idle `idle_timeout` (then it is
+//! closed quietly, as a client expects of any server).
+//!
+//! The deadline lives inside the stream because that is where Pingora reads the head: its loop
+//! reads until the head parses, each read under a timeout of its own, so only the reads themselves
+//! see the whole time a head has taken. The HTTP layer says when a request has started (no deadline
+//! while it is served: bodies and responses have their own timeouts) and when it has finished (the
+//! idle clock starts; the first byte of the next request starts the head clock). Time is tokio's,
+//! so tests can pause it.
+
+use super::limit::Slot;
+use crate::settings::ConnectionLimits;
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Waiting for (the rest of) a request head: the head clock runs.
+const HEAD: u8 = 0;
+/// A request is being served: no deadline here.
+const SERVING: u8 = 1;
+/// Between requests: the idle clock runs until the next request's first byte.
+const IDLE: u8 = 2;
+/// A deadline passed: every further read is the end of the stream.
+const EXPIRED: u8 = 3;
+/// Not timed here at all (HTTP/2 multiplexes requests; its connection keeps its own idle time).
+const UNTIMED: u8 = 4;
+
+/// Written, if the socket takes it at once, when a head does not arrive in time.
+const HEAD_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 41\r\nconnection: close\r\n\r\nthe request head took too long to arrive\n";
+
+pub struct GuardedStream {
+    inner: Stream,
+    slot: Slot,
+    /// Set from the HTTP layer through a shared reference ([`request_started`]); read on each poll.
+    phase: AtomicU8,
+    /// The phase the timer was last set for.
+    armed: u8,
+    timer: Pin<Box<Sleep>>,
+    head_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl GuardedStream {
+    /// Wraps a freshly accepted `inner`: its head clock starts now.
+    pub fn new(inner: Stream, slot: Slot, limits: &ConnectionLimits) -> Self {
+        let untimed = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        GuardedStream {
+            inner,
+            slot,
+            phase: AtomicU8::new(if untimed { UNTIMED } else { HEAD }),
+            armed: HEAD,
+            timer: Box::pin(tokio::time::sleep(limits.head_timeout)),
+            head_timeout: limits.head_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    fn arm(&mut self, phase: u8) {
+        let after = if phase == HEAD {
+            self.head_timeout
+        } else {
+            self.idle_timeout
+        };
+        self.timer.as_mut().reset(Instant::now() + after);
+        self.armed = phase;
+    }
+
+    fn set_phase(&self, to: u8) {
+        // A connection whose deadline passed stays closed, and an untimed one stays untimed.
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p != EXPIRED && p != UNTIMED).then_some(to)
+            });
+    }
+}
+
+/// The HTTP layer has read a whole request head from `stream`: no deadline while it is served.
+pub fn request_started(stream: Option<&Stream>) {
+    if let Some(g) = stream.and_then(|s| s.as_any().downcast_ref::<GuardedStream>()) {
+        g.set_phase(SERVING);
+    }
+}
+
+/// The request on `stream` is finished: the connection idles until the next one begins.
+pub fn request_finished(stream: Option<&Stream>) {
+    if let Some(g) = stream.and_then(|s| s.as_any().downcast_ref::<GuardedStream>()) {
+        g.set_phase(IDLE);
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let phase = this.phase.load(Ordering::Acquire);
+        match phase {
+            SERVING | UNTIMED => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            EXPIRED => return Poll::Ready(Ok(())),
+            _ => {}
+        }
+        if this.armed != phase {
+            this.arm(phase);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => {
+                if phase == IDLE && buf.filled().len() > before {
+                    // The next request has begun: from now on its head is on the clock.
+                    this.set_phase(HEAD);
+                    this.arm(HEAD);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            ready_err => return ready_err,
+        }
+        if this.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.phase.store(EXPIRED, Ordering::Release);
+        if phase == HEAD {
+            this.slot.head_timed_out();
+            // Best effort: a client that does not take 200 bytes at once is not waited for.
+            if let Poll::Ready(Ok(_)) =
+                Pin::new(&mut this.inner).poll_write(cx, HEAD_TIMEOUT_ANSWER)
+            {
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received within server.head_timeout",
+            )));
+        }
+        this.slot.idle_closed();
+        // The end of the stream: Pingora closes a kept-alive connection that ends between requests
+        // without a word, as it should.
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::transport::Connections;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            max: 10,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// An in-memory socket, so that paused time is all the time there is.
+    #[derive(Debug)]
+    struct Mem(tokio::io::DuplexStream);
+
+    impl AsyncRead for Mem {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Mem {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
+
+    impl pingora::protocols::l4::virt::VirtualSocket for Mem {
+        fn set_socket_option(
+            &self,
+            _: pingora::protocols::l4::virt::VirtualSockOpt,
+        ) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn guarded(m: &Metrics) -> (GuardedStream, tokio::io::DuplexStream) {
+        use pingora::protocols::l4::{stream, virt};
+        let c = Connections::new(m.connections("proxy"));
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let virt = virt::VirtualSocketStream::new(Box::new(Mem(ours)));
+        let inner: Stream = Box::new(stream::Stream::from(virt));
+        (
+            GuardedStream::new(inner, c.admit(10).unwrap(), &limits()),
+            theirs,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_a_byte_at_a_time_is_cut_at_the_head_timeout_with_408() {
+        let m = Metrics::new();
+        let (mut s, mut client) = guarded(&m);
+        let start = Instant::now();
+        let trickle = tokio::spawn(async move {
+            for b in b"GET / HTTP/1.1\r\n" {
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut answer = Vec::new();
+            let _ = client.read_to_end(&mut answer).await;
+            answer
+        });
+        let mut buf = [0u8; 64];
+        let err = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => panic!("ended instead of timing out"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        drop(s);
+        let answer = trickle.await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 408 "), "{answer:?}");
+        assert!(m.encode().contains(
+            "usher_connections_refused_total{listener=\"proxy\",reason=\"head_timeout\"} 1"
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_being_served_has_no_deadline_and_the_idle_clock_starts_after_it() {
+        let m = Metrics::new();
+        let (s, mut client) = guarded(&m);
+        let mut s: Stream = Box::new(s);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        request_started(Some(&s));
+        // Serving: a body that takes a minute is not cut here.
+        let body = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            client.write_all(b"x").await.unwrap();
+            client
+        });
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        let mut client = body.await.unwrap();
+        request_finished(Some(&s));
+        // Idle: 59 s of nothing, then the next request's first byte starts its head clock.
+        let start = Instant::now();
+        let next = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            client.write_all(b"G").await.unwrap();
+            client
+        });
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        let _client = next.await.unwrap();
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(59 + 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_ends_quietly_at_the_idle_timeout() {
+        let m = Metrics::new();
+        let (s, _client) = guarded(&m);
+        let mut s: Stream = Box::new(s);
+        request_started(Some(&s));
+        request_finished(Some(&s));
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        // Ended for good.
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        request_started(Some(&s));
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        assert!(m
+            .encode()
+            .contains("usher_connections_idle_closed_total{listener=\"proxy\"} 1"));
+    }
+}
