@@ -137,18 +137,39 @@ impl BackgroundService for Periodic {
     }
 }
 
-/// The end of usher: waits for the requests in flight (at most the grace period), closes the
+/// How long nothing must be in flight or open before usher's end goes on.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
+
+/// The end of usher: waits for the requests in flight and the connections still open (at most
+/// the grace period), closes the
 /// sinks and waits for them to write out what they hold, writes the snapshot, marks usher closed.
 pub async fn close(usher: &Arc<Usher>, sinks: JoinHandle<()>) {
     let started = Instant::now();
     let grace = usher.generation().config.server.grace_period;
-    while usher.state().in_flight() > 0 && started.elapsed() < grace {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // A connection accepted just before the listeners stopped may hold a request that is not
+    // admitted yet (its head still being read), or may not even be counted yet (its task not run
+    // yet): not in flight, but it will be served and must be on record before the snapshot, and
+    // served before the process ends. So: until nothing is in flight and no connection is open
+    // for a quiet spell. Pingora closes idle connections at shutdown, and a runtime with nothing
+    // admitted is idle, so a freshly accepted connection is counted well within the spell.
+    let busy = || usher.state().in_flight() + usher.state().proxy_connections.open() as u64;
+    let mut quiet_since: Option<Instant> = None;
+    while started.elapsed() < grace {
+        if busy() > 0 {
+            quiet_since = None;
+        } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= DRAIN_QUIET {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let left = usher.state().in_flight();
-    if left > 0 {
+    let (left, open) = (
+        usher.state().in_flight(),
+        usher.state().proxy_connections.open(),
+    );
+    if left + open as u64 > 0 {
         tracing::warn!(
             in_flight = left,
+            connections = open,
             "grace period over with requests still in flight"
         );
     } else {

@@ -53,8 +53,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let limits = (self.limits)();
         match self.connections.admit(limits.max) {
             Some(slot) => {
-                let guarded: Stream = Box::new(GuardedStream::new(stream, slot, &limits));
-                self.inner.process_new(guarded, shutdown).await
+                let mut guarded = GuardedStream::new(stream, slot, &limits);
+                if !guarded.first_byte().await {
+                    return None;
+                }
+                self.inner.process_new(Box::new(guarded), shutdown).await
             }
             None => {
                 refuse(stream, &self.connections).await;

@@ -52,6 +52,8 @@ pub struct GuardedStream {
     timer: Pin<Box<Sleep>>,
     head_timeout: Duration,
     idle_timeout: Duration,
+    /// The first byte, read by [`GuardedStream::first_byte`] before the HTTP layer took over.
+    first: Option<u8>,
 }
 
 impl GuardedStream {
@@ -66,6 +68,28 @@ impl GuardedStream {
             timer: Box::pin(tokio::time::sleep(limits.head_timeout)),
             head_timeout: limits.head_timeout,
             idle_timeout: limits.idle_timeout,
+            first: None,
+        }
+    }
+
+    /// Waits (within the head timeout) for the client to send something; false when it closed or
+    /// timed out first, and then there is nothing to serve. Pingora drops a connection whose
+    /// request has not begun when it shuts down, so a connection accepted in the last moment
+    /// before a graceful stop or upgrade would be lost; once its first byte is here, Pingora
+    /// reads on and serves it. Untimed (HTTP/2) streams do not wait.
+    pub async fn first_byte(&mut self) -> bool {
+        if self.phase.load(Ordering::Acquire) == UNTIMED {
+            return true;
+        }
+        let mut one = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut one);
+        let read = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_read(cx, &mut buf)).await;
+        match (read, buf.filled()) {
+            (Ok(()), [b]) => {
+                self.first = Some(*b);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -110,6 +134,17 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(b) = this.first.take() {
+            if buf.remaining() == 0 {
+                this.first = Some(b);
+                return Poll::Ready(Ok(()));
+            }
+            buf.put_slice(&[b]);
+            // With the rest of what has arrived, so that the head is read in one go as it would
+            // have been; whatever the inner read says now, it says again on the next call.
+            let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            return Poll::Ready(Ok(()));
+        }
         let phase = this.phase.load(Ordering::Acquire);
         match phase {
             SERVING | UNTIMED => return Pin::new(&mut this.inner).poll_read(cx, buf),
@@ -393,6 +428,26 @@ mod tests {
         let err = s.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(59 + 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_waited_for_is_handed_on_with_the_rest() {
+        let m = Metrics::new();
+        let (mut s, mut client) = guarded(&m);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(s.first_byte().await);
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n", "one read, whole head");
+        // A client that says nothing within the head timeout gets nothing served.
+        let (mut silent, _client) = guarded(&m);
+        let start = Instant::now();
+        assert!(!silent.first_byte().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // Nor one that hangs up.
+        let (mut gone, client) = guarded(&m);
+        drop(client);
+        assert!(!gone.first_byte().await);
     }
 
     #[tokio::test(start_paused = true)]
