@@ -570,14 +570,18 @@ pool = "good"
         told(get(&c, format!("http://{p}/"), &kim).await.1),
         serde_json::Value::Null
     );
+    let admin = running.admin().unwrap();
+    recorded(&c, admin, "kim", 1).await;
     // One good request behind her.
     assert_eq!(
         told(get(&c, format!("http://{p}/"), &kim).await.1),
         "score=100; state=ok"
     );
+    recorded(&c, admin, "kim", 2).await;
     for _ in 0..3 {
         assert_eq!(get(&c, format!("http://{p}/broken"), &kim).await.0, 503);
     }
+    recorded(&c, admin, "kim", 5).await;
     // Two good, three failed: (2 + 2) / (5 + 2) = 57, degraded. A client cannot forge the header:
     // whatever it sends is replaced by usher's own.
     let forged = [
@@ -588,7 +592,7 @@ pool = "good"
         told(get(&c, format!("http://{p}/"), &forged).await.1),
         "score=57; state=degraded"
     );
-    let metrics_url = format!("http://{}/metrics", running.admin().unwrap());
+    let metrics_url = format!("http://{admin}/metrics");
     let rescued = |m: String| sample(&m, "usher_protected_requests_total", &[("why", "rescue")]);
     assert_eq!(
         rescued(get(&c, metrics_url.clone(), &[]).await.1),
@@ -597,6 +601,7 @@ pool = "good"
     for _ in 0..3 {
         assert_eq!(get(&c, format!("http://{p}/broken"), &kim).await.0, 503);
     }
+    recorded(&c, admin, "kim", 9).await;
     // (3 + 2) / (9 + 2) = 45, under rescue_below (48): her next request is protected.
     assert_eq!(
         told(get(&c, format!("http://{p}/"), &kim).await.1),

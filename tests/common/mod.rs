@@ -346,3 +346,20 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (at most two seconds) until usher has recorded `n` requests of customer `who`: a request
+/// is recorded just after its answer is sent, so the next request may otherwise see the state of
+/// the one before.
+pub async fn recorded(c: &reqwest::Client, admin: SocketAddr, who: &str, n: u64) {
+    for _ in 0..200 {
+        let (s, body) = get(c, format!("http://{admin}/customers/{who}"), &[]).await;
+        if s == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["requests"].as_u64() >= Some(n) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{who}'s {n} requests were never all recorded");
+}
