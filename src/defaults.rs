@@ -32,7 +32,8 @@ pub const HEAD_TIMEOUT: Duration = secs(10);
 /// nginx's `keepalive_timeout` is 75 s, Pingora's first-request default 60 s.
 pub const IDLE_TIMEOUT_DOWNSTREAM: Duration = secs(60);
 /// Descriptors kept out of the downstream connections' share of the open-files limit, besides the
-/// idle upstream pool: for the admin API, sinks, logs, the snapshot and health checks.
+/// idle upstream pool: the admin API's 64 connections, 2 x 32 refused connections lingering to
+/// read their 503, and 128 for sinks, logs, the snapshot, health checks and the runtime's own.
 pub const FD_RESERVE: u64 = 256;
 /// Connections the admin API holds at once (not configurable: its callers are a few people and
 /// scrapers, and it must never eat the proxy's descriptors).

@@ -172,10 +172,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run { config, upgrade } => {
-            let (cfg, text) = Config::load_with_text(&config)
+            // Absolute, so that /config says which file, a reload finds it whatever the cwd, and
+            // the folders the file names resolve the same way at start and on every reload.
+            let path = std::fs::canonicalize(&config).unwrap_or_else(|_| config.clone());
+            let (cfg, text) = Config::load_with_text(&path)
                 .map_err(|errs| anyhow::anyhow!("{} is not valid:\n{errs}", config.display()))?;
-            // Absolute, so that /config says which file, and a reload finds it whatever the cwd.
-            let path = std::fs::canonicalize(&config).unwrap_or(config);
             let source =
                 usher::engine::Source::of_text(Some(path), &text, usher::time::wall_ms(), "start");
             usher::server::run(cfg, source, upgrade).context("running usher")?;

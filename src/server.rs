@@ -177,7 +177,13 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
         let budget = fd_budget(open_files, idle_upstreams);
         usher.state().proxy_connections.set_budget(budget);
         let asked = config.server.connections.max;
-        if asked > budget {
+        if budget == crate::transport::limit::MIN_BUDGET && asked > budget {
+            tracing::error!(
+                open_files,
+                serving_at_most = budget,
+                "the open-files limit is too small to keep descriptors for upstream connects and the admin API; raise it (ulimit -n, LimitNOFILE=) to at least 1024"
+            );
+        } else if asked > budget {
             tracing::warn!(
                 max_connections = asked,
                 serving_at_most = budget,

@@ -10,6 +10,7 @@
 //! and marks usher closed. Each job is a thin loop around a plain function of the engine, so
 //! usher's binary and an embedding proxy add this service to their `Server` the same way.
 
+use crate::defaults as d;
 use crate::engine::{wall_ms, Generation, Usher};
 use crate::snapshot;
 use crate::upstream::checker;
@@ -81,6 +82,10 @@ impl BackgroundService for Periodic {
         'generation: loop {
             generations.borrow_and_update();
             let g = usher.generation();
+            let st = usher.state();
+            st.proxy_connections
+                .publish_limit(g.config.server.connections.max);
+            st.admin_connections.publish_limit(d::ADMIN_MAX_CONNECTIONS);
             let checks = spawn_checks(&usher, &g);
             let mut summary = every(g.config.experience.summary_interval);
             let mut sweep = every(g.config.sweep_interval);

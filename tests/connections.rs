@@ -1,5 +1,5 @@
 //! Hostile connections against a real `usher run` whose open-files limit is small (512, so the
-//! connection cap it derives is 128): idle connections and a slowloris fill the cap, connections past
+//! connection cap it derives is 64): idle connections and a slowloris fill the cap, connections past
 //! it are refused, the admitted ones are cut at the head timeout with 408, a kept-alive connection is
 //! closed at the idle timeout, and through all of it a normal client that holds keep-alive
 //! connections keeps 100% success, its requests reaching the origin over new upstream connections,
@@ -18,14 +18,13 @@ use tokio::net::TcpStream;
 use usher::origin::Origin;
 
 const USHER: &str = env!("CARGO_BIN_EXE_usher");
-/// Open files for the usher under test. 128 idle upstream connections and 256 reserved would be
-/// 384, but the reserve takes at most half of a limit this small: `(512 - 256) / 2` = 128
-/// downstream connections.
+/// Open files for the usher under test: with 128 idle upstream connections and 256 reserved,
+/// `(512 - 384) / 2` = 64 downstream connections.
 const OPEN_FILES: u64 = 512;
-const CAP: usize = 128;
+const CAP: usize = 64;
 const NORMAL: usize = 8;
 const SLOWLORIS: usize = 10;
-const IDLE: usize = 200;
+const IDLE: usize = 150;
 
 struct Proc(Child);
 

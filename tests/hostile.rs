@@ -139,6 +139,57 @@ fn raw(addr: std::net::SocketAddr, request: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_body_gets_408_and_no_upstream_is_blamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Origin::start_local("a").await.unwrap(),
+        Origin::start_local("b").await.unwrap(),
+    );
+    let cfg = config(
+        &format!(
+            "[[pools]]\nname = \"p\"\nupstreams = [\"{}\", \"{}\"]\nread_timeout = \"300ms\"\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            a.addr, b.addr
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let listen = running.listen();
+    // Twelve clients each promise 100 bytes of body and send one: both origins wait for the rest
+    // until the pool's read timeout. Five failures in a row would eject an upstream.
+    let stalls: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(listen).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                write!(
+                    s,
+                    "POST /upload HTTP/1.1\r\nHost: x\r\nx-customer-id: slow{i}\r\ncontent-length: 100\r\n\r\nx"
+                )
+                .unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_string()
+            })
+        })
+        .collect();
+    for t in stalls {
+        assert_eq!(t.join().unwrap(), "408");
+    }
+    let c = client();
+    let admin = running.admin().unwrap();
+    let view = json(&c, format!("http://{admin}/upstreams")).await;
+    for u in view["upstreams"].as_array().unwrap() {
+        assert_eq!(u["state"], "healthy", "{u}");
+    }
+    let (_, metrics) = get(&c, format!("http://{admin}/metrics"), &[]).await;
+    assert!(
+        !metrics.contains("usher_ejections_total{"),
+        "nothing ejected: {metrics}"
+    );
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_1_without_host_is_400_and_1_0_without_host_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start_local("o").await.unwrap();

@@ -32,6 +32,20 @@ impl Proc {
         Proc(child)
     }
 
+    /// As [`Proc::run`], started in `dir` with the file named relative to it, as an operator
+    /// often does: the folders it names must resolve the same way on every reload.
+    fn run_in(dir: &Path, file: &str) -> Proc {
+        let log = std::fs::File::create(dir.join(format!("{file}.log"))).unwrap();
+        let child = Command::new(USHER)
+            .current_dir(dir)
+            .args(["run", "--config", file])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.0.id().to_string()])
@@ -117,7 +131,7 @@ async fn sighup_and_usher_reload_read_the_file_again_and_refuse_a_bad_one() {
     let promo =
         "[[routes]]\nname = \"promo\"\nmatch = { path_prefix = \"/promo\" }\npool = \"web\"";
     std::fs::write(&path, site(listen, admin, origin.addr, "")).unwrap();
-    let mut p = Proc::run(&path, &[]);
+    let mut p = Proc::run_in(dir.path(), "usher.toml");
     usher::server::wait_listening(admin, Duration::from_secs(20)).unwrap();
     let c = client();
     assert_eq!(

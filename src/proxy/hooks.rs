@@ -212,6 +212,18 @@ impl UsherHooks {
             e.set_retry(false);
             return e;
         }
+        // An upstream that times out while the client has not finished sending the body was
+        // waiting for the client: 408, and nothing held against the upstream (else any client that
+        // trickles a body could eject healthy upstreams).
+        if e.etype() == &ErrorType::ReadTimedout && !session.as_mut().is_body_done() {
+            let mut slow = Error::because(
+                ErrorType::HTTPStatus(408),
+                "the client's request body stalled; the upstream was waiting for it",
+                e,
+            );
+            slow.set_retry(false);
+            return slow;
+        }
         let now = Instant::now();
         if ex.try_timeout.is_some()
             && ex.response_head.is_none()

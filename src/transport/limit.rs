@@ -9,18 +9,25 @@ use crate::metrics::ConnectionMetrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Refused connections given a moment to read their 503 at once, at most: beyond that a flood of
-/// refusals would hold descriptors of its own, so they are just closed.
-const MAX_LINGERING: usize = 64;
+/// Refused connections given a moment to read their 503 at once, per listener, at most: beyond
+/// that a flood of refusals would hold descriptors of its own, so they are just closed. Two
+/// listeners' worth are part of [`d::FD_RESERVE`].
+pub const MAX_LINGERING: usize = 32;
+
+/// The fewest downstream connections usher serves whatever the open-files limit: below this the
+/// reserve is not kept, and the start-up log says so.
+pub const MIN_BUDGET: usize = 16;
 
 /// How many downstream connections `open_files` descriptors can carry while keeping room for
-/// `idle_upstreams` pooled upstream connections and [`d::FD_RESERVE`] more (admin API, sinks,
-/// logs, the snapshot): half of what is left, since every downstream connection that is being
-/// proxied holds an upstream one too. The reserve never takes more than half of a small limit.
+/// `idle_upstreams` pooled upstream connections and [`d::FD_RESERVE`] more (admin API, lingering
+/// refusals, sinks, logs, the snapshot): half of what is left, since every downstream connection
+/// that is being proxied holds an upstream one too. At least [`MIN_BUDGET`].
 pub fn fd_budget(open_files: u64, idle_upstreams: u64) -> usize {
-    let reserve = (d::FD_RESERVE + idle_upstreams).min(open_files / 2);
+    let reserve = d::FD_RESERVE + idle_upstreams;
     let budget = open_files.saturating_sub(reserve) / 2;
-    usize::try_from(budget).unwrap_or(usize::MAX).max(1)
+    usize::try_from(budget)
+        .unwrap_or(usize::MAX)
+        .max(MIN_BUDGET)
 }
 
 /// One listener's open connections.
@@ -55,6 +62,12 @@ impl Connections {
     /// The cap in force when the configuration asks for `configured`.
     pub fn limit(&self, configured: usize) -> usize {
         configured.min(self.budget.load(Ordering::Relaxed))
+    }
+
+    /// Shows the cap in force for `configured` in `usher_connections_limit` before any connection
+    /// asks (a new connection shows it too).
+    pub fn publish_limit(&self, configured: usize) {
+        self.metrics.limit.set(self.limit(configured) as i64);
     }
 
     pub fn open(&self) -> usize {
@@ -151,10 +164,10 @@ mod tests {
     fn the_budget_keeps_a_reserve_and_half_for_upstreams() {
         assert_eq!(fd_budget(1_048_576, 128), (1_048_576 - 384) / 2);
         assert_eq!(fd_budget(20_000, 256), (20_000 - 512) / 2);
-        // A small limit still leaves some room to serve: the reserve takes at most half.
-        assert_eq!(fd_budget(100, 128), 25);
-        assert_eq!(fd_budget(1, 128), 1);
-        assert_eq!(fd_budget(0, 0), 1);
+        assert_eq!(fd_budget(512, 128), 64);
+        // A limit too small for the reserve still serves a few.
+        assert_eq!(fd_budget(256, 128), MIN_BUDGET);
+        assert_eq!(fd_budget(0, 0), MIN_BUDGET);
     }
 
     #[test]
