@@ -112,6 +112,16 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
         ),
     )
     .unwrap();
+    let hard = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    assert!(
+        hard == "unlimited" || hard.parse::<u64>().unwrap() >= OPEN_FILES,
+        "this test lowers usher's open-files limit to {OPEN_FILES}; the hard limit here is {hard}"
+    );
+    assert_eq!(usher::transport::fd_budget(OPEN_FILES, 128), CAP);
     let log = std::fs::File::create(dir.path().join("usher.log")).unwrap();
     // `ulimit -n` sets the hard limit too, so usher cannot raise it back.
     let _usher = Proc(
