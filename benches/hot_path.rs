@@ -150,7 +150,7 @@ fn selection(c: &mut Criterion) {
             checked: false,
         })
         .collect();
-    let up = Registry::new(t0).reconcile(&cfg.upstreams, &pools, Settings::default(), t0);
+    let up = Registry::new(t0).reconcile(&cfg.upstreams, &pools, &[], Settings::default(), t0);
     let mut rng = SmallRng::seed_from_u64(1);
     for u in 0..3 {
         for _ in 0..10 {
@@ -164,10 +164,10 @@ fn selection(c: &mut Criterion) {
         }
     }
     c.bench_function("upstream pick (P2C, peak EWMA)", |b| {
-        b.iter(|| black_box(up.pick(0, false, false, &[], t0, &mut rng)))
+        b.iter(|| black_box(up.pick(0, None, false, false, &[], t0, &mut rng)))
     });
     c.bench_function("upstream pick (protected: cheapest)", |b| {
-        b.iter(|| black_box(up.pick(0, true, false, &[], t0, &mut rng)))
+        b.iter(|| black_box(up.pick(0, None, true, false, &[], t0, &mut rng)))
     });
     c.bench_function("upstream observe", |b| {
         b.iter(|| {

@@ -95,6 +95,11 @@ pub const JITTER: f64 = 0.1;
 pub const MAX_EJECTED_SHARE: f64 = 0.1;
 pub const PROBE_SUCCESSES: i64 = 3;
 pub const PANIC_BELOW: f64 = 0.5;
+/// An upstream whose route's requests go unanswered for 4 x that route's p99 (at least a second)
+/// while two or more wait is taken as hung: a hung origin is avoided within about a second
+/// instead of after the read timeout.
+pub const HUNG_FACTOR: f64 = 4.0;
+pub const HUNG_FLOOR: Duration = secs(1);
 pub const SWEEP_INTERVAL: Duration = ms(250);
 
 // [retries]: Finagle's and Linkerd's budget.
@@ -195,6 +200,8 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("outlier.max_ejected_share", "0.1"),
     ("outlier.probe_successes", "3"),
     ("outlier.panic_below", "0.5"),
+    ("outlier.hung_factor", "4.0"),
+    ("outlier.hung_floor", "\"1s\""),
     ("outlier.sweep_interval", "\"250ms\""),
     ("retries.enabled", "true"),
     ("retries.budget_ratio", "0.2"),

@@ -15,7 +15,7 @@ use crate::identity::IdentityResolver;
 use crate::metrics::GenMetrics;
 use crate::routing::RouteTable;
 use crate::state::{InFlight, RouteState, State};
-use crate::upstream::{PoolSpec, Settings, UpstreamId, Upstreams};
+use crate::upstream::{PoolSpec, RouteSpec, Settings, UpstreamId, Upstreams};
 use http::HeaderValue;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,9 +96,29 @@ impl Generation {
                 checked: p.health_check.is_some(),
             })
             .collect();
-        let upstreams = state
-            .upstreams
-            .reconcile(&config.upstreams, &pools, settings, now);
+        let routes: Vec<RouteSpec<'_>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let mut members: Vec<UpstreamId> = r
+                    .reserved_pool
+                    .iter()
+                    .chain(std::iter::once(&r.pool))
+                    .filter_map(|p| config.pools.get(*p as usize))
+                    .flat_map(|p| p.upstreams.iter().copied())
+                    .collect();
+                members.sort_unstable();
+                members.dedup();
+                RouteSpec {
+                    name: &r.name,
+                    members,
+                }
+            })
+            .collect();
+        let upstreams =
+            state
+                .upstreams
+                .reconcile(&config.upstreams, &pools, &routes, settings, now);
         let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         let route_states = state.routes_for(&route_names);
         let tier_labels = config
@@ -152,6 +172,8 @@ impl Generation {
             .collect();
         let labels: Vec<String> = config.upstreams.iter().map(|a| a.to_string()).collect();
         let metrics = state.metrics.for_generation(&usable, &labels);
+        let pool_names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        state.metrics.set_pools(&pool_names);
         let experience_values = match prot.experience_header {
             Some(_) => (0..=100u8)
                 .flat_map(|score| ["ok", "degraded"].map(|state| (score, state)))
@@ -220,6 +242,16 @@ impl Generation {
             let v = self.upstreams.view(u, now);
             let state = if !v.active_up { "unhealthy" } else { v.state };
             self.metrics.set_upstream_state(u, state);
+        }
+    }
+
+    /// Publishes which pools are in panic mode (judged on the upstreams as a whole).
+    pub(crate) fn refresh_pool_panic(&self, metrics: &crate::metrics::Metrics, now: Instant) {
+        for (p, pool) in self.config.pools.iter().enumerate() {
+            metrics.set_pool_panic(
+                &pool.name,
+                self.upstreams.in_panic(p as crate::ids::PoolId, None, now),
+            );
         }
     }
 }

@@ -51,6 +51,7 @@ pub mod names {
     pub const UPSTREAM_RESOLUTIONS: &str = "usher_upstream_resolutions_total";
     pub const SNAPSHOTS: &str = "usher_state_snapshots_total";
     pub const IDENTITY_TOKENS: &str = "usher_identity_tokens_total";
+    pub const POOL_PANIC: &str = "usher_pool_panic";
     pub const CONNECTIONS_OPEN: &str = "usher_connections_open";
     pub const CONNECTIONS_LIMIT: &str = "usher_connections_limit";
     pub const CONNECTIONS_REFUSED: &str = "usher_connections_refused_total";
@@ -72,6 +73,9 @@ pub struct ConnectionMetrics {
 
 /// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
 pub const UPSTREAM_STATES: [&str; 4] = ["healthy", "probing", "ejected", "unhealthy"];
+
+/// `route` label of an ejection of an upstream as a whole, not on one route.
+pub const ALL_ROUTES: &str = "all";
 
 /// Label value for "no route matched" and "no upstream was used".
 pub const NONE_LABEL: &str = "none";
@@ -106,6 +110,9 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     resolutions: IntCounterVec,
     snapshots: IntCounterVec,
+    pool_panic: IntGaugeVec,
+    /// The pool labels of the configuration in force, to take out a removed pool's gauge.
+    pool_labels: Mutex<Vec<String>>,
     connections_open: IntGaugeVec,
     connections_limit: IntGaugeVec,
     connections_refused: IntCounterVec,
@@ -216,8 +223,8 @@ impl Metrics {
         reg(Box::new(upstream_state.clone()));
         let ejections = counter_vec(
             names::EJECTIONS,
-            "Upstreams ejected by passive health, by rule.",
-            &["upstream", "reason"],
+            "Upstreams ejected by passive health, by route (all: the upstream as a whole) and rule.",
+            &["upstream", "route", "reason"],
         );
         let retries = counter_vec(
             names::RETRIES,
@@ -293,7 +300,14 @@ impl Metrics {
             "Kept-alive downstream connections closed after server.idle_timeout without a request, by listener.",
             &["listener"],
         );
+        let pool_panic = gauge_vec(
+            names::POOL_PANIC,
+            "1 while fewer than outlier.panic_below of the pool's upstreams are serving, so that all of them are used, ejected ones included (panic mode); else 0.",
+            &["pool"],
+        );
         Metrics {
+            pool_panic,
+            pool_labels: Mutex::new(Vec::new()),
             connections_open,
             connections_limit,
             connections_refused,
@@ -384,10 +398,12 @@ impl Metrics {
     }
 
     /// Ejections are rare: the labelled handle is looked up when one happens.
-    pub fn ejected(&self, upstream: &str, reason: &str) {
+    /// `route` is "" for an ejection of the upstream as a whole (labelled `all`).
+    pub fn ejected(&self, upstream: &str, route: &str, reason: &str) {
+        let route = if route.is_empty() { ALL_ROUTES } else { route };
         must(
             self.ejections
-                .get_metric_with_label_values(&[upstream, reason]),
+                .get_metric_with_label_values(&[upstream, route, reason]),
         )
         .inc();
     }
@@ -433,6 +449,21 @@ impl Metrics {
             .entry(result)
             .or_insert_with(|| must(self.tokens.get_metric_with_label_values(&[result])))
             .inc();
+    }
+
+    /// Says whether `pool` is in panic mode now. A pool that is no longer configured (not in
+    /// `pools`, when given) loses its gauge.
+    pub fn set_pool_panic(&self, pool: &str, panic: bool) {
+        must(self.pool_panic.get_metric_with_label_values(&[pool])).set(i64::from(panic));
+    }
+
+    /// The pools of the configuration in force: gauges of the others are taken out.
+    pub fn set_pools(&self, pools: &[&str]) {
+        let mut current = self.pool_labels.lock();
+        for gone in current.iter().filter(|l| !pools.contains(&l.as_str())) {
+            let _ = self.pool_panic.remove_label_values(&[gone]);
+        }
+        *current = pools.iter().map(|p| p.to_string()).collect();
     }
 
     /// The connection handles of one listener.

@@ -32,6 +32,10 @@ pub struct OutlierSettings {
     pub max_ejected_share: f64,
     pub probe_successes: u32,
     pub panic_below: f64,
+    /// Silence on a route that means its upstream hangs: this many times the route's p99 ...
+    pub hung_factor: f64,
+    /// ... and at least this long.
+    pub hung_floor: Duration,
 }
 
 impl Default for OutlierSettings {
@@ -52,6 +56,8 @@ impl Default for OutlierSettings {
             max_ejected_share: d::MAX_EJECTED_SHARE,
             probe_successes: d::PROBE_SUCCESSES as u32,
             panic_below: d::PANIC_BELOW,
+            hung_factor: d::HUNG_FACTOR,
+            hung_floor: d::HUNG_FLOOR,
         }
     }
 }

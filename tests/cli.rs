@@ -1,5 +1,5 @@
 //! The `usher` binary itself: `check` lists every error, `run` refuses a bad config, `demo` starts,
-//! serves the admin API, and stops cleanly on Ctrl-C (SIGINT).
+//! serves the admin API, stops cleanly on Ctrl-C (SIGINT), and shows what the README's tour says.
 
 mod common;
 
@@ -125,83 +125,36 @@ fn run_reports_a_listen_address_in_use() {
     );
 }
 
-#[test]
-fn demo_serves_customers_and_stops_on_ctrl_c() {
-    let (listen, admin) = (free_addr(), free_addr());
-    let mut child = Command::new(USHER)
-        .args([
-            "demo",
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--brownout-after",
-            "1s",
-        ])
+fn spawn_demo(
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    extra: &[&str],
+) -> std::process::Child {
+    let (l, a) = (listen.to_string(), admin.to_string());
+    let mut args = vec!["demo", "--listen", &l, "--admin", &a];
+    args.extend_from_slice(extra);
+    let child = Command::new(USHER)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     usher::server::wait_listening(admin, Duration::from_secs(20)).expect("demo admin API comes up");
+    child
+}
 
-    // Within a few seconds the synthetic customers are tracked, alice (gold, from the table) included.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let alice = loop {
-        let body = http_get(admin, "/customers/alice");
-        let json: serde_json::Value = body
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or_default();
-        if json["requests"].as_u64().unwrap_or(0) >= 3 {
-            break json;
-        }
-        assert!(Instant::now() < deadline, "alice never showed up: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(alice["tier"], "gold", "{alice}");
-    assert!(!alice["journey"].as_array().unwrap().is_empty());
-    assert!(http_get(admin, "/customers?worst=3").contains("\"customers\""));
-
-    // The origin that browns out is ejected, and so is the one slow on /checkout, each with its
-    // reason; meanwhile alice (gold) is served well.
-    let deadline = Instant::now() + Duration::from_secs(40);
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
     loop {
-        let ups = json_body(&http_get(admin, "/upstreams"));
-        let ejected: Vec<&serde_json::Value> = ups["upstreams"]
-            .as_array()
-            .map(|a| a.iter().filter(|u| u["state"] == "ejected").collect())
-            .unwrap_or_default();
-        if ejected.len() == 2 {
-            assert!(
-                ejected.iter().all(|u| u["why"]["detail"].is_string()),
-                "{ups}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo's sick origins were never ejected: {ups}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let alice = json_body(&http_get(admin, "/customers/alice"));
-    assert_eq!(alice["state"], "ok", "{alice}");
-
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s;
         }
-        assert!(Instant::now() < deadline, "demo did not stop on SIGINT");
+        assert!(Instant::now() < deadline, "the demo did not stop");
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{status:?}");
+    }
+}
+
+fn stdout_of(child: &mut std::process::Child) -> String {
     let mut out = String::new();
     child
         .stdout
@@ -209,26 +162,241 @@ fn demo_serves_customers_and_stops_on_ctrl_c() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
+    out
+}
+
+#[test]
+fn demo_serves_customers_and_stops_on_ctrl_c() {
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut child = spawn_demo(listen, admin, &[]);
+    // Within a few seconds the synthetic customers are tracked, alice (gold, from the table) included.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alice = loop {
+        let json = json_body(&http_get(admin, "/customers/alice"));
+        if json["requests"].as_u64().unwrap_or(0) >= 3 {
+            break json;
+        }
+        assert!(Instant::now() < deadline, "alice never showed up: {json}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alice["tier"], "gold", "{alice}");
+    assert!(!alice["journey"].as_array().unwrap().is_empty());
+    assert!(http_get(admin, "/customers?worst=3").contains("\"customers\""));
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    let out = stdout_of(&mut child);
     assert!(
         out.contains(&format!("curl http://{admin}/customers?worst=5")),
         "{out}"
     );
     assert!(out.contains("usher demo: stopping"), "{out}");
-    // The follow-up events are left behind in a JSON-lines file whose place the demo printed.
     let kept = out
         .lines()
         .find_map(|l| l.strip_prefix("usher demo: events kept in "))
         .unwrap_or_else(|| panic!("no events file in: {out}"));
-    let events = std::fs::read_to_string(kept).unwrap();
-    assert!(
-        events
-            .lines()
-            .any(|l| l.contains("\"type\":\"usher.upstream.ejected\"")),
-        "{events}"
-    );
     let _ = std::fs::remove_dir_all(std::path::Path::new(kept).parent().unwrap());
     // Its listeners are released.
     assert!(std::net::TcpListener::bind(listen).is_ok());
+}
+
+/// One journey step as the admin API shows it, with its start and end in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    customer: String,
+    tier: String,
+    route: String,
+    upstream: String,
+    path: String,
+    start_ms: f64,
+    end_ms: f64,
+}
+
+fn steps_of(customer: &serde_json::Value) -> Vec<Seen> {
+    let ms = |at: &str| {
+        humantime::parse_rfc3339(at)
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+                    * 1000.0
+            })
+            .unwrap_or(0.0)
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    customer["journey"]
+        .as_array()
+        .map(|j| {
+            j.iter()
+                .map(|s| {
+                    let end_ms = ms(s["at"].as_str().unwrap_or_default());
+                    Seen {
+                        customer: text(&customer["id"]),
+                        tier: text(&customer["tier"]),
+                        route: text(&s["route"]),
+                        upstream: text(&s["upstream"]),
+                        path: text(&s["path"]),
+                        start_ms: end_ms - s["latency_ms"].as_f64().unwrap_or(0.0),
+                        end_ms,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The README's tour, run for 40 s: what it says the demo shows, the demo shows.
+#[test]
+fn the_demo_shows_what_the_readme_says() {
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut child = spawn_demo(
+        listen,
+        admin,
+        &["--duration", "40s", "--brownout-after", "12s"],
+    );
+    let ids = ["alice", "bob", "carol", "dave", "erin", "frank", "heidi"];
+    // Every step of every named customer (their journeys hold the last 16; polled often enough
+    // to see each), and the last view of the upstreams.
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut degraded = std::collections::BTreeSet::new();
+    let mut ups = serde_json::Value::Null;
+    while child.try_wait().unwrap().is_none() {
+        for id in ids {
+            let c = json_body(&http_get(admin, &format!("/customers/{id}")));
+            if c["state"] == "degraded" {
+                degraded.insert(format!("{id} ({})", c["tier"].as_str().unwrap_or("")));
+            }
+            for s in steps_of(&c) {
+                if !seen.contains(&s) {
+                    seen.push(s);
+                }
+            }
+        }
+        let now = json_body(&http_get(admin, "/upstreams"));
+        if now.is_object() {
+            ups = now;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    let out = stdout_of(&mut child);
+    let addr_of = |name: &str| -> String {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name} on ")))
+            .unwrap_or_else(|| panic!("{name} not in: {out}"))
+            .to_string()
+    };
+    let (web2, web3) = (addr_of("web-2"), addr_of("web-3"));
+    let upstream = |addr: &str| -> serde_json::Value {
+        ups["upstreams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["address"] == addr))
+            .cloned()
+            .unwrap_or_else(|| panic!("{addr} not in {ups}"))
+    };
+
+    // web-3 is taken out of the checkout alone, for its latency, and keeps serving elsewhere.
+    let w3 = upstream(&web3);
+    let lane = |u: &serde_json::Value, route: &str| -> serde_json::Value {
+        u["routes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["route"] == route))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let checkout = lane(&w3, "checkout");
+    assert!(checkout["ejections"].as_u64().unwrap_or(0) >= 1, "{w3}");
+    assert_eq!(w3["state"], "healthy", "{w3}");
+    assert!(
+        seen.iter().any(|s| s.upstream == web3 && s.route == "site"),
+        "web-3 serves the rest of the site"
+    );
+    // The browned-out web-2 is ejected, with its reason.
+    let w2 = upstream(&web2);
+    let out_somewhere = w2["state"] != "healthy"
+        || w2["routes"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|l| l["state"] != "healthy" && l["why"]["detail"].is_string())
+        });
+    assert!(out_somewhere, "{w2}");
+
+    // The stuck step the README quotes: a standard customer's GET /checkout served by web-3 in
+    // 1.5 s against the route's 300 ms target.
+    let slow: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.route == "checkout" && s.upstream == web3)
+        .collect();
+    let stuck = slow
+        .iter()
+        .find(|s| s.tier == "standard" && s.path == "/checkout" && s.end_ms - s.start_ms >= 1500.0)
+        .unwrap_or_else(|| panic!("no standard customer stuck on web-3's checkout: {slow:?}"));
+    // Gold customers never go there once its slowness on the checkout is known: no gold
+    // checkout step on web-3 began after the first answer from it there had come back.
+    let known = slow.iter().map(|s| s.end_ms).fold(f64::MAX, f64::min);
+    let late_gold: Vec<&&Seen> = slow
+        .iter()
+        .filter(|s| s.tier == "gold" && s.start_ms >= known)
+        .collect();
+    assert!(
+        late_gold.is_empty(),
+        "{late_gold:?} (known slow at {known})"
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.tier == "gold" && s.route == "checkout")
+            .count()
+            >= 5,
+        "the gold customers did check out: {seen:?}"
+    );
+
+    // A standard customer degrades visibly: carol, whose order export is slow on every origin.
+    assert!(degraded.contains("carol (standard)"), "{degraded:?}");
+    assert!(
+        degraded.iter().all(|d| !d.ends_with("(gold)")),
+        "{degraded:?}"
+    );
+
+    // The events the README promises are in the file the demo kept.
+    let kept = out
+        .lines()
+        .find_map(|l| l.strip_prefix("usher demo: events kept in "))
+        .unwrap_or_else(|| panic!("no events file in: {out}"));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(kept)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |t: &'static str| events.iter().filter(move |e| e["type"] == t);
+    assert!(
+        of("usher.customer.degraded").any(|e| e["data"]["customer"] == "carol"),
+        "{events:?}"
+    );
+    assert!(
+        of("usher.customer.journey_abandoned")
+            .any(|e| e["data"]["furthest_step"] == "pay" && e["data"]["after_trouble"] == true),
+        "{events:?}"
+    );
+    assert!(
+        of("usher.upstream.ejected")
+            .any(|e| e["data"]["upstream"] == web3.as_str() && e["data"]["route"] == "checkout"),
+        "{events:?}"
+    );
+    for e in of("usher.customer.rerouted") {
+        assert_ne!(e["data"]["upstream"], e["data"]["avoided_upstream"], "{e}");
+    }
+    println!(
+        "demo: stuck step {stuck:?}; {} checkout steps on web-3, none gold after {known}; degraded {degraded:?}; {} events",
+        slow.len(),
+        events.len()
+    );
+    let _ = std::fs::remove_dir_all(std::path::Path::new(kept).parent().unwrap());
 }
 
 fn json_body(response: &str) -> serde_json::Value {

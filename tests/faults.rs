@@ -258,7 +258,11 @@ async fn killed_upstream_fails_no_protected_request() {
         sample(
             &metrics,
             "usher_ejections_total",
-            &[("upstream", &d), ("reason", "connect_failure")]
+            &[
+                ("upstream", &d),
+                ("route", "all"),
+                ("reason", "connect_failure")
+            ]
         ),
         Some(1.0)
     );

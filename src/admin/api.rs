@@ -329,8 +329,37 @@ struct UpstreamJson {
     latency_estimate_ms: f64,
     /// What passive health is judging: recent attempts.
     passive_health: RecentJson,
+    /// Whether ordinary requests still go there: when it is out but its pool is in panic mode
+    /// (too few left, so the whole pool is used), this says so.
+    used: bool,
+    /// Its health on each route that can use it: an upstream can be out on one route only.
+    routes: Vec<LaneJson>,
     #[serde(flatten)]
     stats: StatsView,
+}
+
+#[derive(Serialize)]
+struct LaneJson {
+    route: String,
+    /// healthy, probing, ejected, or hung (requests waiting, no answer: avoided now, ejected at
+    /// the next sweep).
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<WhyJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ejected_until: Option<String>,
+    ejections: u32,
+    in_flight: u32,
+    passive_health: RecentJson,
+}
+
+#[derive(Serialize)]
+struct PoolJson {
+    name: String,
+    upstreams: usize,
+    serving: usize,
+    /// Fewer than outlier.panic_below serving: every member is used, out or not.
+    panic: bool,
 }
 
 #[derive(Serialize)]
@@ -347,52 +376,102 @@ struct RecentJson {
     mean_latency_ms: Option<f64>,
 }
 
+impl RecentJson {
+    fn of(r: &crate::upstream::outlier::Recent) -> Self {
+        RecentJson {
+            attempts: r.requests,
+            failure_rate: (r.failure_rate * 1000.0).round() / 1000.0,
+            mean_latency_ms: r.mean_latency.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
 fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
     let g = usher.generation();
     let cfg = &g.config;
     let now = std::time::Instant::now();
-    let list: Vec<UpstreamJson> = cfg
-        .upstreams
+    let list: Vec<UpstreamJson> =
+        cfg.upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let id = i as u16;
+                let pools: Vec<&crate::config::PoolConfig> = cfg
+                    .pools
+                    .iter()
+                    .filter(|p| p.upstreams.contains(&id))
+                    .collect();
+                let v = g.upstreams().view(id, now);
+                let checked = pools.iter().any(|p| p.health_check.is_some());
+                let ups = g.upstreams();
+                let used = ups.serving(id)
+                    || cfg.pools.iter().enumerate().any(|(p, pc)| {
+                        pc.upstreams.contains(&id) && ups.in_panic(p as u16, None, now)
+                    });
+                let until = |u: Option<std::time::Instant>| {
+                    u.map(|u| rfc3339(now_ms + u.saturating_duration_since(now).as_millis() as u64))
+                };
+                let routes = ups
+                    .lane_views(id, now)
+                    .into_iter()
+                    .map(|l| LaneJson {
+                        route: cfg
+                            .routes
+                            .get(l.route as usize)
+                            .map_or_else(String::new, |r| r.name.clone()),
+                        state: l.state,
+                        why: l.reason.map(|r| WhyJson {
+                            rule: r.as_str(),
+                            detail: r.describe(&cfg.outlier),
+                        }),
+                        ejected_until: until(l.ejected_until),
+                        ejections: l.ejections,
+                        in_flight: l.in_flight,
+                        passive_health: RecentJson::of(&l.recent),
+                    })
+                    .collect();
+                UpstreamJson {
+                    address: a.to_string(),
+                    pools: pools.iter().map(|p| p.name.clone()).collect(),
+                    state: if v.active_up { v.state } else { "unhealthy" },
+                    active_check: match (checked, v.active_up) {
+                        (false, _) => "off",
+                        (true, true) => "up",
+                        (true, false) => "down",
+                    },
+                    why: v.reason.map(|r| WhyJson {
+                        rule: r.as_str(),
+                        detail: r.describe(&cfg.outlier),
+                    }),
+                    ejected_until: v.ejected_until.map(|u| {
+                        rfc3339(now_ms + u.saturating_duration_since(now).as_millis() as u64)
+                    }),
+                    ejections: v.ejections,
+                    in_flight: v.in_flight,
+                    latency_estimate_ms: v.estimate.as_secs_f64() * 1000.0,
+                    passive_health: RecentJson::of(&v.recent),
+                    used,
+                    routes,
+                    stats: g.upstreams().node(id).stats().view(now_ms),
+                }
+            })
+            .collect();
+    let pools: Vec<PoolJson> = cfg
+        .pools
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            let id = i as u16;
-            let pools: Vec<&crate::config::PoolConfig> = cfg
-                .pools
+        .map(|(p, pc)| PoolJson {
+            name: pc.name.clone(),
+            upstreams: pc.upstreams.len(),
+            serving: pc
+                .upstreams
                 .iter()
-                .filter(|p| p.upstreams.contains(&id))
-                .collect();
-            let v = g.upstreams().view(id, now);
-            let checked = pools.iter().any(|p| p.health_check.is_some());
-            UpstreamJson {
-                address: a.to_string(),
-                pools: pools.iter().map(|p| p.name.clone()).collect(),
-                state: if v.active_up { v.state } else { "unhealthy" },
-                active_check: match (checked, v.active_up) {
-                    (false, _) => "off",
-                    (true, true) => "up",
-                    (true, false) => "down",
-                },
-                why: v.reason.map(|r| WhyJson {
-                    rule: r.as_str(),
-                    detail: r.describe(&cfg.outlier),
-                }),
-                ejected_until: v
-                    .ejected_until
-                    .map(|u| rfc3339(now_ms + u.saturating_duration_since(now).as_millis() as u64)),
-                ejections: v.ejections,
-                in_flight: v.in_flight,
-                latency_estimate_ms: v.estimate.as_secs_f64() * 1000.0,
-                passive_health: RecentJson {
-                    attempts: v.recent.requests,
-                    failure_rate: (v.recent.failure_rate * 1000.0).round() / 1000.0,
-                    mean_latency_ms: v.recent.mean_latency.map(|d| d.as_secs_f64() * 1000.0),
-                },
-                stats: g.upstreams().node(id).stats().view(now_ms),
-            }
+                .filter(|u| g.upstreams().serving(**u))
+                .count(),
+            panic: g.upstreams().in_panic(p as u16, None, now),
         })
         .collect();
-    serde_json::json!({ "upstreams": list })
+    serde_json::json!({ "upstreams": list, "pools": pools })
 }
 
 #[cfg(test)]

@@ -187,6 +187,8 @@ pub struct OutlierFile {
     pub max_ejected_share: Option<f64>,
     pub probe_successes: Option<i64>,
     pub panic_below: Option<f64>,
+    pub hung_factor: Option<f64>,
+    pub hung_floor: Option<String>,
     pub sweep_interval: Option<String>,
 }
 

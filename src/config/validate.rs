@@ -1346,6 +1346,20 @@ fn outlier_config(errs: &mut Errors, f: OutlierFile) -> (OutlierSettings, Durati
             d.probe_successes as i64,
         ) as u32,
         panic_below: share(errs, "outlier.panic_below", f.panic_below, d.panic_below),
+        hung_factor: match f.hung_factor {
+            None => d.hung_factor,
+            Some(x) if x >= 1.0 && x.is_finite() => x,
+            Some(x) => {
+                errs.push("outlier.hung_factor", format!("{x} must be at least 1.0"));
+                d.hung_factor
+            }
+        },
+        hung_floor: duration(
+            errs,
+            "outlier.hung_floor",
+            f.hung_floor.as_ref(),
+            d.hung_floor,
+        ),
     };
     if s.max_ejection < s.base_ejection {
         errs.push(

@@ -24,6 +24,10 @@ pub const DEMO_CUSTOMERS_CSV: &str = include_str!("../../config/demo-customers.c
 /// Extra latency of the third origin on `/checkout`: well past 4 x the route's 300 ms target.
 pub const SLOW_CHECKOUT: Duration = Duration::from_millis(1500);
 
+/// Extra latency of every web origin on `/api/orders/export`: past 4 x the `api` route's 200 ms
+/// target, and the same everywhere, so routing cannot help and the customer degrades.
+pub const SLOW_EXPORT: Duration = Duration::from_millis(1000);
+
 /// Share of payments the demo's payment provider fails.
 pub const PAYMENT_FAILURES: f64 = 0.3;
 
@@ -101,6 +105,10 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     if let Some(slow) = find("web-3") {
         slow.behavior.add_slow_path("/checkout", SLOW_CHECKOUT);
     }
+    for web in origins.iter().filter(|o| o.name.starts_with("web-")) {
+        web.behavior
+            .add_slow_path("/api/orders/export", SLOW_EXPORT);
+    }
     if let Some(pay) = find("payments-1") {
         pay.behavior.set_failure_ratio(PAYMENT_FAILURES);
     }
@@ -111,7 +119,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     for o in &origins {
         println!("  {} on {}", o.name, o.addr);
     }
-    println!("  (web-3 adds {SLOW_CHECKOUT:?} to every /checkout answer; payments-1 fails {:.0}% of payments)", PAYMENT_FAILURES * 100.0);
+    println!("  (web-3 adds {SLOW_CHECKOUT:?} to every /checkout answer; every web origin adds {SLOW_EXPORT:?} to /api/orders/export; payments-1 fails {:.0}% of payments)", PAYMENT_FAILURES * 100.0);
     let events_file = config.events.sinks.iter().find_map(|s| match &s.kind {
         crate::config::SinkKind::Jsonl { path, .. } => Some(path.clone()),
         _ => None,

@@ -40,7 +40,9 @@ const OPENER: &[(&str, &str)] = &[
     ("POST", "/account/open/details"),
     ("POST", "/account/open/confirm"),
 ];
-const API: &[(&str, &str)] = &[("GET", "/api/orders"), ("GET", "/api/profile")];
+/// The order export is slow on every origin (see `SLOW_EXPORT`): no upstream to route around,
+/// so its user is the demo's degraded customer.
+const API: &[(&str, &str)] = &[("GET", "/api/orders/export"), ("GET", "/api/profile")];
 
 pub const CUSTOMERS: &[Customer] = &[
     Customer {
@@ -70,6 +72,18 @@ pub const CUSTOMERS: &[Customer] = &[
     Customer {
         id: "erin",
         ident: Ident::Cookie,
+        tier_header: None,
+        journey: SHOPPER,
+    },
+    Customer {
+        id: "frank",
+        ident: Ident::Header,
+        tier_header: None,
+        journey: SHOPPER,
+    },
+    Customer {
+        id: "heidi",
+        ident: Ident::Query,
         tier_header: None,
         journey: SHOPPER,
     },

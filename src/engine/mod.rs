@@ -22,7 +22,7 @@ pub use reload::{ReloadError, Reloaded};
 use crate::config::Config;
 use crate::experience::{Judgement, Observation, Recorded, Step};
 use crate::identity::Identity;
-use crate::ids::UpstreamId;
+use crate::ids::{RouteId, UpstreamId};
 use crate::measure::{Measurement, Outcome};
 use crate::protection;
 use crate::upstream::{AttemptResult, HealthEvent};
@@ -40,6 +40,9 @@ pub use crate::time::wall_ms;
 /// Requests in a route's latency window before its p99 sets a try timeout: below that the p99 is
 /// a guess, and a guess on the low side would cut off healthy answers.
 const TRY_TIMEOUT_MIN_SAMPLES: u64 = 100;
+/// Requests in a route's latency window before silence on it can mean a hang (see
+/// `upstream::Lane`): a few are enough to know its usual wait is not seconds.
+const HUNG_MIN_SAMPLES: u64 = 20;
 
 pub struct Usher {
     state: State,
@@ -207,7 +210,7 @@ impl Usher {
         if first {
             ups.count_request(route.pool, now);
             if protected {
-                ex.rerouted_from = ups.out_of_service(route.pool);
+                ex.rerouted_from = ups.out_of_service(route.pool, ex.route, now);
             }
         }
         // End the previous attempt (its in-flight count) and its measurements before the next:
@@ -221,13 +224,14 @@ impl Usher {
         let reserved = if protected {
             route
                 .reserved_pool
-                .and_then(|p| ups.pick_serving(p, true, ex.tried.as_slice(), now, rng))
+                .and_then(|p| ups.pick_serving(p, ex.route, true, ex.tried.as_slice(), now, rng))
         } else {
             None
         };
         let pick = reserved.or_else(|| {
             ups.pick(
                 route.pool,
+                ex.route,
                 protected,
                 ex.idempotent,
                 ex.tried.as_slice(),
@@ -360,9 +364,9 @@ impl Usher {
                 .stats()
                 .record(timed, failed, (0, 0), wall);
         }
-        if let Some(e) = g
+        for e in g
             .upstreams
-            .observe(u, result, latency, now, &mut rand::thread_rng())
+            .observe_on(ex.route, u, result, latency, now, &mut rand::thread_rng())
         {
             self.health_event(g, e);
         }
@@ -402,8 +406,8 @@ impl Usher {
         let reserved = ex.protection.is_some()
             && route
                 .reserved_pool
-                .is_some_and(|p| ups.has_alternative(p, false, tried));
-        if !reserved && !ups.has_alternative(route.pool, true, tried) {
+                .is_some_and(|p| ups.has_alternative(p, ex.route, false, tried, now));
+        if !reserved && !ups.has_alternative(route.pool, ex.route, true, tried, now) {
             return RetryVerdict::NoAlternative;
         }
         if !ups.try_retry(route.pool, now) {
@@ -439,7 +443,9 @@ impl Usher {
         if us == 0 || limit >= g.config.pools.get(pool as usize)?.read_timeout {
             return None;
         }
-        if !g.upstreams.has_alternative(pool, true, ex.tried.as_slice())
+        if !g
+            .upstreams
+            .has_alternative(pool, ex.route, true, ex.tried.as_slice(), now)
             || !g.upstreams.retry_has_room(pool, now)
         {
             return None;
@@ -513,32 +519,46 @@ impl Usher {
     /// Applies one health change of generation `g`: metrics, a log line, an event.
     pub fn health_event(&self, g: &Generation, e: HealthEvent) {
         let addr = |u: UpstreamId| g.upstreams.node(u).addr().to_string();
+        // "" for the upstream as a whole: a log field and a metric label either way.
+        let on = |r: Option<RouteId>| {
+            r.and_then(|r| g.config.routes.get(r as usize))
+                .map_or("", |r| r.name.as_str())
+        };
         match e {
             HealthEvent::Ejected {
                 upstream,
+                route,
                 reason,
                 until,
             } => {
-                self.state
-                    .metrics
-                    .ejected(g.metrics.upstream_label(upstream), reason.as_str());
+                self.state.metrics.ejected(
+                    g.metrics.upstream_label(upstream),
+                    on(route),
+                    reason.as_str(),
+                );
                 tracing::warn!(
                     upstream = %addr(upstream),
+                    route = on(route),
                     reason = reason.as_str(),
                     for_secs = until.saturating_duration_since(Instant::now()).as_secs(),
-                    "upstream ejected: {}",
+                    "upstream ejected{}: {}",
+                    if route.is_some() { " on one route" } else { "" },
                     reason.describe(&g.config.outlier)
                 );
             }
-            HealthEvent::EjectionSuppressed { upstream, reason } => {
-                tracing::warn!(upstream = %addr(upstream), reason = reason.as_str(),
+            HealthEvent::EjectionSuppressed {
+                upstream,
+                route,
+                reason,
+            } => {
+                tracing::warn!(upstream = %addr(upstream), route = on(route), reason = reason.as_str(),
                     "upstream would be ejected, but its pool cannot spare it (outlier.max_ejected_share)");
             }
-            HealthEvent::Probing { upstream } => {
-                tracing::info!(upstream = %addr(upstream), "ejection over: probing upstream");
+            HealthEvent::Probing { upstream, route } => {
+                tracing::info!(upstream = %addr(upstream), route = on(route), "ejection over: probing upstream");
             }
-            HealthEvent::Restored { upstream } => {
-                tracing::info!(upstream = %addr(upstream), "upstream restored after successful probes");
+            HealthEvent::Restored { upstream, route } => {
+                tracing::info!(upstream = %addr(upstream), route = on(route), "upstream restored after successful probes");
             }
             HealthEvent::ActiveDown { upstream } => {
                 tracing::warn!(upstream = %addr(upstream), "upstream failed its health checks");
@@ -551,12 +571,24 @@ impl Usher {
         self.notify_health(g, &e, wall_ms());
     }
 
-    /// Periodic: ends ejections that are over and applies the windowed outlier rules.
+    /// Periodic: sets each route's hang threshold from its latency, ends ejections that are over,
+    /// applies the windowed outlier rules and ejects what hangs.
     pub fn sweep(&self, now: Instant) {
         let g = self.generation();
+        let now_ms = wall_ms();
+        let o = &g.config.outlier;
+        for (r, rs) in g.route_states.iter().enumerate() {
+            let (samples, p99_us) = rs.stats.window_quantile(0.99, now_ms);
+            // Until the route's latency is known, a long wait may be its normal: no hang yet.
+            let after = (samples >= HUNG_MIN_SAMPLES).then(|| {
+                Duration::from_micros((p99_us as f64 * o.hung_factor) as u64).max(o.hung_floor)
+            });
+            g.upstreams.set_hung_after(r as RouteId, after);
+        }
         for e in g.upstreams.sweep(now, &mut rand::thread_rng()) {
             self.health_event(&g, e);
         }
+        g.refresh_pool_panic(&self.state.metrics, now);
     }
 
     /// Records the finished request everywhere it counts. Idempotent per exchange.
@@ -623,7 +655,11 @@ impl Usher {
         };
         let rec = self.record(g, &m);
         if let (Some(sick), Some(p)) = (ex.rerouted_from, ex.protection) {
-            self.notify_rerouted(g, &m, sick, p.as_str());
+            // Rerouted only if it went somewhere else: not when it failed before reaching any
+            // upstream, nor when the only choice left was the one it was to avoid.
+            if m.upstream.is_some_and(|u| u != sick) {
+                self.notify_rerouted(g, &m, sick, p.as_str());
+            }
         }
         if std::mem::take(&mut ex.admitted) {
             g.in_flight.leave();

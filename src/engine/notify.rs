@@ -196,6 +196,8 @@ impl Usher {
                 "upstream": upstream,
                 "avoided_upstream": sick_addr,
                 "protection": why,
+                "method": m.method.as_str(),
+                "path": m.path,
                 "status": m.status,
             }),
         );
@@ -212,9 +214,10 @@ impl Usher {
 
     pub(super) fn notify_health(&self, g: &Generation, e: &HealthEvent, now_ms: u64) {
         let now = std::time::Instant::now();
-        let (kind, u, data) = match e {
+        let (kind, u, route, data) = match e {
             HealthEvent::Ejected {
                 upstream,
+                route,
                 reason,
                 until,
             } => {
@@ -222,6 +225,7 @@ impl Usher {
                 (
                     EventType::UpstreamEjected,
                     *upstream,
+                    *route,
                     json!({
                         "rule": reason.as_str(),
                         "detail": reason.describe(&g.config.outlier),
@@ -230,8 +234,8 @@ impl Usher {
                     }),
                 )
             }
-            HealthEvent::Restored { upstream } => {
-                (EventType::UpstreamRestored, *upstream, json!({}))
+            HealthEvent::Restored { upstream, route } => {
+                (EventType::UpstreamRestored, *upstream, *route, json!({}))
             }
             _ => return,
         };
@@ -242,12 +246,24 @@ impl Usher {
             .iter()
             .filter_map(|p| g.upstreams.pool_name(*p))
             .collect();
+        // On one route only: which; the upstream as a whole: none.
+        let route = route
+            .and_then(|r| g.config.routes.get(r as usize))
+            .map(|r| r.name.as_str());
         let mut data = data;
         if let Value::Object(d) = &mut data {
             d.insert("upstream".into(), json!(addr));
             d.insert("pools".into(), json!(pools));
+            d.insert("route".into(), json!(route));
         }
-        let e = CloudEvent::new(&g.config.events.source, kind, &addr, now_ms, "", data);
+        let e = CloudEvent::new(
+            &g.config.events.source,
+            kind,
+            &addr,
+            now_ms,
+            route.unwrap_or(""),
+            data,
+        );
         self.emit(g, e, now_ms);
     }
 

@@ -37,6 +37,11 @@ impl PeakEwma {
         self.estimate * (-dt / tau).exp()
     }
 
+    /// Whether anything was observed yet (before that, the estimate is `default_rtt`).
+    pub fn observed(&self) -> bool {
+        self.observed
+    }
+
     /// The estimate at `now`, in seconds.
     pub fn estimate(&self, now: Instant, settings: &EwmaSettings) -> f64 {
         self.decayed(now, settings)

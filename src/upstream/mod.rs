@@ -10,30 +10,35 @@
 //! after one bad answer, so without samples the evidence that ejects it, or clears it, never
 //! comes); when fewer than
 //! `panic_below` of a pool are healthy, the whole pool is used (Envoy's panic mode), because sending
-//! traffic to a doubtful upstream beats sending it nowhere. Randomness comes from the caller, so tests
-//! are deterministic.
+//! traffic to a doubtful upstream beats sending it nowhere. Health is judged twice: per upstream
+//! (its [`Node`]) and per route and upstream (its [`Lane`]): a request avoids an upstream that
+//! either says is out, so an upstream slow only on the checkout is avoided there and still used
+//! elsewhere. Randomness comes from the caller, so tests are deterministic.
 
 pub mod active;
 pub mod budget;
 pub mod checker;
 pub mod ewma;
+mod health;
+mod lane;
 mod node;
 pub mod outlier;
 mod registry;
 
-pub use crate::ids::{PoolId, UpstreamId};
+pub use crate::ids::{PoolId, RouteId, UpstreamId};
 pub use budget::BudgetSettings;
 use budget::RetryBudget;
 use ewma::cost;
 pub use ewma::EwmaSettings;
+use health::{Applied, Health, EJECTED, HEALTHY, PROBING};
+pub use lane::{Lane, HUNG_MIN_IN_FLIGHT};
 pub use node::{HealthRecord, Node};
-use node::{EJECTED, HEALTHY, PROBING};
 pub use outlier::AttemptResult;
 pub use outlier::OutlierSettings;
 use outlier::{is_latency_outlier, Change, Reason, State};
 use parking_lot::Mutex;
 use rand::Rng;
-pub use registry::{PoolSpec, Registry};
+pub use registry::{PoolSpec, Registry, RouteSpec};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,23 +50,28 @@ pub struct Settings {
     pub budget: BudgetSettings,
 }
 
-/// What an observation or sweep did to an upstream, for metrics, logs and events.
+/// What an observation or sweep did to an upstream, for metrics, logs and events. `route` is
+/// `Some` when it happened to the upstream on that route only (its [`Lane`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HealthEvent {
     Ejected {
         upstream: UpstreamId,
+        route: Option<RouteId>,
         reason: Reason,
         until: Instant,
     },
     Probing {
         upstream: UpstreamId,
+        route: Option<RouteId>,
     },
     Restored {
         upstream: UpstreamId,
+        route: Option<RouteId>,
     },
     /// The rules wanted it out but the pool could not spare it (`max_ejected_share`).
     EjectionSuppressed {
         upstream: UpstreamId,
+        route: Option<RouteId>,
         reason: Reason,
     },
     ActiveDown {
@@ -79,8 +89,16 @@ pub(crate) struct Pool {
     pub(crate) budget: Arc<Mutex<RetryBudget>>,
 }
 
+/// One route of one configuration: the upstreams it can use and its lane to each.
+pub(crate) struct RouteLanes {
+    pub(crate) members: Vec<UpstreamId>,
+    /// By upstream id; `None` for upstreams the route cannot use.
+    pub(crate) lanes: Vec<Option<Arc<Lane>>>,
+}
+
 /// One configuration's upstreams: which addresses are in which pool, over nodes that outlast it.
-/// Immutable once built ([`Registry::reconcile`]); everything that changes lives in the nodes.
+/// Immutable once built ([`Registry::reconcile`]); everything that changes lives in the nodes and
+/// lanes.
 pub struct Upstreams {
     settings: Settings,
     /// The registry's: `last_pick_ms` of a node means the same under every configuration.
@@ -89,18 +107,30 @@ pub struct Upstreams {
     pools: Vec<Pool>,
     /// For each upstream, the pools it is in.
     pools_of: Vec<Vec<PoolId>>,
+    routes: Vec<RouteLanes>,
 }
 
-/// The upstream chosen for one attempt. Holds its in-flight count (and probe slot) until dropped,
-/// and its node, so that an upstream removed by a reload meanwhile is still measured.
+/// Which probe slot a pick holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    None,
+    Node,
+    Lane,
+}
+
+/// The upstream chosen for one attempt. Holds its in-flight counts (and probe slot) until dropped,
+/// and its node and lane, so that an upstream removed by a reload meanwhile is still measured.
 pub struct Pick {
     pub upstream: UpstreamId,
     pub pool: PoolId,
+    /// A probe of an ejection that is over, on the upstream as a whole or on this route.
     pub probe: bool,
     /// Chosen to sample an upstream that balancing had left idle.
     pub sample: bool,
     pub panic: bool,
     node: Arc<Node>,
+    lane: Option<Arc<Lane>>,
+    slot: Slot,
 }
 
 impl std::fmt::Debug for Pick {
@@ -117,8 +147,17 @@ impl std::fmt::Debug for Pick {
 impl Drop for Pick {
     fn drop(&mut self) {
         self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.probe {
-            self.node.probe_busy.store(false, Ordering::Release);
+        if let Some(l) = &self.lane {
+            l.ended();
+        }
+        match self.slot {
+            Slot::None => {}
+            Slot::Node => self.node.health.release_probe(),
+            Slot::Lane => {
+                if let Some(l) = &self.lane {
+                    l.health.release_probe();
+                }
+            }
         }
     }
 }
@@ -136,6 +175,26 @@ pub struct UpstreamView {
     pub recent: outlier::Recent,
 }
 
+/// A read-out of one upstream on one route: its lane's health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneView {
+    pub route: RouteId,
+    pub state: &'static str,
+    pub reason: Option<Reason>,
+    pub ejected_until: Option<Instant>,
+    pub ejections: u32,
+    pub in_flight: u32,
+    pub recent: outlier::Recent,
+}
+
+fn state_of(p: &outlier::Passive) -> (&'static str, Option<Reason>, Option<Instant>) {
+    match p.state() {
+        State::Healthy => ("healthy", None, None),
+        State::Ejected { until, reason } => ("ejected", Some(reason), Some(until)),
+        State::Probing { reason, .. } => ("probing", Some(reason), None),
+    }
+}
+
 impl Upstreams {
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -148,6 +207,15 @@ impl Upstreams {
     /// The node behind upstream `u` of this configuration.
     pub fn node(&self, u: UpstreamId) -> &Arc<Node> {
         &self.nodes[u as usize]
+    }
+
+    /// The lane of route `r` to upstream `u`, when the route can use it.
+    pub fn lane(&self, r: RouteId, u: UpstreamId) -> Option<&Arc<Lane>> {
+        self.routes.get(r as usize)?.lanes.get(u as usize)?.as_ref()
+    }
+
+    fn lane_of(&self, r: Option<RouteId>, u: UpstreamId) -> Option<&Arc<Lane>> {
+        r.and_then(|r| self.lane(r, u))
     }
 
     pub fn len(&self) -> usize {
@@ -179,63 +247,112 @@ impl Upstreams {
         self.node(u).active_up()
     }
 
+    fn ms_since_base(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_millis() as u64
+    }
+
     /// Healthy by both active checks and passive health.
     pub fn serving(&self, u: UpstreamId) -> bool {
         self.node(u).serving()
     }
 
-    /// Whether [`Self::pick`] could find an upstream of `pool` outside `exclude`: a serving one, or,
-    /// when `allow_panic` and the pool is in panic mode, any.
-    pub fn has_alternative(&self, pool: PoolId, allow_panic: bool, exclude: &[UpstreamId]) -> bool {
-        let members = self.members(pool);
-        let healthy = members.iter().filter(|u| self.serving(**u)).count();
-        let panic = allow_panic
-            && (healthy as f64) < self.settings.outlier.panic_below * members.len() as f64;
-        members
-            .iter()
-            .any(|u| !exclude.contains(u) && (panic || self.serving(*u)))
+    /// Serving, and on route `r` (when given) neither out nor hung.
+    pub fn serving_on(&self, r: Option<RouteId>, u: UpstreamId, now: Instant) -> bool {
+        self.serving(u)
+            && self
+                .lane_of(r, u)
+                .is_none_or(|l| l.health.healthy() && l.hung_for(self.ms_since_base(now)).is_none())
     }
 
-    /// A member of `pool` that is out of service (ejected, probing or failing its checks), if any:
-    /// the upstream a protected request is being steered clear of.
-    pub fn out_of_service(&self, pool: PoolId) -> Option<UpstreamId> {
+    /// Whether `pool` has fewer than `panic_below` of its members serving (on route `r`): then
+    /// the whole pool is used.
+    pub fn in_panic(&self, pool: PoolId, r: Option<RouteId>, now: Instant) -> bool {
+        let members = self.members(pool);
+        let healthy = members
+            .iter()
+            .filter(|u| self.serving_on(r, **u, now))
+            .count();
+        !members.is_empty()
+            && (healthy as f64) < self.settings.outlier.panic_below * members.len() as f64
+    }
+
+    /// Whether a pick on route `r` could find an upstream of `pool` outside `exclude`: a serving
+    /// one, or, when `allow_panic` and the pool is in panic mode, any.
+    pub fn has_alternative(
+        &self,
+        pool: PoolId,
+        r: Option<RouteId>,
+        allow_panic: bool,
+        exclude: &[UpstreamId],
+        now: Instant,
+    ) -> bool {
+        let panic = allow_panic && self.in_panic(pool, r, now);
+        self.members(pool)
+            .iter()
+            .any(|u| !exclude.contains(u) && (panic || self.serving_on(r, *u, now)))
+    }
+
+    /// A member of `pool` that is out of service on route `r` (ejected, probing, hung or failing
+    /// its checks), if any: the upstream a protected request is being steered clear of.
+    pub fn out_of_service(
+        &self,
+        pool: PoolId,
+        r: Option<RouteId>,
+        now: Instant,
+    ) -> Option<UpstreamId> {
         self.members(pool)
             .iter()
             .copied()
-            .find(|u| !self.serving(*u))
+            .find(|u| !self.serving_on(r, *u, now))
     }
 
     /// The current cost of sending one more request to `u`. `conservative` (protected traffic)
     /// ignores idle decay: see [`PeakEwma::last_observed`].
     pub fn cost(&self, u: UpstreamId, now: Instant, conservative: bool) -> f64 {
+        self.cost_on(None, u, now, conservative)
+    }
+
+    /// As [`Self::cost`] for a request of route `r`: the latency is the upstream's on that route
+    /// once it has answered one there (an upstream slow only on the checkout is costly for
+    /// checkouts alone), its latency as a whole before; the load is the whole upstream's.
+    pub fn cost_on(
+        &self,
+        r: Option<RouteId>,
+        u: UpstreamId,
+        now: Instant,
+        conservative: bool,
+    ) -> f64 {
         let n = self.node(u);
-        let est = {
-            let inner = n.inner.lock();
+        let read = |e: &ewma::PeakEwma| {
             if conservative {
-                inner.ewma.last_observed(&self.settings.ewma)
+                e.last_observed(&self.settings.ewma)
             } else {
-                inner.ewma.estimate(now, &self.settings.ewma)
+                e.estimate(now, &self.settings.ewma)
             }
         };
+        let on_route = self.lane_of(r, u).and_then(|l| {
+            let e = l.ewma.lock();
+            e.observed().then(|| read(&e))
+        });
+        let est = on_route.unwrap_or_else(|| read(&n.ewma.lock()));
         cost(est, n.in_flight.load(Ordering::Relaxed))
     }
 
-    fn ms_since_base(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.base).as_millis() as u64
-    }
-
-    /// Chooses an upstream of `pool` for one attempt, avoiding `exclude` (tried already). `None` when
-    /// the pool has no upstream outside `exclude`. Only `idempotent` requests are used as samples.
+    /// Chooses an upstream of `pool` for one attempt of a request of route `route` (when known),
+    /// avoiding `exclude` (tried already). `None` when the pool has no upstream outside
+    /// `exclude`. Only `idempotent` requests are used as samples.
+    #[allow(clippy::too_many_arguments)]
     pub fn pick<R: Rng + ?Sized>(
         &self,
         pool: PoolId,
+        route: Option<RouteId>,
         protected: bool,
         idempotent: bool,
         exclude: &[UpstreamId],
         now: Instant,
         rng: &mut R,
     ) -> Option<Pick> {
-        self.pick_in(pool, protected, idempotent, true, exclude, now, rng)
+        self.pick_in(pool, route, protected, idempotent, true, exclude, now, rng)
     }
 
     /// As [`Self::pick`], without panic mode: `None` when no member is serving. For a reserved pool,
@@ -243,18 +360,20 @@ impl Upstreams {
     pub fn pick_serving<R: Rng + ?Sized>(
         &self,
         pool: PoolId,
+        route: Option<RouteId>,
         protected: bool,
         exclude: &[UpstreamId],
         now: Instant,
         rng: &mut R,
     ) -> Option<Pick> {
-        self.pick_in(pool, protected, false, false, exclude, now, rng)
+        self.pick_in(pool, route, protected, false, false, exclude, now, rng)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn pick_in<R: Rng + ?Sized>(
         &self,
         pool: PoolId,
+        route: Option<RouteId>,
         protected: bool,
         idempotent: bool,
         allow_panic: bool,
@@ -265,44 +384,68 @@ impl Upstreams {
         let p = self.pools.get(pool as usize)?;
         let allowed = |u: &UpstreamId| !exclude.contains(u);
         let now_ms = self.ms_since_base(now);
+        let serving = |u: UpstreamId| self.serving_on(route, u, now);
 
         // An upstream on probation gets ordinary traffic, one request at a time; never protected.
+        // On probation as a whole, a request of a route where it is not out probes it; on
+        // probation on this route only, this route's requests do.
         if !protected {
             for &u in p.members.iter().filter(|u| allowed(u)) {
                 let n = self.node(u);
-                if n.state.load(Ordering::Relaxed) == PROBING
-                    && self.active_up(u)
-                    && n.probe_busy
-                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
+                let lane = self.lane_of(route, u);
+                if !self.active_up(u) {
+                    continue;
+                }
+                let node_state = n.health.state();
+                let lane_state = lane.map_or(HEALTHY, |l| l.health.state());
+                if node_state == PROBING && lane_state != EJECTED && n.health.try_probe() {
+                    return Some(self.take(u, pool, route, Slot::Node, false, false, now_ms));
+                }
+                if node_state == HEALTHY
+                    && lane_state == PROBING
+                    && lane.is_some_and(|l| l.health.try_probe())
                 {
-                    return Some(self.take(u, pool, true, false, false, now_ms));
+                    return Some(self.take(u, pool, route, Slot::Lane, false, false, now_ms));
                 }
             }
         }
 
-        // A serving upstream left idle by balancing gets a sample, one at a time.
+        // A serving upstream left idle by balancing gets a sample, one at a time: idle on this
+        // route (its lane), or as a whole for a request outside any route. The one idle longest
+        // goes first, or with little traffic the first member would take every sample.
         let every = self.settings.outlier.sample_interval.as_millis() as u64;
         if !protected && idempotent && p.members.len() > 1 {
-            for &u in p.members.iter().filter(|u| allowed(u)) {
-                let n = self.node(u);
-                let last = n.last_pick_ms.load(Ordering::Relaxed);
-                if self.serving(u)
-                    && now_ms.saturating_sub(last) >= every
-                    && n.in_flight.load(Ordering::Relaxed) == 0
-                    && n.last_pick_ms
-                        .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
+            let last_pick = |u: UpstreamId| match self.lane_of(route, u) {
+                Some(l) => (&l.last_pick_ms, l.in_flight()),
+                None => {
+                    let n = self.node(u);
+                    (&n.last_pick_ms, n.in_flight.load(Ordering::Relaxed))
+                }
+            };
+            let idlest = p
+                .members
+                .iter()
+                .copied()
+                .filter(|u| allowed(u) && serving(*u))
+                .filter_map(|u| {
+                    let (at, busy) = last_pick(u);
+                    let last = at.load(Ordering::Relaxed);
+                    (busy == 0 && now_ms.saturating_sub(last) >= every).then_some((u, last))
+                })
+                .min_by_key(|(_, last)| *last);
+            if let Some((u, last)) = idlest {
+                if last_pick(u)
+                    .0
+                    .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
                 {
-                    return Some(self.take(u, pool, false, true, false, now_ms));
+                    return Some(self.take(u, pool, route, Slot::None, true, false, now_ms));
                 }
             }
         }
 
-        let healthy = p.members.iter().filter(|u| self.serving(**u)).count();
-        let panic = allow_panic
-            && (healthy as f64) < self.settings.outlier.panic_below * p.members.len() as f64;
-        let candidate = |u: &UpstreamId| allowed(u) && (panic || self.serving(*u));
+        let panic = allow_panic && self.in_panic(pool, route, now);
+        let candidate = |u: &UpstreamId| allowed(u) && (panic || serving(*u));
         let count = p.members.iter().filter(|u| candidate(u)).count();
         let nth = |k: usize| p.members.iter().copied().filter(|u| candidate(u)).nth(k);
         let chosen = match count {
@@ -313,7 +456,7 @@ impl Upstreams {
                     .iter()
                     .copied()
                     .filter(|u| candidate(u))
-                    .map(|u| (u, self.cost(u, now, true)))
+                    .map(|u| (u, self.cost_on(route, u, now, true)))
                     .min_by(|a, b| a.1.total_cmp(&b.1))?
                     .0
             }
@@ -324,21 +467,23 @@ impl Upstreams {
                     j += 1;
                 }
                 let (a, b) = (nth(i)?, nth(j)?);
-                if self.cost(b, now, false) < self.cost(a, now, false) {
+                if self.cost_on(route, b, now, false) < self.cost_on(route, a, now, false) {
                     b
                 } else {
                     a
                 }
             }
         };
-        Some(self.take(chosen, pool, false, false, panic, now_ms))
+        Some(self.take(chosen, pool, route, Slot::None, false, panic, now_ms))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn take(
         &self,
         u: UpstreamId,
         pool: PoolId,
-        probe: bool,
+        route: Option<RouteId>,
+        slot: Slot,
         sample: bool,
         panic: bool,
         now_ms: u64,
@@ -346,38 +491,56 @@ impl Upstreams {
         let n = self.node(u);
         n.in_flight.fetch_add(1, Ordering::Relaxed);
         n.last_pick_ms.store(now_ms, Ordering::Relaxed);
+        let lane = self.lane_of(route, u).cloned();
+        if let Some(l) = &lane {
+            l.started(now_ms);
+            l.last_pick_ms.store(now_ms, Ordering::Relaxed);
+        }
         Pick {
             upstream: u,
             pool,
-            probe,
+            probe: slot != Slot::None,
             sample,
             panic,
             node: n.clone(),
+            lane,
+            slot,
         }
     }
 
     /// Median of the recent mean latencies of the other serving members of `u`'s pools.
     fn peers_latency(&self, u: UpstreamId) -> Option<Duration> {
-        let mut means: Vec<Duration> = self.pools_of[u as usize]
+        let means = self.pools_of[u as usize]
             .iter()
             .flat_map(|p| self.pools[*p as usize].members.iter().copied())
             .filter(|&v| v != u && self.serving(v))
-            .filter_map(|v| {
-                let r = self.node(v).inner.lock().passive.recent();
-                (r.ok >= u64::from(self.settings.outlier.latency_min_samples))
-                    .then_some(r.mean_latency)
-                    .flatten()
-            })
-            .collect();
-        if means.is_empty() {
-            return None;
-        }
-        means.sort();
-        Some(means[means.len() / 2])
+            .filter_map(|v| self.mean_of(&self.node(v).health));
+        median(means.collect())
     }
 
-    /// Records the result of one attempt on `u`. `latency` is the time to the upstream's answer (or
-    /// failure).
+    /// Median of the recent mean latencies, on route `r`, of the route's other upstreams that
+    /// serve it.
+    fn lane_peers_latency(&self, r: RouteId, u: UpstreamId, now: Instant) -> Option<Duration> {
+        let rl = self.routes.get(r as usize)?;
+        let means = rl
+            .members
+            .iter()
+            .copied()
+            .filter(|&v| v != u && self.serving_on(Some(r), v, now))
+            .filter_map(|v| self.mean_of(&self.lane(r, v)?.health));
+        median(means.collect())
+    }
+
+    /// The recent mean latency of `h`, once it has enough successful answers to judge by.
+    fn mean_of(&self, h: &Health) -> Option<Duration> {
+        let r = h.passive.lock().recent();
+        (r.ok >= u64::from(self.settings.outlier.latency_min_samples))
+            .then_some(r.mean_latency)
+            .flatten()
+    }
+
+    /// Records the result of one attempt on `u`, outside any route (an embedder's request usher
+    /// could not place). `latency` is the time to the upstream's answer (or failure).
     pub fn observe<R: Rng + ?Sized>(
         &self,
         u: UpstreamId,
@@ -386,124 +549,218 @@ impl Upstreams {
         now: Instant,
         rng: &mut R,
     ) -> Option<HealthEvent> {
-        let node = self.node(u);
-        let failed = result != AttemptResult::Ok;
-        // Peers are read before taking this node's lock: two locks are never held at once.
-        let outlier = if node.state.load(Ordering::Relaxed) == PROBING && !failed {
-            self.peers_latency(u)
-                .is_some_and(|peers| is_latency_outlier(latency, peers, &self.settings.outlier))
-        } else {
-            false
-        };
-        let change = {
-            let mut inner = node.inner.lock();
-            if failed {
-                inner.ewma.observe_failure(now, &self.settings.ewma);
-            } else {
-                inner.ewma.observe(latency, now, &self.settings.ewma);
-            }
-            inner
-                .passive
-                .observe(result, latency, outlier, now, &self.settings.outlier)
-        };
-        self.apply(u, change?, now, rng)
+        self.observe_on(None, u, result, latency, now, rng)
+            .into_iter()
+            .next()
     }
 
+    /// Records the result of one attempt of a request of route `route` on `u`: it feeds the
+    /// upstream's health and, on that route, its lane's.
+    pub fn observe_on<R: Rng + ?Sized>(
+        &self,
+        route: Option<RouteId>,
+        u: UpstreamId,
+        result: AttemptResult,
+        latency: Duration,
+        now: Instant,
+        rng: &mut R,
+    ) -> Vec<HealthEvent> {
+        let node = self.node(u);
+        let failed = result != AttemptResult::Ok;
+        let s = &self.settings.outlier;
+        let mut events = Vec::new();
+        {
+            let mut ewma = node.ewma.lock();
+            if failed {
+                ewma.observe_failure(now, &self.settings.ewma);
+            } else {
+                ewma.observe(latency, now, &self.settings.ewma);
+            }
+        }
+        // Peers are read before taking this node's lock: two locks are never held at once.
+        let outlier = node.health.state() == PROBING
+            && !failed
+            && self
+                .peers_latency(u)
+                .is_some_and(|peers| is_latency_outlier(latency, peers, s));
+        let change = node
+            .health
+            .passive
+            .lock()
+            .observe(result, latency, outlier, now, s);
+        if let Some(e) = change.and_then(|c| self.apply(u, None, c, now, rng)) {
+            events.push(e);
+        }
+        if let (Some(r), Some(lane)) = (route, self.lane_of(route, u)) {
+            lane.answered(self.ms_since_base(now));
+            // A refused connection is never one route's trouble, and what put the upstream out
+            // as a whole needs no second verdict per route.
+            if result == AttemptResult::ConnectFailed {
+                return events;
+            }
+            {
+                let mut ewma = lane.ewma.lock();
+                if failed {
+                    ewma.observe_failure(now, &self.settings.ewma);
+                } else {
+                    ewma.observe(latency, now, &self.settings.ewma);
+                }
+            }
+            if !node.health.healthy() {
+                return events;
+            }
+            let outlier = lane.health.state() == PROBING
+                && !failed
+                && self
+                    .lane_peers_latency(r, u, now)
+                    .is_some_and(|peers| is_latency_outlier(latency, peers, s));
+            let change = lane
+                .health
+                .passive
+                .lock()
+                .observe(result, latency, outlier, now, s);
+            if let Some(e) = change.and_then(|c| self.apply(u, Some(r), c, now, rng)) {
+                events.push(e);
+            }
+        }
+        events
+    }
+
+    /// Applies `change` to `u`'s health as a whole (`route` None) or on `route`.
     fn apply<R: Rng + ?Sized>(
         &self,
         u: UpstreamId,
+        route: Option<RouteId>,
         change: Change,
         now: Instant,
         rng: &mut R,
     ) -> Option<HealthEvent> {
-        let node = self.node(u);
-        match change {
-            Change::Eject(reason) => {
-                // A failed probe is already out of service: re-ejecting takes nobody's place.
-                let probing = node.state.load(Ordering::Relaxed) == PROBING;
-                if !probing && !self.can_spare(u) {
-                    // Every sweep would say it again: once per episode is enough.
-                    let first = !node.suppressed.swap(true, Ordering::Relaxed);
-                    return first.then_some(HealthEvent::EjectionSuppressed {
-                        upstream: u,
-                        reason,
-                    });
-                }
-                node.suppressed.store(false, Ordering::Relaxed);
-                let until = node.inner.lock().passive.eject(
-                    reason,
-                    now,
-                    rng.gen::<f64>(),
-                    &self.settings.outlier,
-                );
-                node.state.store(EJECTED, Ordering::Relaxed);
-                Some(HealthEvent::Ejected {
-                    upstream: u,
-                    reason,
-                    until,
-                })
-            }
-            Change::Probing => {
-                node.state.store(PROBING, Ordering::Relaxed);
-                Some(HealthEvent::Probing { upstream: u })
-            }
-            Change::Restored => {
-                node.suppressed.store(false, Ordering::Relaxed);
-                node.state.store(HEALTHY, Ordering::Relaxed);
-                Some(HealthEvent::Restored { upstream: u })
-            }
-        }
+        let (health, can_spare) = match route {
+            None => (&self.node(u).health, self.can_spare(u)),
+            Some(r) => (&self.lane(r, u)?.health, self.can_spare_on(r, u, now)),
+        };
+        let applied = health.apply(
+            change,
+            can_spare,
+            now,
+            rng.gen::<f64>(),
+            &self.settings.outlier,
+        )?;
+        Some(match applied {
+            Applied::Ejected { reason, until } => HealthEvent::Ejected {
+                upstream: u,
+                route,
+                reason,
+                until,
+            },
+            Applied::Suppressed { reason } => HealthEvent::EjectionSuppressed {
+                upstream: u,
+                route,
+                reason,
+            },
+            Applied::Probing => HealthEvent::Probing { upstream: u, route },
+            Applied::Restored => HealthEvent::Restored { upstream: u, route },
+        })
     }
 
-    /// Whether every pool of `u` can lose it without exceeding `max_ejected_share` (at least one
-    /// upstream of a pool may always be ejected, as in Envoy).
+    /// The most of `members` that may be out at once: `max_ejected_share` of them, and at least
+    /// one (as in Envoy).
+    fn spare(&self, members: usize) -> usize {
+        ((self.settings.outlier.max_ejected_share * members as f64).floor() as usize).max(1)
+    }
+
+    /// Whether every pool of `u` can lose it without exceeding `max_ejected_share`.
     fn can_spare(&self, u: UpstreamId) -> bool {
         self.pools_of[u as usize].iter().all(|p| {
             let members = &self.pools[*p as usize].members;
             let out = members
                 .iter()
-                .filter(|v| self.node(**v).state.load(Ordering::Relaxed) != HEALTHY)
+                .filter(|v| !self.node(**v).health.healthy())
                 .count();
-            let allowed = ((self.settings.outlier.max_ejected_share * members.len() as f64).floor()
-                as usize)
-                .max(1);
-            out < allowed
+            out < self.spare(members.len())
         })
     }
 
-    /// Periodic work: ends ejections whose time is up and applies the latency rule, which needs the
-    /// whole pool. Call every few hundred milliseconds.
+    /// Whether route `r` can lose `u` without more than `max_ejected_share` of its upstreams out
+    /// on it (as a whole or on the route).
+    fn can_spare_on(&self, r: RouteId, u: UpstreamId, now: Instant) -> bool {
+        let Some(rl) = self.routes.get(r as usize) else {
+            return false;
+        };
+        let out = rl
+            .members
+            .iter()
+            .filter(|v| **v != u && !self.serving_on(Some(r), **v, now))
+            .count();
+        out < self.spare(rl.members.len())
+    }
+
+    /// Periodic work: ends ejections whose time is up, applies the latency rule (which needs the
+    /// whole route) and ejects what hangs. Call every few hundred milliseconds.
     pub fn sweep<R: Rng + ?Sized>(&self, now: Instant, rng: &mut R) -> Vec<HealthEvent> {
         let mut events = Vec::new();
         for u in 0..self.nodes.len() as UpstreamId {
-            let change = self.node(u).inner.lock().passive.sweep(now);
-            if let Some(e) = change.and_then(|c| self.apply(u, c, now, rng)) {
+            let change = self.node(u).health.passive.lock().sweep(now);
+            if let Some(e) = change.and_then(|c| self.apply(u, None, c, now, rng)) {
                 events.push(e);
             }
         }
+        // Latency is judged per route (below), where every upstream answers the same requests:
+        // an upstream's mean over all routes depends on which routes it happened to serve.
         let s = &self.settings.outlier;
-        for u in 0..self.nodes.len() as UpstreamId {
-            if !self.serving(u) {
-                continue;
-            }
-            let r = self.node(u).inner.lock().passive.recent();
-            let (Some(mean), true) = (r.mean_latency, r.ok >= u64::from(s.latency_min_samples))
-            else {
-                continue;
-            };
-            if let Some(peers) = self.peers_latency(u) {
-                if is_latency_outlier(mean, peers, s) {
-                    let reason = Reason::Latency {
-                        mean_ms: mean.as_secs_f64() * 1000.0,
-                        peers_ms: peers.as_secs_f64() * 1000.0,
+        let now_ms = self.ms_since_base(now);
+        for (r, rl) in self.routes.iter().enumerate() {
+            let r = r as RouteId;
+            for &u in &rl.members {
+                let Some(lane) = self.lane(r, u) else {
+                    continue;
+                };
+                let change = lane.health.passive.lock().sweep(now);
+                if let Some(e) = change.and_then(|c| self.apply(u, Some(r), c, now, rng)) {
+                    events.push(e);
+                }
+                if !lane.health.healthy() || !self.serving(u) {
+                    continue;
+                }
+                let reason = if let Some(silent_ms) = lane.hung_for(now_ms) {
+                    Some(Reason::Hung {
+                        silent_ms,
+                        waiting: lane.in_flight(),
+                    })
+                } else {
+                    let fastest = {
+                        let recent = lane.health.passive.lock().recent();
+                        (recent.ok >= u64::from(s.latency_min_samples))
+                            .then(|| recent.fastest_latest())
+                            .flatten()
                     };
-                    if let Some(e) = self.apply(u, Change::Eject(reason), now, rng) {
-                        events.push(e);
+                    match (fastest, self.lane_peers_latency(r, u, now)) {
+                        (Some(fastest), Some(peers)) if is_latency_outlier(fastest, peers, s) => {
+                            Some(Reason::Latency {
+                                fastest_ms: fastest.as_secs_f64() * 1000.0,
+                                peers_ms: peers.as_secs_f64() * 1000.0,
+                            })
+                        }
+                        _ => None,
                     }
+                };
+                if let Some(e) =
+                    reason.and_then(|why| self.apply(u, Some(r), Change::Eject(why), now, rng))
+                {
+                    events.push(e);
                 }
             }
         }
         events
+    }
+
+    /// Sets the silence that means a hang on route `r` (see [`Lane`]).
+    pub fn set_hung_after(&self, r: RouteId, after: Option<Duration>) {
+        if let Some(rl) = self.routes.get(r as usize) {
+            for l in rl.lanes.iter().flatten() {
+                l.set_hung_after(after);
+            }
+        }
     }
 
     /// Records one active check of member `index` of `pool`.
@@ -548,23 +805,60 @@ impl Upstreams {
 
     pub fn view(&self, u: UpstreamId, now: Instant) -> UpstreamView {
         let n = self.node(u);
-        let inner = n.inner.lock();
-        let (state, reason, until) = match inner.passive.state() {
-            State::Healthy => ("healthy", None, None),
-            State::Ejected { until, reason } => ("ejected", Some(reason), Some(until)),
-            State::Probing { reason, .. } => ("probing", Some(reason), None),
+        let (state, reason, until, ejections, recent) = {
+            let passive = n.health.passive.lock();
+            let (state, reason, until) = state_of(&passive);
+            (state, reason, until, passive.ejections(), passive.recent())
         };
         UpstreamView {
             state,
             active_up: self.active_up(u),
             reason,
             ejected_until: until,
-            ejections: inner.passive.ejections(),
+            ejections,
             in_flight: n.in_flight.load(Ordering::Relaxed),
-            estimate: Duration::from_secs_f64(inner.ewma.estimate(now, &self.settings.ewma)),
-            recent: inner.passive.recent(),
+            estimate: Duration::from_secs_f64(n.ewma.lock().estimate(now, &self.settings.ewma)),
+            recent,
         }
     }
+
+    /// `u`'s health on each route that can use it.
+    pub fn lane_views(&self, u: UpstreamId, now: Instant) -> Vec<LaneView> {
+        let now_ms = self.ms_since_base(now);
+        (0..self.routes.len() as RouteId)
+            .filter_map(|r| {
+                let lane = self.lane(r, u)?;
+                let passive = lane.health.passive.lock();
+                let (mut state, mut reason, until) = state_of(&passive);
+                if state == "healthy" {
+                    if let Some(silent_ms) = lane.hung_for(now_ms) {
+                        state = "hung";
+                        reason = Some(Reason::Hung {
+                            silent_ms,
+                            waiting: lane.in_flight(),
+                        });
+                    }
+                }
+                Some(LaneView {
+                    route: r,
+                    state,
+                    reason,
+                    ejected_until: until,
+                    ejections: passive.ejections(),
+                    in_flight: lane.in_flight(),
+                    recent: passive.recent(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some(v[v.len() / 2])
 }
 
 #[cfg(test)]

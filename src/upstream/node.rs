@@ -9,11 +9,12 @@
 
 use super::active::ActiveState;
 use super::ewma::PeakEwma;
-use super::outlier::{Passive, Reason, State};
+use super::health::{Health, EJECTED, HEALTHY, PROBING};
+use super::outlier::{Reason, State};
 use crate::stats::LatencyStats;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,31 +29,20 @@ pub struct HealthRecord {
     pub ejections: u32,
 }
 
-pub(crate) const HEALTHY: u8 = 0;
-pub(crate) const PROBING: u8 = 1;
-pub(crate) const EJECTED: u8 = 2;
-
 pub struct Node {
     addr: SocketAddr,
     /// The address's interned id, for journey steps; `u16::MAX` when the table was full.
     label: u16,
     pub(crate) in_flight: AtomicU32,
-    pub(crate) state: AtomicU8,
-    pub(crate) probe_busy: AtomicBool,
+    /// Passive health judged on all of its requests.
+    pub(crate) health: Health,
     /// Health checks currently failing among the pools that check this upstream.
     checks_down: AtomicU32,
     /// When it was last chosen, in milliseconds since the registry's base.
     pub(crate) last_pick_ms: AtomicU64,
-    /// An ejection was suppressed and reported; reported again only after the state changes.
-    pub(crate) suppressed: AtomicBool,
-    pub(crate) inner: Mutex<NodeInner>,
+    pub(crate) ewma: Mutex<PeakEwma>,
     checks: Mutex<Vec<(Arc<str>, ActiveState)>>,
     stats: LatencyStats,
-}
-
-pub(crate) struct NodeInner {
-    pub(crate) ewma: PeakEwma,
-    pub(crate) passive: Passive,
 }
 
 impl Node {
@@ -61,15 +51,10 @@ impl Node {
             addr,
             label,
             in_flight: AtomicU32::new(0),
-            state: AtomicU8::new(HEALTHY),
-            probe_busy: AtomicBool::new(false),
+            health: Health::new(now),
             checks_down: AtomicU32::new(0),
             last_pick_ms: AtomicU64::new(0),
-            suppressed: AtomicBool::new(false),
-            inner: Mutex::new(NodeInner {
-                ewma: PeakEwma::new(now),
-                passive: Passive::new(now),
-            }),
+            ewma: Mutex::new(PeakEwma::new(now)),
             checks: Mutex::new(Vec::new()),
             stats: LatencyStats::default(),
         }
@@ -98,14 +83,14 @@ impl Node {
 
     /// Healthy by both active checks and passive health.
     pub(crate) fn serving(&self) -> bool {
-        self.active_up() && self.state.load(Ordering::Relaxed) == HEALTHY
+        self.active_up() && self.health.healthy()
     }
 
     /// Its passive health, for a snapshot; `None` when there is nothing worth keeping.
     pub fn health_record(&self, now: Instant) -> Option<HealthRecord> {
-        let inner = self.inner.lock();
-        let ejections = inner.passive.ejections();
-        let (state, reason, remaining_ms) = match inner.passive.state() {
+        let passive = self.health.passive.lock();
+        let ejections = passive.ejections();
+        let (state, reason, remaining_ms) = match passive.state() {
             State::Healthy => (HEALTHY, None, 0),
             State::Probing { reason, .. } => (PROBING, Some(reason), 0),
             State::Ejected { until, reason } => (
@@ -125,8 +110,7 @@ impl Node {
     /// Puts back what a snapshot kept, unless this process has already learned something about
     /// the upstream (an ejection of its own).
     pub fn restore_health(&self, r: &HealthRecord, now: Instant) {
-        let mut inner = self.inner.lock();
-        if inner.passive.ejections() > 0 {
+        if self.health.passive.lock().ejections() > 0 {
             return;
         }
         let reason = r.reason.unwrap_or(Reason::FailedProbe);
@@ -145,13 +129,7 @@ impl Node {
             },
             _ => State::Healthy,
         };
-        inner.passive.restore_from(state, r.ejections);
-        let flag = match state {
-            State::Healthy => HEALTHY,
-            State::Probing { .. } => PROBING,
-            State::Ejected { .. } => EJECTED,
-        };
-        self.state.store(flag, Ordering::Relaxed);
+        self.health.restore(state, r.ejections);
     }
 
     /// The pools whose checks now cover this upstream. A pool that stays keeps its rise/fall

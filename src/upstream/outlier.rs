@@ -22,11 +22,26 @@ use std::time::{Duration, Instant};
 /// Why an upstream was ejected, with the numbers that decided it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
-    ConsecutiveFailures { count: u32 },
-    ConnectFailures { count: u32 },
-    FailureRate { rate: f64 },
-    Latency { mean_ms: f64, peers_ms: f64 },
+    ConsecutiveFailures {
+        count: u32,
+    },
+    ConnectFailures {
+        count: u32,
+    },
+    FailureRate {
+        rate: f64,
+    },
+    /// The fastest of its last [`LATENCY_WINDOW`] answers, against the mean of its peers'.
+    Latency {
+        fastest_ms: f64,
+        peers_ms: f64,
+    },
     FailedProbe,
+    /// Requests waiting and no answer for this long (see `lane.rs`).
+    Hung {
+        silent_ms: u64,
+        waiting: u32,
+    },
 }
 
 impl Reason {
@@ -38,6 +53,7 @@ impl Reason {
             Reason::FailureRate { .. } => "failure_rate",
             Reason::Latency { .. } => "latency",
             Reason::FailedProbe => "failed_probe",
+            Reason::Hung { .. } => "hung",
         }
     }
 
@@ -54,11 +70,16 @@ impl Reason {
                 100.0 * rate,
                 100.0 * s.failure_rate
             ),
-            Reason::Latency { mean_ms, peers_ms } => format!(
-                "mean latency {mean_ms:.1} ms against {peers_ms:.1} ms for the rest of the pool (limit x{})",
+            Reason::Latency { fastest_ms, peers_ms } => format!(
+                "its last {LATENCY_WINDOW} answers all took {fastest_ms:.1} ms or more against {peers_ms:.1} ms for its peers on the route (limit x{})",
                 s.latency_factor
             ),
             Reason::FailedProbe => "a probe request failed or was an outlier".to_string(),
+            Reason::Hung { silent_ms, waiting } => format!(
+                "{waiting} requests waiting and no answer for {silent_ms} ms (limit x{} the route's p99, at least {} ms)",
+                s.hung_factor,
+                s.hung_floor.as_millis()
+            ),
         }
     }
 }
@@ -91,7 +112,14 @@ pub struct Passive {
     recent: Recent,
 }
 
-/// What the rate and latency rules judge: exponential averages over recent attempts.
+/// How many of the latest successful answers must all be slow for the latency rule. A route mixes
+/// fast and slow requests (a catalogue page and a report export both under `/api`), so a mean
+/// swings with which of them an upstream happened to get; that every one of its latest answers
+/// was slow does not.
+pub const LATENCY_WINDOW: usize = 5;
+
+/// What the rate and latency rules judge: exponential averages over recent attempts, and the
+/// latest answers' latencies.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Recent {
     /// Attempts since (re)admission.
@@ -102,6 +130,23 @@ pub struct Recent {
     pub failure_rate: f64,
     /// Average latency of recent successful attempts.
     pub mean_latency: Option<Duration>,
+    /// The latest successful attempts' latencies in microseconds, a ring written at `ok % len`.
+    latest_us: [u32; LATENCY_WINDOW],
+}
+
+impl Recent {
+    fn push_latency(&mut self, latency: Duration) {
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        self.latest_us[(self.ok % LATENCY_WINDOW as u64) as usize] = us;
+    }
+
+    /// The fastest of the latest [`LATENCY_WINDOW`] successful answers, once there are that many.
+    pub fn fastest_latest(&self) -> Option<Duration> {
+        (self.ok >= LATENCY_WINDOW as u64)
+            .then(|| self.latest_us.iter().min().copied())
+            .flatten()
+            .map(|us| Duration::from_micros(u64::from(us)))
+    }
 }
 
 /// How an attempt ended, as passive health sees it.
@@ -154,6 +199,7 @@ impl Passive {
         r.requests += 1;
         r.failure_rate = r.failure_rate * (1.0 - w) + if failed { w } else { 0.0 };
         if !failed {
+            r.push_latency(latency);
             r.ok += 1;
             let l = latency.as_secs_f64();
             let avg = r

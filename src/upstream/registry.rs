@@ -3,11 +3,13 @@
 //! that configuration's [`Upstreams`]: an address that stays keeps its node (health, ejection,
 //! estimate, figures), a new one starts fresh, and a removed one is forgotten here while requests
 //! still holding it finish on it. A pool that stays keeps its budget unless the budget's settings
-//! changed.
+//! changed, and a route that stays keeps its lanes (its health on each upstream) by route name and
+//! address.
 
 use super::budget::RetryBudget;
+use super::lane::Lane;
 use super::node::Node;
-use super::{Pool, Settings, Upstreams};
+use super::{Pool, RouteLanes, Settings, Upstreams};
 use crate::ids::{PoolId, UpstreamId};
 use crate::names::Interner;
 use parking_lot::Mutex;
@@ -16,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A lane is known by its route's name and its upstream's address.
+type LaneKey = (Arc<str>, SocketAddr);
+
 /// Distinct upstream addresses a process remembers names for (journey steps); see `crate::names`.
 const MAX_ADDRESSES: usize = u16::MAX as usize - 1;
 
@@ -23,7 +28,16 @@ pub struct Registry {
     base: Instant,
     nodes: Mutex<HashMap<SocketAddr, Arc<Node>>>,
     budgets: Mutex<HashMap<Arc<str>, Arc<Mutex<RetryBudget>>>>,
+    lanes: Mutex<HashMap<LaneKey, Arc<Lane>>>,
     addrs: Interner<SocketAddr>,
+}
+
+/// One route of a configuration, as the registry needs it.
+pub struct RouteSpec<'a> {
+    pub name: &'a str,
+    /// The upstreams it can use (its pool's and its reserved pool's), as indices into the
+    /// configuration's distinct addresses.
+    pub members: Vec<UpstreamId>,
 }
 
 /// One pool of a configuration, as the registry needs it.
@@ -41,6 +55,7 @@ impl Registry {
             base: now,
             nodes: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
             addrs: Interner::new(MAX_ADDRESSES),
         }
     }
@@ -55,12 +70,14 @@ impl Registry {
         self.nodes.lock().get(&addr).cloned()
     }
 
-    /// Compiles one configuration's pools against what is known: `addrs` are its distinct upstream
-    /// addresses (an [`UpstreamId`] is a position in it), `pools` its pools in order.
+    /// Compiles one configuration's pools and routes against what is known: `addrs` are its
+    /// distinct upstream addresses (an [`UpstreamId`] is a position in it), `pools` its pools and
+    /// `routes` its routes, in order.
     pub fn reconcile(
         &self,
         addrs: &[SocketAddr],
         pools: &[PoolSpec<'_>],
+        routes: &[RouteSpec<'_>],
         settings: Settings,
         now: Instant,
     ) -> Upstreams {
@@ -117,12 +134,41 @@ impl Registry {
             .iter()
             .map(|p| (p.name.clone(), p.budget.clone()))
             .collect();
+        drop(budgets);
+
+        let mut lanes = self.lanes.lock();
+        let mut kept = HashMap::new();
+        let routes: Vec<RouteLanes> = routes
+            .iter()
+            .map(|r| {
+                let name: Arc<str> = Arc::from(r.name);
+                let mut by_upstream: Vec<Option<Arc<Lane>>> = vec![None; addrs.len()];
+                for &u in &r.members {
+                    let Some(&addr) = addrs.get(u as usize) else {
+                        continue;
+                    };
+                    let key = (name.clone(), addr);
+                    let lane = lanes
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Lane::new(name.clone(), addr, now)));
+                    kept.insert(key, lane.clone());
+                    by_upstream[u as usize] = Some(lane);
+                }
+                RouteLanes {
+                    members: r.members.clone(),
+                    lanes: by_upstream,
+                }
+            })
+            .collect();
+        *lanes = kept;
         Upstreams {
             settings,
             base: self.base,
             nodes,
             pools,
             pools_of,
+            routes,
         }
     }
 }

@@ -19,7 +19,7 @@ fn setup(n: usize, outlier: OutlierSettings) -> (Upstreams, Instant) {
         checked: true,
     }];
     (
-        Registry::new(now).reconcile(&addrs, &pools, settings, now),
+        Registry::new(now).reconcile(&addrs, &pools, &[], settings, now),
         now,
     )
 }
@@ -54,7 +54,7 @@ fn pick(
     now: Instant,
     r: &mut SmallRng,
 ) -> Option<Pick> {
-    up.pick(0, protected, false, exclude, now, r)
+    up.pick(0, None, protected, false, exclude, now, r)
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn an_idle_upstream_gets_one_sample_per_interval_from_idempotent_traffic() {
     // Two seconds of idempotent traffic, one request per millisecond.
     for i in 0..2000 {
         let now = t0 + ms(i);
-        let p = up.pick(0, false, true, &[], now, &mut r).unwrap();
+        let p = up.pick(0, None, false, true, &[], now, &mut r).unwrap();
         if p.upstream == 2 {
             assert!(p.sample);
             samples += 1;
@@ -97,7 +97,7 @@ fn an_idle_upstream_gets_one_sample_per_interval_from_idempotent_traffic() {
     feed(&up, 1, 1, Fine, ms(300), t0);
     for i in 0..100 {
         assert_eq!(
-            up.pick(0, true, true, &[], t0 + ms(600 * i), &mut r)
+            up.pick(0, None, true, true, &[], t0 + ms(600 * i), &mut r)
                 .unwrap()
                 .upstream,
             0
@@ -162,6 +162,7 @@ fn consecutive_failures_eject_then_probes_readmit() {
     let until = match ev.as_slice() {
         [HealthEvent::Ejected {
             upstream: 1,
+            route: None,
             reason: Reason::ConsecutiveFailures { count: 5 },
             until,
         }] => *until,
@@ -171,7 +172,9 @@ fn consecutive_failures_eject_then_probes_readmit() {
     let mut r = rng();
     for _ in 0..200 {
         assert_ne!(
-            up.pick(0, false, true, &[], t0, &mut r).unwrap().upstream,
+            up.pick(0, None, false, true, &[], t0, &mut r)
+                .unwrap()
+                .upstream,
             1
         );
     }
@@ -180,7 +183,10 @@ fn consecutive_failures_eject_then_probes_readmit() {
     // Time's up: probing. Ordinary traffic probes it, one request at a time; protected never does.
     assert_eq!(
         up.sweep(until, &mut r),
-        vec![HealthEvent::Probing { upstream: 1 }]
+        vec![HealthEvent::Probing {
+            upstream: 1,
+            route: None
+        }]
     );
     assert_ne!(pick(&up, true, &[], until, &mut r).unwrap().upstream, 1);
     let probe = pick(&up, false, &[], until, &mut r).unwrap();
@@ -194,7 +200,10 @@ fn consecutive_failures_eject_then_probes_readmit() {
         let ev = up.observe(1, Fine, ms(1), until, &mut r);
         assert_eq!(
             ev,
-            (i == 2).then_some(HealthEvent::Restored { upstream: 1 })
+            (i == 2).then_some(HealthEvent::Restored {
+                upstream: 1,
+                route: None
+            })
         );
     }
     assert_eq!(up.view(1, until).state, "healthy");
@@ -303,22 +312,62 @@ fn failure_rate_and_latency_rules_eject() {
         "{ev:?}"
     );
 
-    // A separate pool: upstream 2 answers fine but 300 ms slower than the others.
-    let (up, t0) = setup(3, OutlierSettings::default());
-    feed(&up, 0, 20, Fine, ms(2), t0);
-    feed(&up, 1, 20, Fine, ms(3), t0);
-    feed(&up, 2, 20, Fine, ms(302), t0);
+    // A separate pool: upstream 2 answers a route fine but 300 ms slower than the others. Judged
+    // on that route, where all three answer the same requests.
+    let (up, t0) = setup_routes(OutlierSettings::default());
+    feed_on(&up, 0, 0, 20, Fine, ms(2), t0);
+    feed_on(&up, 0, 1, 20, Fine, ms(3), t0);
+    feed_on(&up, 0, 2, 20, Fine, ms(302), t0);
     let ev = up.sweep(t0, &mut r);
     match ev[..] {
         [HealthEvent::Ejected {
             upstream: 2,
-            reason: Reason::Latency { mean_ms, peers_ms },
+            route: Some(0),
+            reason:
+                Reason::Latency {
+                    fastest_ms,
+                    peers_ms,
+                },
             ..
         }] => {
-            assert!((mean_ms - 302.0).abs() < 1.0 && peers_ms < 4.0);
+            assert!((fastest_ms - 302.0).abs() < 1.0 && peers_ms < 4.0);
         }
         _ => panic!("{ev:?}"),
     }
+}
+
+#[test]
+fn a_route_that_mixes_fast_and_slow_requests_ejects_nobody_whose_answers_are_sometimes_fast() {
+    // One route, two kinds of request: a 1 ms profile and a 1 s export, on every upstream.
+    // Upstream 0 happened to get mostly exports, so its mean is far above its peers'; but it
+    // answered a profile fast among its latest, so it is no slower than they are.
+    let (up, t0) = setup_routes(OutlierSettings::default());
+    let mut r = rng();
+    for (u, exports_per_profile) in [(0, 4), (1, 1), (2, 1)] {
+        for _ in 0..4 {
+            feed_on(&up, 0, u, exports_per_profile, Fine, ms(1000), t0);
+            feed_on(&up, 0, u, 1, Fine, ms(1), t0);
+        }
+    }
+    assert_eq!(up.sweep(t0, &mut r), vec![], "nobody is an outlier");
+    // Its latest five exports at 1 s are no outlier either (its peers' mean is about 0.7 s)...
+    feed_on(&up, 0, 0, 5, Fine, ms(1000), t0);
+    assert_eq!(up.sweep(t0, &mut r), vec![]);
+    // ...but five answers at 3 s are: every latest answer over 3 x its peers'.
+    feed_on(&up, 0, 0, 5, Fine, ms(3000), t0);
+    let ev = up.sweep(t0, &mut r);
+    assert!(
+        matches!(
+            ev[..],
+            [HealthEvent::Ejected {
+                upstream: 0,
+                route: Some(0),
+                reason: Reason::Latency { .. },
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -336,6 +385,7 @@ fn a_reconcile_keeps_what_is_known_by_address_and_starts_new_addresses_fresh() {
             members: &both,
             checked: true,
         }],
+        &[],
         Settings::default(),
         t0,
     );
@@ -356,6 +406,7 @@ fn a_reconcile_keeps_what_is_known_by_address_and_starts_new_addresses_fresh() {
             members: &two,
             checked: false,
         }],
+        &[],
         Settings::default(),
         t0,
     );
@@ -384,9 +435,224 @@ fn a_reconcile_keeps_what_is_known_by_address_and_starts_new_addresses_fresh() {
             members: &[0],
             checked: false,
         }],
+        &[],
         Settings::default(),
         t0,
     );
     assert_eq!(third.view(0, t0).ejections, 1);
     assert!(Arc::ptr_eq(third.node(0), second.node(1)));
+}
+
+/// Three upstreams in one pool, used by two routes: 0 (the checkout) and 1 (the catalogue).
+fn setup_routes(outlier: OutlierSettings) -> (Upstreams, Instant) {
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", 9100 + i).parse().unwrap())
+        .collect();
+    let members: Vec<UpstreamId> = vec![0, 1, 2];
+    let now = Instant::now();
+    let settings = Settings {
+        outlier,
+        ..Default::default()
+    };
+    let pools = [PoolSpec {
+        name: "p",
+        members: &members,
+        checked: false,
+    }];
+    let routes = [
+        RouteSpec {
+            name: "checkout",
+            members: members.clone(),
+        },
+        RouteSpec {
+            name: "catalogue",
+            members: members.clone(),
+        },
+    ];
+    (
+        Registry::new(now).reconcile(&addrs, &pools, &routes, settings, now),
+        now,
+    )
+}
+
+/// Feeds `k` results of `latency` from `u` on route `r`; the health events.
+fn feed_on(
+    up: &Upstreams,
+    r: RouteId,
+    u: UpstreamId,
+    k: usize,
+    res: AttemptResult,
+    latency: Duration,
+    now: Instant,
+) -> Vec<HealthEvent> {
+    (0..k)
+        .flat_map(|_| up.observe_on(Some(r), u, res, latency, now, &mut rng()))
+        .collect()
+}
+
+#[test]
+fn an_upstream_slow_on_one_route_is_avoided_there_and_used_elsewhere() {
+    let (up, t0) = setup_routes(OutlierSettings::default());
+    // Upstream 2 takes a second on the checkout and 1 ms on the catalogue, like the others.
+    for u in 0..3 {
+        feed_on(
+            &up,
+            0,
+            u,
+            10,
+            Fine,
+            if u == 2 { ms(1000) } else { ms(5) },
+            t0,
+        );
+        feed_on(&up, 1, u, 200, Fine, ms(5), t0);
+    }
+    // As a whole it is not an outlier (its mean is mostly the catalogue's): the node stays in.
+    let events = up.sweep(t0, &mut rng());
+    let ejected: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            HealthEvent::Ejected {
+                upstream, route, ..
+            } => Some((*upstream, *route)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ejected, vec![(2, Some(0))], "{events:?}");
+    assert!(up.serving(2));
+    assert!(!up.serving_on(Some(0), 2, t0));
+    assert!(up.serving_on(Some(1), 2, t0));
+    let mut r = rng();
+    for i in 0..600 {
+        let now = t0 + ms(i);
+        let p = up.pick(0, Some(0), false, true, &[], now, &mut r).unwrap();
+        assert_ne!(p.upstream, 2, "the checkout never goes there");
+    }
+    // The catalogue may (balancing weighs its cost), the checkout may not even as a last choice.
+    let only_two = [0, 1];
+    let p = up.pick(0, Some(1), false, false, &only_two, t0, &mut r);
+    assert_eq!(p.map(|p| p.upstream), Some(2));
+    assert!(up
+        .pick(0, Some(0), false, false, &only_two, t0, &mut r)
+        .is_none());
+    let views = up.lane_views(2, t0);
+    assert_eq!(views[0].state, "ejected");
+    assert_eq!(views[1].state, "healthy");
+}
+
+#[test]
+fn only_the_route_s_own_requests_probe_it_back_in_there() {
+    let (up, t0) = setup_routes(OutlierSettings::default());
+    for u in 0..3 {
+        feed_on(
+            &up,
+            0,
+            u,
+            10,
+            Fine,
+            if u == 2 { ms(1000) } else { ms(5) },
+            t0,
+        );
+        feed_on(&up, 1, u, 200, Fine, ms(5), t0);
+    }
+    up.sweep(t0, &mut rng());
+    assert!(up.serving(2));
+    assert!(!up.serving_on(Some(0), 2, t0));
+    // The ejection (30 s and jitter) ends: probing on the checkout only.
+    let later = t0 + Duration::from_secs(40);
+    let probing: Vec<_> = up.sweep(later, &mut rng());
+    assert!(
+        probing.contains(&HealthEvent::Probing {
+            upstream: 2,
+            route: Some(0)
+        }),
+        "{probing:?}"
+    );
+    // Good answers on the catalogue say nothing about the checkout.
+    feed_on(&up, 1, 2, 50, Fine, ms(5), later);
+    assert!(!up.serving_on(Some(0), 2, later));
+    // A catalogue request never takes the checkout's probe; a checkout request does, one at a time.
+    let mut r = rng();
+    let p1 = up
+        .pick(0, Some(1), false, true, &[], later, &mut r)
+        .unwrap();
+    assert!(!p1.probe);
+    let probe = up
+        .pick(0, Some(0), false, true, &[], later, &mut r)
+        .unwrap();
+    assert!(probe.probe && probe.upstream == 2);
+    let next = up
+        .pick(0, Some(0), false, true, &[], later, &mut r)
+        .unwrap();
+    assert!(!(next.probe && next.upstream == 2), "one probe at a time");
+    drop((probe, next));
+    // Still slow on the checkout: the probe fails and it goes out for longer.
+    let again = feed_on(&up, 0, 2, 1, Fine, ms(1000), later);
+    assert!(
+        matches!(
+            again.as_slice(),
+            [HealthEvent::Ejected {
+                upstream: 2,
+                route: Some(0),
+                reason: Reason::FailedProbe,
+                until
+            }] if *until >= later + Duration::from_secs(60)
+        ),
+        "re-ejected for twice as long: {again:?}"
+    );
+    // Healed: three good checkout answers in a row re-admit it there.
+    let healed = later + Duration::from_secs(200);
+    up.sweep(healed, &mut rng());
+    let back = feed_on(&up, 0, 2, 3, Fine, ms(5), healed);
+    assert_eq!(
+        back,
+        vec![HealthEvent::Restored {
+            upstream: 2,
+            route: Some(0)
+        }]
+    );
+    assert!(up.serving_on(Some(0), 2, healed));
+}
+
+#[test]
+fn a_hung_upstream_is_avoided_as_soon_as_its_silence_passes_the_route_s_limit() {
+    let (up, t0) = setup_routes(OutlierSettings::default());
+    up.set_hung_after(0, Some(ms(1000)));
+    let mut r = rng();
+    // Two checkout requests go to upstream 1 and are never answered.
+    let held: Vec<Pick> = (0..2)
+        .map(|_| {
+            up.pick(0, Some(0), false, false, &[0, 2], t0, &mut r)
+                .unwrap()
+        })
+        .collect();
+    assert!(held.iter().all(|p| p.upstream == 1));
+    assert!(up.serving_on(Some(0), 1, t0 + ms(999)));
+    let at = t0 + ms(1000);
+    assert!(!up.serving_on(Some(0), 1, at), "avoided at once");
+    assert!(
+        up.serving_on(Some(1), 1, at),
+        "the catalogue has not seen it hang"
+    );
+    for _ in 0..300 {
+        assert_ne!(
+            up.pick(0, Some(0), false, false, &[], at, &mut r)
+                .unwrap()
+                .upstream,
+            1
+        );
+    }
+    let events = up.sweep(at, &mut rng());
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            HealthEvent::Ejected {
+                upstream: 1,
+                route: Some(0),
+                reason: Reason::Hung { waiting: 2, .. },
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(up.lane_views(1, at)[0].state, "ejected");
 }
