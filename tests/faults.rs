@@ -1,12 +1,24 @@
-//! Routing around sick upstreams, with real origins and real traffic: a slow upstream, a brownout
-//! and a killed upstream. Every threshold is usher's default (Envoy- and Linkerd-like); only the
-//! tiers, routes and pool are configured.
+//! Routing around sick upstreams, with real origins and real traffic: a slow upstream, a brownout,
+//! a killed upstream, one slow on one route only, one that hangs. Every threshold is usher's
+//! default (Envoy- and Linkerd-like) unless a test says otherwise; only the tiers, routes and pool
+//! are configured.
+//!
+//! What is asserted are facts: which origin answered each request, how many requests each origin
+//! saw, what `/upstreams` says and why. Latencies are printed for the README's table, never
+//! asserted (the machines are shared). The load tests take turns (`serial`): two at once on two
+//! cores would measure each other.
 
 mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
 use usher::origin::Origin;
+
+/// Held by each load test for its whole run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const THINK: Duration = Duration::from_millis(2);
 
@@ -19,10 +31,16 @@ async fn three_origins() -> Vec<Origin> {
 }
 
 fn shop(origins: &[Origin], dir: &std::path::Path) -> usher::Config {
+    shop_with(origins, "", dir)
+}
+
+/// The shop, with `extra` TOML (whole tables) before its own.
+fn shop_with(origins: &[Origin], extra: &str, dir: &std::path::Path) -> usher::Config {
     let ups: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
     config(
         &format!(
             r#"
+{extra}
 [identity]
 tier = [{{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }}]
 [[tiers]]
@@ -104,7 +122,48 @@ async fn upstream_view(
         "{addr}: state={} why={} passive={}",
         v["state"], v["why"], v["passive_health"]
     );
+    for l in v["routes"].as_array().into_iter().flatten() {
+        eprintln!(
+            "  on {}: state={} ejections={} why={}",
+            l["route"], l["state"], l["ejections"], l["why"]
+        );
+    }
     v
+}
+
+/// `u`'s health on `route`, from its `/upstreams` entry.
+fn lane<'a>(u: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
+    u["routes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["route"] == route))
+        .unwrap_or_else(|| panic!("no route {route} in {u}"))
+}
+
+/// Why `u` is out, as a whole or on some route: the rules that ejected it.
+fn ejected_for(u: &serde_json::Value) -> Vec<String> {
+    let mut why: Vec<String> = Vec::new();
+    if u["ejections"].as_u64().unwrap_or(0) > 0 {
+        why.extend(u["why"]["rule"].as_str().map(String::from));
+    }
+    for l in u["routes"].as_array().into_iter().flatten() {
+        if l["ejections"].as_u64().unwrap_or(0) > 0 {
+            why.extend(l["why"]["rule"].as_str().map(String::from));
+        }
+    }
+    why
+}
+
+/// The samples of `protected` (or standard) requests begun at or after `from` answered by `origin`.
+fn answered_by<'a>(
+    samples: &'a [Sample],
+    from: Instant,
+    protected: bool,
+    origin: &str,
+) -> Vec<&'a Sample> {
+    samples
+        .iter()
+        .filter(|s| s.at >= from && s.protected == protected && s.origin == origin)
+        .collect()
 }
 
 fn share_of(samples: &[Sample], from: Instant, origin: &str) -> f64 {
@@ -114,6 +173,7 @@ fn share_of(samples: &[Sample], from: Instant, origin: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_upstream_is_avoided_protected_customers_unharmed() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
@@ -133,37 +193,33 @@ async fn slow_upstream_is_avoided_protected_customers_unharmed() {
     report("slow upstream", &samples, settled);
     report("slow upstream, from onset", &samples, onset);
 
-    // Even the protected requests that reached it before anything was known were cut short and
-    // retried: none waited out the 300 ms.
-    let from_onset = figures(samples.iter().filter(|s| s.at >= onset && s.protected));
-    assert_eq!(from_onset.success, 1.0, "{from_onset:?}");
-    assert!(
-        from_onset.max < Duration::from_millis(200),
-        "protected max from onset {:?}",
-        from_onset.max
-    );
-
-    let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
-    let protected = figures(window.iter().copied().filter(|s| s.protected));
-    assert!(protected.n > 200, "{protected:?}");
+    // Every protected request succeeded, and none started after the onset was answered by the
+    // slow origin: those that reached it before anything was known were cut short and retried.
+    let protected = figures(samples.iter().filter(|s| s.protected));
     assert_eq!(protected.success, 1.0, "{protected:?}");
+    let late = answered_by(&samples, onset, true, "c");
     assert!(
-        protected.p99 < Duration::from_millis(50),
-        "protected p99 {:?}",
-        protected.p99
+        late.is_empty(),
+        "protected answers from the slow origin: {late:?}"
     );
+    let standard = figures(samples.iter().filter(|s| !s.protected));
+    assert_eq!(standard.success, 1.0, "{standard:?}");
+    // Balancing and ejection leave it a trickle of samples (about two a second per route).
     let share = share_of(&samples, settled, "c");
     assert!(
         share < 0.05,
         "the slow upstream still got {:.1}% of traffic",
         share * 100.0
     );
-    upstream_view(&running, origins[2].addr).await;
+    let v = upstream_view(&running, origins[2].addr).await;
+    let why = ejected_for(&v);
+    assert!(why.iter().any(|r| r == "latency"), "{v}");
     running.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn brownout_is_routed_around() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
@@ -182,34 +238,27 @@ async fn brownout_is_routed_around() {
     let samples = traffic.await.unwrap();
     report("brownout", &samples, settled);
     report("brownout, from onset", &samples, onset);
-    let from_onset = figures(samples.iter().filter(|s| s.at >= onset && s.protected));
-    assert_eq!(from_onset.success, 1.0, "{from_onset:?}");
+    // Every protected request succeeded; none begun after the onset was answered by the sick
+    // origin (a 503 was retried elsewhere, a late answer cut short and retried).
+    let protected = figures(samples.iter().filter(|s| s.protected));
+    assert_eq!(protected.success, 1.0, "{protected:?}");
+    let late = answered_by(&samples, onset, true, "b");
     assert!(
-        from_onset.max < delay / 2,
-        "protected max from onset {:?}",
-        from_onset.max
+        late.is_empty(),
+        "protected answers from the sick origin: {late:?}"
     );
-
-    let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
-    let protected = figures(window.iter().copied().filter(|s| s.protected));
-    let standard = figures(window.iter().copied().filter(|s| !s.protected));
-    assert!(
-        protected.n > 200 && standard.n > 200,
-        "{protected:?} {standard:?}"
-    );
-    assert!(protected.success >= 0.999, "{protected:?}");
-    assert!(
-        protected.p99 < delay / 4,
-        "protected p99 {:?}",
-        protected.p99
-    );
-    assert!(standard.success >= 0.99, "{standard:?}");
-    upstream_view(&running, origins[1].addr).await;
+    // Standard GETs that got a 503 were retried on another upstream; the late answers still
+    // came (within the 5 s read timeout).
+    let standard = figures(samples.iter().filter(|s| !s.protected));
+    assert_eq!(standard.success, 1.0, "{standard:?}");
+    let v = upstream_view(&running, origins[1].addr).await;
+    assert!(!ejected_for(&v).is_empty(), "{v}");
     running.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_upstream_fails_no_protected_request() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
@@ -237,12 +286,17 @@ async fn killed_upstream_fails_no_protected_request() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
-    assert!(protected.n > 300);
+    assert!(protected.success == 1.0 && protected.n > 0, "{protected:?}");
     let standard = figures(samples.iter().filter(|s| !s.protected));
-    assert!(standard.success >= 0.999, "{standard:?}");
-    assert!(share_of(&samples, killed_at + Duration::from_millis(200), "a") == 0.0);
+    assert_eq!(standard.success, 1.0, "{standard:?}");
 
     let killed = upstream_view(&running, dead).await;
+    // Ejected, it is tried no more (its next probe is 30 s away): more traffic adds no attempt.
+    let attempts = killed["requests"].as_u64().unwrap();
+    let more = load(proxy, &workers(), Duration::from_millis(500), THINK).await;
+    assert!(more.iter().all(|s| s.status == 200));
+    let after = upstream_view(&running, dead).await;
+    assert_eq!(after["requests"].as_u64(), Some(attempts), "{after}");
     assert_eq!(killed["state"], "ejected", "{killed}");
     assert_eq!(killed["why"]["rule"], "connect_failure");
     assert!(killed["ejected_until"].as_str().is_some());
@@ -290,7 +344,7 @@ async fn killed_upstream_fails_no_protected_request() {
     .unwrap();
     assert_eq!(
         protected as usize,
-        samples.iter().filter(|s| s.protected).count()
+        samples.iter().chain(&more).filter(|s| s.protected).count()
     );
     running.stop();
 }
@@ -432,8 +486,18 @@ async fn malformed_requests_do_not_count_against_upstreams() {
             .await
             .unwrap();
         let mut buf = vec![0u8; 4096];
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("usher answers a malformed request")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     }
+    assert_eq!(
+        a.behavior.requests() + b.behavior.requests(),
+        0,
+        "nothing reached an origin"
+    );
     for o in [&a, &b] {
         let v = upstream_view(&running, o.addr).await;
         assert_eq!(v["state"], "healthy", "{v}");
@@ -481,6 +545,202 @@ async fn a_timeout_with_nowhere_else_to_go_stays_a_504() {
         (last["status"].as_u64(), last["outcome"].as_str()),
         (Some(504), Some("timeout")),
         "{tim}"
+    );
+    running.stop();
+}
+
+/// An upstream slow only on the checkout: 1 s there, fast on the rest of the site, health check
+/// green, standard traffic keeping it busy elsewhere. Its ejections are short, so in the run it
+/// comes out of ejection, is probed by standard checkouts, and is ejected again. The protected
+/// try timeout is off: a protected checkout that went there would wait out the second, and show.
+/// The estimate's decay is short, so its fast answers on the site soon make the upstream as a
+/// whole look fast again: only what it does on the checkout can keep protected checkouts away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_slow_on_one_route_never_serves_a_protected_request_there_once_known() {
+    let _turn = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let origins = three_origins().await;
+    let extra =
+        "[protection]\ntry_timeout_factor = 0\n[outlier]\nbase_ejection = \"1s\"\njitter = 0.0\n";
+    let running = usher::server::spawn(shop_with(&origins, extra, dir.path())).unwrap();
+    let proxy = running.listen();
+    // It is the fastest of the three on everything else (the others take 5 ms more), so judged
+    // as a whole it is the best choice. Standard traffic is mostly browsing (one standard
+    // customer checks out), so it is often idle of checkouts.
+    for o in &origins[..2] {
+        o.behavior.set_delay(Duration::from_millis(5));
+    }
+    let w: Vec<Worker> = workers()
+        .into_iter()
+        .filter(|w| w.protected || w.path != "/checkout/pay" || w.customer == "std-0")
+        .collect();
+    let traffic = tokio::spawn(async move { load(proxy, &w, Duration::from_secs(9), THINK).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    origins[2]
+        .behavior
+        .add_slow_path("/checkout", Duration::from_secs(1));
+    let onset = Instant::now();
+    let samples = traffic.await.unwrap();
+    report("slow on /checkout only", &samples, onset);
+
+    // When usher first knew: the first slow checkout answer from it came back.
+    let known = samples
+        .iter()
+        .filter(|s| s.at >= onset && s.origin == "c" && s.latency >= Duration::from_secs(1))
+        .map(|s| s.at + s.latency)
+        .min()
+        .expect("standard checkouts reached the slow upstream");
+    let protected_there = answered_by(&samples, known, true, "c");
+    assert!(
+        protected_there.is_empty(),
+        "protected checkouts served by the slow upstream after it was known: {protected_there:?}"
+    );
+    let protected = figures(samples.iter().filter(|s| s.protected));
+    assert_eq!(protected.success, 1.0, "{protected:?}");
+    // It keeps serving the rest of the site.
+    let browsing = samples
+        .iter()
+        .filter(|s| s.at >= known && s.origin == "c" && s.path == "/products/1")
+        .count();
+    assert!(
+        browsing > 0,
+        "the slow-on-checkout upstream still serves the site"
+    );
+
+    let v = upstream_view(&running, origins[2].addr).await;
+    assert_eq!(v["state"], "healthy", "ejected on the checkout alone: {v}");
+    let checkout = lane(&v, "checkout");
+    assert!(
+        checkout["ejections"].as_u64().unwrap() >= 2,
+        "its ejection ended, checkouts probed it, and it went out again: {v}"
+    );
+    assert_eq!(lane(&v, "site")["ejections"], 0, "{v}");
+    running.stop();
+}
+
+/// An origin that starts to hang: it accepts and reads, and never answers. Found from the age
+/// of its unanswered requests, not by waiting out the 5 s read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_that_hangs_is_avoided_for_every_customer_long_before_its_read_timeout() {
+    let _turn = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let origins = three_origins().await;
+    let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
+    let proxy = running.listen();
+    let traffic = tokio::spawn({
+        let w = workers();
+        async move { load(proxy, &w, Duration::from_secs(8), THINK).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hung = &origins[0];
+    hung.behavior.set_delay(Duration::from_secs(3600));
+    let onset = Instant::now();
+    // Two seconds after the onset, nobody's requests go there any more: what it has received by
+    // then is all it receives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let by_two_seconds = hung.behavior.requests();
+    let samples = traffic.await.unwrap();
+    report("hung origin", &samples, onset);
+    assert_eq!(
+        hung.behavior.requests(),
+        by_two_seconds,
+        "requests reached the hung origin more than 2 s after it hung"
+    );
+    let v = upstream_view(&running, hung.addr).await;
+    assert!(
+        ejected_for(&v).iter().any(|r| r == "hung"),
+        "ejected as hung on some route: {v}"
+    );
+    // The requests it swallowed before that were retried elsewhere when their read timeout came
+    // (idempotent GETs): no customer was left with an error.
+    let failed: Vec<&Sample> = samples.iter().filter(|s| s.status != 200).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    running.stop();
+}
+
+/// A `rerouted` event is raised when a protected request went to another upstream than the one
+/// it avoided, and names both and the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerouted_event_names_the_avoided_upstream_the_one_that_served_and_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = three_origins().await;
+    let events = dir.path().join("events.jsonl");
+    let extra = format!(
+        "[events]\ncooldown = \"1s\"\n[[events.sinks]]\ntype = \"jsonl\"\npath = \"{}\"\n",
+        events.display()
+    );
+    let running = usher::server::spawn(shop_with(&origins, &extra, dir.path())).unwrap();
+    let c = client();
+    let url = |p: &str| format!("http://{}{p}", running.listen());
+    // One origin is gone: its first refused connection ejects it.
+    let mut origins = origins;
+    let sick = origins[1].addr;
+    drop(origins.remove(1));
+    let adm = running.admin().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ups = json(&c, format!("http://{adm}/upstreams")).await;
+        let state = ups["upstreams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["address"] == sick.to_string()))
+            .map(|u| u["state"].clone());
+        if state == Some("ejected".into()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ejected: {ups}");
+        get(&c, url("/products/1"), &[("x-customer-id", "sam")]).await;
+    }
+    let (status, _) = get(
+        &c,
+        url("/checkout/cart?step=2"),
+        &[("x-customer-id", "gina"), ("x-customer-tier", "gold")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["type"] == "usher.customer.rerouted" && e["data"]["customer"] == "gina");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no rerouted event: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let d = &event["data"];
+    let sick = sick.to_string();
+    assert_eq!(d["avoided_upstream"], sick.as_str(), "{event}");
+    let served = d["upstream"].as_str().unwrap();
+    assert_ne!(served, sick, "{event}");
+    assert!(
+        origins
+            .iter()
+            .map(|o| o.addr)
+            .any(|a| a.to_string() == served),
+        "{event}"
+    );
+    assert_eq!(
+        (
+            d["method"].as_str(),
+            d["path"].as_str(),
+            d["route"].as_str()
+        ),
+        (Some("GET"), Some("/checkout/cart"), Some("checkout")),
+        "{event}"
+    );
+    // No standard request raised one: only protected customers are steered.
+    let text = std::fs::read_to_string(&events).unwrap();
+    let rerouted: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "usher.customer.rerouted")
+        .collect();
+    assert!(
+        rerouted.iter().all(|e| e["data"]["customer"] == "gina"),
+        "{rerouted:?}"
     );
     running.stop();
 }

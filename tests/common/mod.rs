@@ -89,6 +89,7 @@ pub struct Worker {
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub at: std::time::Instant,
+    pub path: &'static str,
     pub latency: Duration,
     /// 0 when the request failed at the transport level.
     pub status: u16,
@@ -135,6 +136,7 @@ pub async fn load(
                     };
                     out.push(Sample {
                         at,
+                        path: w.path,
                         latency: at.elapsed(),
                         status,
                         origin,
