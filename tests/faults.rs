@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use usher::origin::Origin;
 
 /// Held by each load test for its whole run.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 const THINK: Duration = Duration::from_millis(2);
@@ -173,7 +173,7 @@ fn share_of(samples: &[Sample], from: Instant, origin: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_upstream_is_avoided_protected_customers_unharmed() {
-    let _turn = serial();
+    let _turn = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
@@ -219,7 +219,7 @@ async fn slow_upstream_is_avoided_protected_customers_unharmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn brownout_is_routed_around() {
-    let _turn = serial();
+    let _turn = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
@@ -258,7 +258,7 @@ async fn brownout_is_routed_around() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_upstream_fails_no_protected_request() {
-    let _turn = serial();
+    let _turn = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
@@ -557,7 +557,7 @@ async fn a_timeout_with_nowhere_else_to_go_stays_a_504() {
 /// whole look fast again: only what it does on the checkout can keep protected checkouts away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upstream_slow_on_one_route_never_serves_a_protected_request_there_once_known() {
-    let _turn = serial();
+    let _turn = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let origins = three_origins().await;
     let extra =
@@ -622,7 +622,7 @@ async fn an_upstream_slow_on_one_route_never_serves_a_protected_request_there_on
 /// of its unanswered requests, not by waiting out the 5 s read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_origin_that_hangs_is_avoided_for_every_customer_long_before_its_read_timeout() {
-    let _turn = serial();
+    let _turn = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let origins = three_origins().await;
     let running = usher::server::spawn(shop(&origins, dir.path())).unwrap();
