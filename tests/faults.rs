@@ -744,3 +744,64 @@ async fn a_rerouted_event_names_the_avoided_upstream_the_one_that_served_and_the
     );
     running.stop();
 }
+
+/// A pool's only upstream, failing everything: ejected, and still used, because sending a
+/// request to a doubtful upstream beats sending it nowhere (panic mode). `/upstreams` and the
+/// metrics say so, rather than showing an ejected upstream that mysteriously serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_upstream_that_its_pool_cannot_do_without_is_shown_used_in_panic_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let only = Origin::start_local("only").await.unwrap();
+    only.behavior.set_failure_ratio(1.0);
+    let cfg = config(
+        &format!(
+            "[[pools]]\nname = \"solo\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"all\"\npool = \"solo\"\n",
+            only.addr
+        ),
+        dir.path(),
+    );
+    let running = usher::server::spawn(cfg).unwrap();
+    let c = client();
+    let adm = running.admin().unwrap();
+    let url = format!("http://{}/x", running.listen());
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_view(&running, only.addr).await["state"] != "ejected" {
+        assert!(Instant::now() < deadline, "never ejected");
+        statuses.push(get(&c, url.clone(), &[]).await.0);
+    }
+    let before = only.behavior.requests();
+    for _ in 0..5 {
+        statuses.push(get(&c, url.clone(), &[]).await.0);
+    }
+    assert_eq!(
+        only.behavior.requests(),
+        before + 5,
+        "the ejected upstream still gets every request"
+    );
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    let ups = json(&c, format!("http://{adm}/upstreams")).await;
+    let u = &ups["upstreams"][0];
+    assert_eq!(
+        (u["state"].as_str(), u["used"].as_bool()),
+        (Some("ejected"), Some(true)),
+        "{ups}"
+    );
+    let pool = &ups["pools"][0];
+    assert_eq!(
+        (
+            pool["name"].as_str(),
+            pool["serving"].as_u64(),
+            pool["panic"].as_bool()
+        ),
+        (Some("solo"), Some(0), Some(true)),
+        "{ups}"
+    );
+    let (_, metrics) = get(&c, format!("http://{adm}/metrics"), &[]).await;
+    assert_eq!(
+        sample(&metrics, "usher_pool_panic", &[("pool", "solo")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    running.stop();
+}

@@ -567,7 +567,9 @@ impl Usher {
                 tracing::info!(upstream = %addr(upstream), "upstream passes its health checks again");
             }
         }
-        g.refresh_upstream_states(Instant::now());
+        let now = Instant::now();
+        g.refresh_upstream_states(now);
+        g.refresh_pool_panic(&self.state.metrics, now);
         self.notify_health(g, &e, wall_ms());
     }
 
