@@ -656,3 +656,71 @@ fn a_hung_upstream_is_avoided_as_soon_as_its_silence_passes_the_route_s_limit() 
     );
     assert_eq!(up.lane_views(1, at)[0].state, "ejected");
 }
+
+#[test]
+fn a_route_s_health_on_an_upstream_lasts_across_configurations_by_route_name() {
+    let (addrs, members): (Vec<std::net::SocketAddr>, Vec<UpstreamId>) = (0..3)
+        .map(|i| {
+            (
+                format!("127.0.0.1:{}", 9100 + i)
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+                i as UpstreamId,
+            )
+        })
+        .unzip();
+    let t0 = Instant::now();
+    let reg = Registry::new(t0);
+    let pools = [PoolSpec {
+        name: "p",
+        members: &members,
+        checked: false,
+    }];
+    let spec = |name| RouteSpec {
+        name,
+        members: members.clone(),
+    };
+    let first = reg.reconcile(
+        &addrs,
+        &pools,
+        &[spec("checkout"), spec("catalogue")],
+        Settings::default(),
+        t0,
+    );
+    for u in 0..3 {
+        let slow = if u == 2 { ms(1000) } else { ms(5) };
+        feed_on(&first, 0, u, 10, Fine, slow, t0);
+    }
+    first.sweep(t0, &mut rng());
+    assert!(!first.serving_on(Some(0), 2, t0));
+    // The next configuration puts the checkout second and adds a route: the checkout's lane
+    // to upstream 2 is the same (still out), the new route's starts fresh.
+    let second = reg.reconcile(
+        &addrs,
+        &pools,
+        &[spec("search"), spec("checkout"), spec("catalogue")],
+        Settings::default(),
+        t0,
+    );
+    assert!(
+        !second.serving_on(Some(1), 2, t0),
+        "still out on the checkout"
+    );
+    assert!(
+        second.serving_on(Some(0), 2, t0),
+        "a new route starts fresh"
+    );
+    assert!(Arc::ptr_eq(
+        first.lane(0, 2).unwrap(),
+        second.lane(1, 2).unwrap()
+    ));
+    // A renamed route is another route.
+    let third = reg.reconcile(
+        &addrs,
+        &pools,
+        &[spec("checkout-v2")],
+        Settings::default(),
+        t0,
+    );
+    assert!(third.serving_on(Some(0), 2, t0));
+}
