@@ -31,6 +31,12 @@ pub const MAX_CONNECTIONS: i64 = 16_384;
 pub const HEAD_TIMEOUT: Duration = secs(10);
 /// nginx's `keepalive_timeout` is 75 s, Pingora's first-request default 60 s.
 pub const IDLE_TIMEOUT_DOWNSTREAM: Duration = secs(60);
+/// HTTP/2 with prior knowledge on plain listeners: off, as in nginx and Envoy (a plain listener
+/// meets HTTP/1.1 clients and health checkers far more often than h2c ones).
+pub const H2C: bool = false;
+pub const REDIRECT_TO_HTTPS: bool = false;
+/// HTTP/2 offered by ALPN on TLS listeners, HTTP/1.1 beside it: what every browser negotiates.
+pub const TLS_H2: bool = true;
 /// Descriptors kept out of the downstream connections' share of the open-files limit, besides the
 /// idle upstream pool: the admin API's 64 connections, 2 x 32 refused connections lingering to
 /// read their 503, and 128 for sinks, logs, the snapshot, health checks and the runtime's own.
@@ -159,6 +165,8 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.max_connections", "16384"),
     ("server.head_timeout", "\"10s\""),
     ("server.idle_timeout", "\"60s\""),
+    ("server.h2c", "false"),
+    ("server.redirect_to_https", "false"),
     ("identity.default_tier", "\"standard\""),
     ("identity.max_id_len", "128"),
     ("experience.half_life", "\"10m\""),

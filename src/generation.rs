@@ -246,6 +246,14 @@ impl Generation {
     }
 
     /// Publishes which pools are in panic mode (judged on the upstreams as a whole).
+    /// Hands this configuration's certificates to the TLS listeners: handshakes from now on get
+    /// them, connections already open keep theirs.
+    pub(crate) fn install_certificates(&self, state: &State) {
+        if let Some(tls) = &self.config.server.tls {
+            state.tls.set(tls.certs.clone());
+        }
+    }
+
     pub(crate) fn refresh_pool_panic(&self, metrics: &crate::metrics::Metrics, now: Instant) {
         for (p, pool) in self.config.pools.iter().enumerate() {
             metrics.set_pool_panic(

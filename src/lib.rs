@@ -43,6 +43,7 @@ pub mod state;
 pub mod stats;
 pub mod tasks;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod urlencoded;

@@ -192,18 +192,13 @@ async fn answer(
         .map(|c| c.to_bytes().len())
         .unwrap_or(0);
 
+    // Counted on arrival: a request the proxy gave up on while it was delayed was still seen.
+    let n = (path != HEALTH_PATH).then(|| b.requests.fetch_add(1, Ordering::Relaxed));
     let delay = b.delay_for(&path);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = if path == HEALTH_PATH {
-        if b.unhealthy.load(Ordering::Relaxed) {
-            503
-        } else {
-            200
-        }
-    } else {
-        let n = b.requests.fetch_add(1, Ordering::Relaxed);
+    let status = if let Some(n) = n {
         if b.should_fail(n) {
             b.failed.fetch_add(1, Ordering::Relaxed);
             503
@@ -214,6 +209,10 @@ async fn answer(
             }
             200
         }
+    } else if b.unhealthy.load(Ordering::Relaxed) {
+        503
+    } else {
+        200
     };
     let body = serde_json::json!({
         "origin": &*name,

@@ -208,10 +208,23 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
         let usher = usher.clone();
         Arc::new(move || usher.generation().config.server.connections)
     };
-    let app = http_proxy(
+    let mut app = http_proxy(
         &server.configuration,
         UsherProxy::new(UsherHooks::new(usher.clone())),
     );
+    // HTTP/2 header blocks are held to the same limit as HTTP/1.1 heads: usher answers 431 past
+    // server.max_header_bytes, so the HTTP/2 layer must let that much through (its own limit, 64
+    // KiB by default, would otherwise refuse larger ones first, and smaller ones usher refuses).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(
+        u32::try_from(config.server.max_header_bytes + H2_PSEUDO_HEADER_SLACK).unwrap_or(u32::MAX),
+    );
+    app.h2_options = Some(h2);
+    if config.server.h2c {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     let mut proxy = Service::new(
         "usher proxy".to_string(),
         Guarded::new(app, connections, limits),
@@ -219,12 +232,34 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
+    if let Some(tls) = &config.server.tls {
+        for addr in &tls.listen {
+            proxy.add_tls_with_settings(&addr.to_string(), None, tls_settings(&usher, tls.h2));
+        }
+    }
     server.add_service(proxy);
     if let Some(addr) = config.server.admin {
         server.add_service(admin_service(usher.clone(), addr));
     }
     server.add_service(periodic_service(usher));
     server
+}
+
+/// Room in an HTTP/2 header list for what HTTP/1.1 puts in the request line (`:method`, `:path`,
+/// `:scheme`, `:authority`) and the 32 bytes per field the list size counts.
+const H2_PSEUDO_HEADER_SLACK: usize = 4096;
+
+/// A TLS listener's settings: certificates from usher's resolver (swapped on reload), HTTP/2 by
+/// ALPN when `h2`.
+fn tls_settings(usher: &Usher, h2: bool) -> pingora::listeners::tls::TlsSettings {
+    // No files: the resolver chooses the certificate (see `crate::tls`).
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+        .expect("TLS settings without files cannot fail");
+    settings.set_cert_resolver(usher.state().tls.clone());
+    if h2 {
+        settings.enable_h2();
+    }
+    settings
 }
 
 /// Loads the snapshot in `usher`'s state folder, if there is one; a snapshot that cannot be used

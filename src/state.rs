@@ -70,6 +70,9 @@ pub struct State {
     /// Downstream connections open on the proxy listeners and on the admin API, each under its cap.
     pub proxy_connections: Arc<Connections>,
     pub admin_connections: Arc<Connections>,
+    /// What the TLS listeners choose certificates from: given each configuration's as it comes
+    /// into force, so a reload changes them without touching a listener.
+    pub tls: Arc<crate::tls::Resolver>,
     /// When this process started, Unix milliseconds.
     pub started_ms: u64,
     /// This process's id in the hop header (16 hex digits, random): a request that comes back
@@ -148,6 +151,7 @@ impl State {
             in_flight: Arc::new(InFlight::default()),
             proxy_connections,
             admin_connections,
+            tls: Arc::default(),
             started_ms: now_ms,
             instance: format!("{:016x}", rand::random::<u64>()),
             owns_state_dir: std::sync::atomic::AtomicBool::new(true),

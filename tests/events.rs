@@ -469,3 +469,206 @@ async fn an_https_webhook_is_verified_against_its_ca_and_gets_every_event() {
     );
     running.stop();
 }
+
+/// The follow-up events in the jsonl file at `path` of type `kind` (none if there is no file yet).
+fn in_file(path: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_who_stops_mid_funnel_and_sends_nothing_more_is_reported_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Origin::start_local("shop").await.unwrap();
+    let text = format!(
+        r#"
+[events]
+source = "usher://test"
+[[events.sinks]]
+type = "jsonl"
+path = "events.jsonl"
+[[pools]]
+name = "shop"
+upstreams = ["{}"]
+[[routes]]
+name = "shop"
+pool = "shop"
+[[funnels]]
+name = "checkout"
+abandon_after = "1s"
+steps = [
+  {{ name = "cart", path = "/cart" }},
+  {{ name = "checkout", path = "/checkout" }},
+  {{ name = "done", path = "/checkout/done" }},
+]
+"#,
+        shop.addr
+    );
+    let running = usher::server::spawn(config(&text, dir.path())).unwrap();
+    let (proxy, admin) = (running.listen(), running.admin().unwrap());
+    let c = client();
+    let walk = |who: &'static str, steps: &'static [&'static str]| {
+        let c = c.clone();
+        async move {
+            for p in steps {
+                let (s, _) = get(&c, format!("http://{proxy}{p}"), &[("x-customer-id", who)]).await;
+                assert_eq!(s, 200, "{who} {p}");
+            }
+            recorded(&c, admin, who, steps.len() as u64).await;
+        }
+    };
+    // One customer goes all the way; another stops at the checkout.
+    walk("finisher", &["/cart", "/checkout", "/checkout/done"]).await;
+    walk("quitter", &["/cart", "/checkout"]).await;
+    // From here on usher gets no request at all: only its own periodic sweep can find that the
+    // quitter has been in the funnel longer than abandon_after.
+    let path = dir.path().join("events.jsonl");
+    let kind = "usher.customer.journey_abandoned";
+    eventually(
+        Duration::from_secs(8),
+        "the abandonment in the file",
+        || !in_file(&path, kind).is_empty(),
+    )
+    .await;
+    let a = in_file(&path, kind);
+    assert_eq!(a.len(), 1, "only the quitter: {a:?}");
+    let (e, d) = (&a[0], &a[0]["data"]);
+    assert_eq!(e["subject"], "quitter");
+    assert_eq!(d["funnel"], "checkout");
+    assert_eq!(d["furthest_step"], "checkout");
+    assert_eq!(d["steps"], 3);
+    assert_eq!(d["errors_in_funnel"], 0);
+    assert_eq!(d["after_trouble"], false);
+    running.stop();
+}
+
+/// Sum over event types of `usher_events_total` for `sink` and `outcome`.
+fn events_total(metrics: &str, sink: &str, outcome: &str) -> u64 {
+    let (sink, outcome) = (format!("sink=\"{sink}\""), format!("outcome=\"{outcome}\""));
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("usher_events_total{") && l.contains(&sink) && l.contains(&outcome)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_no_bound_can_hold_is_counted_dropped_and_nothing_disappears_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Origin::start_local("broken").await.unwrap();
+    broken.behavior.set_failure_ratio(1.0);
+    let mut receiver = Receiver::new(free_addr());
+    // The smallest bounds the configuration allows: a queue of one event and 4096 bytes of spool,
+    // a few events' worth. The receiver is down.
+    let sinks = format!(
+        "[[events.sinks]]\ntype = \"webhook\"\nname = \"crm\"\nurl = \"http://{}/events\"\nqueue = 1\nmax_spool_bytes = 4096\ntimeout = \"1s\"\n",
+        receiver.addr
+    );
+    // Another process holds the sink's spool (as the old one does during a graceful upgrade): the
+    // sink waits for it, and meanwhile only its queue holds events.
+    let spool = dir.path().join("spool").join("crm");
+    std::fs::create_dir_all(&spool).unwrap();
+    let held = std::fs::File::create(spool.join("lock")).unwrap();
+    held.try_lock().unwrap();
+
+    let running = usher::server::spawn(with_sinks(&broken, &sinks, dir.path())).unwrap();
+    let (proxy, adm) = (running.listen(), running.admin().unwrap());
+    let c = client();
+    let metrics = || {
+        let c = c.clone();
+        async move { get(&c, format!("http://{adm}/metrics"), &[]).await.1 }
+    };
+    let total = |m: &str, outcome: &str| events_total(m, "crm", outcome);
+    let gauge = |m: &str, name: &str| sample(m, name, &[("sink", "crm")]);
+
+    // 1. The queue overflows: one event in it, every other one dropped as it is raised.
+    degrade(proxy, 0, 10).await;
+    let first = settled_ids(&running, 10).await.len() as u64;
+    let m = metrics().await;
+    assert_eq!(
+        (total(&m, "queued"), total(&m, "dropped")),
+        (1, first - 1),
+        "a queue of one, {first} events raised"
+    );
+
+    // 2. The spool comes free: the queued event goes to it and waits there for the receiver.
+    drop(held);
+    let mut spooled = 0.0;
+    for _ in 0..100 {
+        spooled = gauge(&metrics().await, "usher_event_spool_bytes").unwrap_or(0.0);
+        if spooled > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(spooled > 0.0, "the queued event reached the spool");
+
+    // 3. The spool overflows: 4096 bytes hold a few events, the rest are dropped.
+    degrade(proxy, 10, 30).await;
+    let raised = settled_ids(&running, 40).await;
+
+    // 4. The receiver comes back: what the spool held is delivered, and then nothing is left.
+    receiver.start().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let m = metrics().await;
+        let delivered = total(&m, "delivered");
+        let got: HashSet<String> = receiver.ids().into_iter().collect();
+        let empty = gauge(&m, "usher_event_spool_bytes") == Some(0.0)
+            && gauge(&m, "usher_event_queue_depth") == Some(0.0);
+        if empty && delivered > 0 && delivered as usize == got.len() {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spooled events never all arrived: {delivered} delivered, {} received",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (all, _) = expected_ids(&running);
+    assert_eq!(all, raised, "no event raised since");
+    let got: HashSet<String> = receiver.ids().into_iter().collect();
+    assert!(got.is_subset(&raised), "only usher's events");
+    let raised = raised.len() as u64;
+    let (queued, delivered, dropped, dead) = (
+        total(&m, "queued"),
+        total(&m, "delivered"),
+        total(&m, "dropped"),
+        total(&m, "dead_lettered"),
+    );
+    assert!(queued <= raised, "{queued} queued of {raised} raised");
+    let at_queue = raised - queued;
+    println!(
+        "raised {raised}: queued {queued}, delivered {delivered}, dropped {dropped} ({at_queue} by \
+         the queue, {} by the spool), dead-lettered {dead}, received {}",
+        dropped.saturating_sub(at_queue),
+        got.len()
+    );
+    assert!(at_queue >= first - 1, "the queue's drops stay counted");
+    assert!(
+        dropped > at_queue,
+        "4096 bytes of spool cannot hold 30 events"
+    );
+    // An event raised for the sink is taken by its queue (`queued`) or dropped there; a queued
+    // one is then delivered, dead-lettered, dropped (the spool was full) or still waiting. With
+    // nothing waiting: raised = delivered + dead-lettered + dropped, and nothing disappeared
+    // without being counted.
+    assert_eq!(
+        delivered + dead + dropped,
+        raised,
+        "raised = delivered + dead-lettered + dropped"
+    );
+    assert_eq!(
+        raised - got.len() as u64,
+        dropped,
+        "dropped is exactly what never arrived"
+    );
+    running.stop();
+}

@@ -20,6 +20,29 @@ pub struct ServerFile {
     pub max_connections: Option<i64>,
     pub head_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    pub h2c: Option<bool>,
+    /// Plain listeners answer every request with a redirect to https.
+    pub redirect_to_https: Option<bool>,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: Option<Vec<String>>,
+    /// Offer HTTP/2 by ALPN.
+    pub h2: Option<bool>,
+    pub certificates: Option<Vec<CertFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub names: Option<Vec<String>>,
+    pub default: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

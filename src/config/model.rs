@@ -191,6 +191,23 @@ pub struct ServerConfig {
     pub upstream_idle_connections: usize,
     /// The proxy listeners' downstream connections: cap, head and idle timeouts.
     pub connections: ConnectionLimits,
+    /// HTTP/2 with prior knowledge on the plain listeners.
+    pub h2c: bool,
+    /// Plain listeners redirect every request to https (needs TLS listeners).
+    pub redirect_to_https: bool,
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS listeners and the certificates they serve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Offered by ALPN, HTTP/1.1 beside it.
+    pub h2: bool,
+    /// As written, for reload's comparison and `GET /config`.
+    pub specs: Vec<crate::tls::CertSpec>,
+    /// Loaded when the configuration is: what the handshakes get once it is in force.
+    pub certs: std::sync::Arc<crate::tls::CertSet>,
 }
 
 #[derive(Debug, Clone)]

@@ -127,7 +127,7 @@ pub fn parse(
         .as_ref()
         .map(|t| admin_tokens(&mut errs, &base_dir.join(t)))
         .unwrap_or_default();
-    let server = server_config(&mut errs, server);
+    let server = server_config(&mut errs, server, base_dir);
     if let Some(a) = server.admin.filter(|a| !a.ip().is_loopback()) {
         if admin_tokens.is_empty() {
             errs.push(
@@ -393,7 +393,7 @@ fn int_in(
     }
 }
 
-fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
+fn server_config(errs: &mut Errors, f: ServerFile, base_dir: &Path) -> ServerConfig {
     let listen_text = f.listen.unwrap_or_else(|| vec![d::LISTEN.to_string()]);
     if listen_text.is_empty() {
         errs.push("server.listen", "needs at least one address");
@@ -458,6 +458,14 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
             d::IDLE_TIMEOUT_DOWNSTREAM,
         ),
     };
+    let tls = f.tls.map(|t| tls_config(errs, t, base_dir, &listen, admin));
+    let redirect_to_https = f.redirect_to_https.unwrap_or(d::REDIRECT_TO_HTTPS);
+    if redirect_to_https && tls.is_none() {
+        errs.push(
+            "server.redirect_to_https",
+            "needs TLS listeners ([server.tls] listen) to redirect to",
+        );
+    }
     ServerConfig {
         listen,
         admin,
@@ -466,6 +474,72 @@ fn server_config(errs: &mut Errors, f: ServerFile) -> ServerConfig {
         max_header_bytes,
         upstream_idle_connections,
         connections,
+        h2c: f.h2c.unwrap_or(d::H2C),
+        redirect_to_https,
+        tls,
+    }
+}
+
+fn tls_config(
+    errs: &mut Errors,
+    f: TlsFile,
+    base_dir: &Path,
+    plain: &[SocketAddr],
+    admin: Option<SocketAddr>,
+) -> TlsConfig {
+    let listen_text = f.listen.unwrap_or_default();
+    if listen_text.is_empty() {
+        errs.push("server.tls.listen", "needs at least one address");
+    }
+    let listen: Vec<SocketAddr> = listen_text
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| socket_addr(errs, &format!("server.tls.listen[{i}]"), a))
+        .collect();
+    for (i, a) in listen.iter().enumerate() {
+        if plain.contains(a) || admin == Some(*a) {
+            errs.push(
+                format!("server.tls.listen[{i}]"),
+                format!("{a} is also a plain or admin listener"),
+            );
+        }
+    }
+    let files = f.certificates.unwrap_or_default();
+    if files.is_empty() {
+        errs.push(
+            "server.tls.certificates",
+            "needs at least one certificate: [[server.tls.certificates]] cert = \"...\", key = \"...\"",
+        );
+    }
+    let mut specs = Vec::new();
+    for (i, c) in files.into_iter().enumerate() {
+        let path = format!("server.tls.certificates[{i}]");
+        let (Some(cert), Some(key)) = (c.cert, c.key) else {
+            errs.push(path, "needs both cert and key (PEM files)");
+            continue;
+        };
+        specs.push(crate::tls::CertSpec {
+            cert: cert.into(),
+            key: key.into(),
+            names: c.names.unwrap_or_default(),
+            default: c.default.unwrap_or(false),
+        });
+    }
+    let now_secs = (crate::time::wall_ms() / 1000) as i64;
+    let certs = match crate::tls::CertSet::load(&specs, base_dir, now_secs) {
+        Ok(set) => set,
+        Err(list) => {
+            for (i, field, msg) in list {
+                errs.push(format!("server.tls.certificates[{i}].{field}"), msg);
+            }
+            crate::tls::CertSet::default()
+        }
+    };
+    TlsConfig {
+        listen,
+        h2: f.h2.unwrap_or(d::TLS_H2),
+        specs,
+        certs: std::sync::Arc::new(certs),
     }
 }
 

@@ -80,6 +80,7 @@ impl Usher {
             .events
             .reconcile(&gen.config.events.sinks, &gen.config.events.spool_dir);
         state.metrics.config_loaded(1, gen.source.loaded_ms);
+        gen.install_certificates(&state);
         Arc::new(Usher {
             state,
             current: ArcSwap::from_pointee(gen),
@@ -330,7 +331,8 @@ impl Usher {
     fn upstream_result(outcome: Outcome) -> Option<AttemptResult> {
         match outcome {
             Outcome::ConnectFailure => Some(AttemptResult::ConnectFailed),
-            Outcome::Upstream5xx | Outcome::Timeout => Some(AttemptResult::Failed),
+            Outcome::Upstream5xx => Some(AttemptResult::Failed),
+            Outcome::Timeout => Some(AttemptResult::TimedOut),
             // Out of descriptors or memory here says nothing about the upstream.
             Outcome::Ok | Outcome::ClientError | Outcome::ClientGone | Outcome::LocalResource => {
                 None

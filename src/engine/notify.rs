@@ -309,14 +309,13 @@ impl Usher {
         let (Some(rc), Some(rs)) = (g.config.routes.get(route), g.route_states.get(route)) else {
             return;
         };
+        let slot = usize::from(b.severity != "page");
         {
-            let mut last = rs.slo_alerted.lock();
-            let slot = &mut last[usize::from(b.severity != "page")];
+            let last = rs.slo_alerted.lock();
             let realert = crate::time::millis(g.config.events.slo_realert);
-            if *slot != 0 && now_ms.saturating_sub(*slot) < realert {
+            if last[slot] != 0 && now_ms.saturating_sub(last[slot]) < realert {
                 return;
             }
-            *slot = now_ms;
         }
         let data = json!({
             "route": rc.name,
@@ -337,7 +336,11 @@ impl Usher {
             b.severity,
             data,
         );
-        self.emit(g, e, now_ms);
+        // Only an alert that went out starts the re-alert interval: one the event budget held
+        // back is tried again at the next sweep.
+        if self.emit(g, e, now_ms) {
+            rs.slo_alerted.lock()[slot] = now_ms;
+        }
     }
 
     /// Periodic: abandoned funnels, burning objectives, cooldown housekeeping.

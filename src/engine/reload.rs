@@ -79,6 +79,20 @@ fn cold_changes(now: &ServerConfig, next: &ServerConfig) -> Vec<String> {
         now.upstream_idle_connections.to_string(),
         next.upstream_idle_connections.to_string(),
     );
+    check(
+        "server.h2c",
+        now.h2c != next.h2c,
+        now.h2c.to_string(),
+        next.h2c.to_string(),
+    );
+    // The listeners and what they offer by ALPN are fixed; their certificates are not.
+    let tls = |t: &Option<crate::config::TlsConfig>| t.as_ref().map(|t| (t.listen.clone(), t.h2));
+    check(
+        "server.tls (listen, h2)",
+        tls(&now.tls) != tls(&next.tls),
+        format!("{:?}", tls(&now.tls)),
+        format!("{:?}", tls(&next.tls)),
+    );
     out
 }
 
@@ -157,6 +171,7 @@ impl Usher {
         self.state
             .metrics
             .config_loaded(number, reloaded.source.loaded_ms);
+        gen.install_certificates(&self.state);
         self.current.store(Arc::new(gen));
         self.changed.send_replace(number);
         Ok(reloaded)

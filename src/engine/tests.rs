@@ -555,6 +555,127 @@ steps = [
         assert_eq!(b[0]["data"]["severity"], "page");
         assert!(b[0]["data"]["short_window_burn_rate"].as_f64().unwrap() > 14.4);
     }
+
+    /// Feeds the checkout a steady 30% failures (30x a 99% objective's budget) for `minutes`
+    /// minutes from `t0`, sweeping three times a minute (at its start, half way and its last
+    /// millisecond), and returns when each `usher.route.slo_burn` was raised, in Unix ms.
+    fn burn_times(u: &Usher, t: Instant, t0: u64, minutes: u64) -> Vec<u64> {
+        for m in 0..minutes {
+            let at = t0 + m * MIN;
+            for i in 0..10 {
+                let status = if i < 3 { 503 } else { 200 };
+                let who = format!("c{i}");
+                request(u, Method::GET, "/checkout", &who, None, status, at, t);
+            }
+            for offset in [0, MIN / 2, MIN - 1] {
+                u.sweep_events(at + offset);
+            }
+        }
+        let mut times: Vec<u64> = of(u, EventType::SloBurn)
+            .iter()
+            .map(|e| {
+                assert_eq!(e["subject"], "checkout");
+                assert_eq!(e["data"]["severity"], "page");
+                let at = humantime::parse_rfc3339(e["time"].as_str().unwrap()).unwrap();
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64
+            })
+            .collect();
+        times.sort_unstable();
+        times
+    }
+
+    #[test]
+    fn a_burn_that_keeps_burning_is_raised_again_after_the_default_hour_and_not_before() {
+        let text = EVENTS.replace("[events]\n", "[events]\nrecent = 100000\n");
+        let cfg = Config::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(cfg.events.slo_realert, Duration::from_secs(3600));
+        let t = Instant::now();
+        let u = Usher::starting_at(cfg, t);
+        let t0 = 100 * MIN;
+        // The first sweep with 20 requests in the short window (slo_min_requests) raises it: the
+        // start of the second minute. Every sweep after it burns as much, and only one an hour
+        // later (not the one a millisecond before) raises it again.
+        let first = t0 + MIN;
+        assert_eq!(
+            burn_times(&u, t, t0, 150),
+            [first, first + 60 * MIN, first + 120 * MIN]
+        );
+    }
+
+    #[test]
+    fn a_burn_is_raised_again_after_the_configured_slo_realert() {
+        let text = EVENTS.replace(
+            "[events]\n",
+            "[events]\nrecent = 100000\nslo_realert = \"10m\"\n",
+        );
+        let t = Instant::now();
+        let u = Usher::starting_at(Config::parse(&text, Path::new(".")).unwrap(), t);
+        let t0 = 100 * MIN;
+        let first = t0 + MIN;
+        assert_eq!(
+            burn_times(&u, t, t0, 35),
+            [first, first + 10 * MIN, first + 20 * MIN, first + 30 * MIN]
+        );
+    }
+
+    /// One request through the engine that took `took` and was answered 200.
+    fn took(u: &Usher, method: Method, path: &str, who: &str, took: Duration, now_ms: u64) {
+        let mut ex = begin(u, method.clone(), path, who, None, now_ms);
+        let start = ex.started();
+        u.choose_upstream(&mut ex, start, &mut rng());
+        u.response_head(&mut ex, 200, start + took);
+        let f = Finish {
+            method: &method,
+            path,
+            status: 200,
+            failure: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            now: start + took,
+            now_ms,
+        };
+        u.finish(&mut ex, &f);
+    }
+
+    #[test]
+    fn abandoning_after_frustrating_slowness_alone_is_after_trouble_and_after_speed_is_not() {
+        let (u, _) = usher();
+        let t0 = 10 * MIN;
+        let target = u.generation().config.routes[0].target;
+        assert_eq!(target, Duration::from_millis(500), "the default target");
+        // Beyond 4x the target is frustrated; 4x itself is only tolerated; 10 ms is satisfied.
+        for (who, latency) in [
+            ("slow", target * 4 + Duration::from_millis(1)),
+            ("tolerated", target * 4),
+            ("fast", Duration::from_millis(10)),
+        ] {
+            took(&u, Method::POST, "/cart", who, latency, t0);
+            took(&u, Method::GET, "/checkout", who, latency, t0 + MIN);
+        }
+        u.sweep_events(t0 + 30 * MIN);
+        let a = of(&u, EventType::JourneyAbandoned);
+        assert_eq!(a.len(), 3, "{a:?}");
+        let by = |who: &str| {
+            a.iter()
+                .find(|e| e["subject"] == who)
+                .unwrap_or_else(|| panic!("{who} abandoned: {a:?}"))["data"]
+                .clone()
+        };
+        for (who, frustrated, trouble) in [
+            ("slow", 2, true),
+            ("tolerated", 0, false),
+            ("fast", 0, false),
+        ] {
+            let d = by(who);
+            assert_eq!(d["funnel"], "checkout", "{who}");
+            assert_eq!(d["furthest_step"], "checkout", "{who}");
+            assert_eq!(d["errors_in_funnel"], 0, "{who}: no request failed");
+            assert_eq!(d["frustrated_in_funnel"], frustrated, "{who}");
+            assert_eq!(d["after_trouble"], trouble, "{who}");
+        }
+    }
 }
 
 mod reloads {

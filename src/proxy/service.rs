@@ -51,6 +51,13 @@ impl ProxyHttp for UsherProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ex: &mut Exchange) -> Result<bool> {
+        if let Some(location) = https_redirect(&self.hooks.usher().generation().config, session) {
+            let mut resp = ResponseHeader::build(308, Some(3))?;
+            resp.insert_header("location", location)?;
+            resp.insert_header("content-length", "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
         let Some((status, body)) = self.hooks.on_request(session, ex).refusal() else {
             return Ok(false);
         };
@@ -147,4 +154,32 @@ impl ProxyHttp for UsherProxy {
         self.hooks.on_logging(session, e, ex);
         transport::request_finished(session.stream());
     }
+}
+
+/// Where a request that came in plain must go when `server.redirect_to_https` is on: the same
+/// host and path on the first TLS listener's port (left out when it is 443). `None` when it came
+/// over TLS, when nothing is redirected, or when it named no host (it is then served as usual,
+/// and refused for its missing host like any other).
+fn https_redirect(config: &crate::config::Config, session: &Session) -> Option<String> {
+    if !config.server.redirect_to_https || session.digest().is_some_and(|d| d.ssl_digest.is_some())
+    {
+        return None;
+    }
+    let port = config.server.tls.as_ref()?.listen.first()?.port();
+    let req = session.req_header();
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers.get(http::header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = h.parse().ok()?;
+            Some(authority.host().to_string())
+        })?;
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    })
 }

@@ -282,10 +282,39 @@ impl GetSocketDigest for GuardedStream {
     }
 }
 
+/// What an HTTP/2 connection without TLS (h2c) opens with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Pingora peeks a plain connection's first bytes for the h2c preface when h2c is on. The peek
+/// must see the byte [`GuardedStream::first_byte`] already took, it must not wait longer than a
+/// head may (it reads until it has the whole preface's length), and a connection that turns out
+/// to be HTTP/2 is untimed here like one negotiated by ALPN.
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let taken = match (self.first, buf.first_mut()) {
+            (Some(b), Some(slot)) => {
+                *slot = b;
+                1
+            }
+            _ => 0,
+        };
+        let peek = self.inner.try_peek(&mut buf[taken..]);
+        let peeked = match tokio::time::timeout(self.head_timeout, peek).await {
+            Ok(r) => r?,
+            Err(_) => {
+                self.phase.store(EXPIRED, Ordering::Release);
+                self.slot.head_timed_out();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not received within server.head_timeout",
+                ));
+            }
+        };
+        if peeked && buf == H2_PREFACE {
+            self.phase.store(UNTIMED, Ordering::Release);
+        }
+        Ok(peeked)
     }
 }
 

@@ -29,12 +29,17 @@ impl PeakEwma {
     }
 
     fn decayed(&self, now: Instant, settings: &EwmaSettings) -> f64 {
-        if !self.observed {
-            return settings.default_rtt.as_secs_f64();
-        }
+        // Never observed: `default_rtt`, decaying from when it was created (as tower's does), or
+        // an upstream that never got a first request would look worse than every measured one
+        // for ever, and balancing alone would never try it.
+        let from = if self.observed {
+            self.estimate
+        } else {
+            settings.default_rtt.as_secs_f64()
+        };
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         let tau = settings.decay.as_secs_f64().max(1e-3);
-        self.estimate * (-dt / tau).exp()
+        from * (-dt / tau).exp()
     }
 
     /// Whether anything was observed yet (before that, the estimate is `default_rtt`).
@@ -154,6 +159,19 @@ mod tests {
             (slow.estimate(t0, &s) - 5.0).abs() < 1e-9,
             "never below the estimate"
         );
+    }
+
+    #[test]
+    fn an_unmeasured_estimate_decays_too() {
+        let s = EwmaSettings::default();
+        let t0 = Instant::now();
+        let e = PeakEwma::new(t0);
+        let later = e.estimate(t0 + Duration::from_secs(10), &s);
+        assert!(
+            (later - 0.030 / std::f64::consts::E).abs() < 1e-9,
+            "{later}"
+        );
+        assert!((e.last_observed(&s) - 0.030).abs() < 1e-9);
     }
 
     #[test]

@@ -38,8 +38,11 @@ pub struct Lane {
     in_flight: AtomicU32,
     /// When its in-flight count last went from 0 to 1, in milliseconds since the registry's base.
     busy_since_ms: AtomicU64,
-    /// When it last answered (or failed) a request of the route, same clock.
+    /// When it last answered a request of the route (a 5xx is an answer, a timeout is not), same
+    /// clock.
     last_answer_ms: AtomicU64,
+    /// Requests of the route that ended there with no answer since the last answer.
+    unanswered: AtomicU32,
     /// Silence that means a hang, in milliseconds; 0 until the route's latency is known.
     hung_after_ms: AtomicU64,
 }
@@ -55,6 +58,7 @@ impl Lane {
             in_flight: AtomicU32::new(0),
             busy_since_ms: AtomicU64::new(0),
             last_answer_ms: AtomicU64::new(0),
+            unanswered: AtomicU32::new(0),
             hung_after_ms: AtomicU64::new(0),
         }
     }
@@ -72,7 +76,10 @@ impl Lane {
     }
 
     pub(crate) fn started(&self, now_ms: u64) {
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+        // A silence that timed-out requests left running goes on: this one waits in it.
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0
+            && self.unanswered.load(Ordering::Relaxed) == 0
+        {
             self.busy_since_ms.store(now_ms, Ordering::Relaxed);
         }
     }
@@ -83,6 +90,16 @@ impl Lane {
 
     pub(crate) fn answered(&self, now_ms: u64) {
         self.last_answer_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.unanswered.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn timed_out(&self) {
+        self.unanswered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn waiting(&self) -> u32 {
+        self.in_flight()
+            .saturating_add(self.unanswered.load(Ordering::Relaxed))
     }
 
     /// Sets the silence that means a hang (see the module's docs); `None` turns detection off.
@@ -91,18 +108,27 @@ impl Lane {
         self.hung_after_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// How long its requests of the route have gone unanswered, when that means it hangs.
-    pub(crate) fn hung_for(&self, now_ms: u64) -> Option<u64> {
-        let after = self.hung_after_ms.load(Ordering::Relaxed);
-        if after == 0 || self.in_flight() < HUNG_MIN_IN_FLIGHT {
+    /// How long requests of the route have been waiting there with no answer, while any are.
+    pub(crate) fn silent_for(&self, now_ms: u64) -> Option<u64> {
+        if self.waiting() == 0 {
             return None;
         }
         let since = self
             .busy_since_ms
             .load(Ordering::Relaxed)
             .max(self.last_answer_ms.load(Ordering::Relaxed));
-        let silent = now_ms.saturating_sub(since);
-        (silent >= after).then_some(silent)
+        Some(now_ms.saturating_sub(since))
+    }
+
+    /// How long its requests of the route have gone unanswered, when that means it hangs.
+    pub(crate) fn hung_for(&self, now_ms: u64) -> Option<u64> {
+        let after = self.hung_after_ms.load(Ordering::Relaxed);
+        // A timeout is an answer that never came: on its own it is evidence enough.
+        let unanswered = self.unanswered.load(Ordering::Relaxed);
+        if after == 0 || (self.in_flight() < HUNG_MIN_IN_FLIGHT && unanswered == 0) {
+            return None;
+        }
+        self.silent_for(now_ms).filter(|silent| *silent >= after)
     }
 }
 
@@ -123,8 +149,35 @@ mod tests {
         l.answered(1_200);
         assert_eq!(l.hung_for(2_100), None, "it answers");
         assert_eq!(l.hung_for(2_200), Some(1_000));
+        // Both time out: ended, unanswered; the silence goes on.
         l.ended();
-        assert_eq!(l.hung_for(9_000), None);
+        l.timed_out();
+        assert_eq!(l.hung_for(9_000), Some(7_800), "one waiting, one timed out");
+        l.ended();
+        l.timed_out();
+        assert_eq!(
+            l.hung_for(9_400),
+            Some(8_200),
+            "nothing waiting, still no answer"
+        );
+        l.started(9_500);
+        assert_eq!(
+            l.hung_for(9_600),
+            Some(8_400),
+            "a new request waits in the same silence"
+        );
+        l.answered(9_700);
+        assert_eq!(l.hung_for(99_000), None, "an answer ends it");
+        l.timed_out();
+        assert_eq!(l.hung_for(10_600), None, "within the limit");
+        assert_eq!(
+            l.hung_for(10_700),
+            Some(1_000),
+            "one timeout and silence past the limit"
+        );
+        l.answered(10_800);
+        l.ended();
+        assert_eq!(l.hung_for(99_000), None);
         l.set_hung_after(None);
         l.started(9_000);
         assert_eq!(

@@ -330,11 +330,18 @@ impl Upstreams {
                 e.estimate(now, &self.settings.ewma)
             }
         };
-        let on_route = self.lane_of(r, u).and_then(|l| {
+        let lane = self.lane_of(r, u);
+        let on_route = lane.and_then(|l| {
             let e = l.ewma.lock();
             e.observed().then(|| read(&e))
         });
-        let est = on_route.unwrap_or_else(|| read(&n.ewma.lock()));
+        let mut est = on_route.unwrap_or_else(|| read(&n.ewma.lock()));
+        // Requests waiting there unanswered for 3 s say its latency is at least 3 s, whatever the
+        // estimate from its last answers says (that one decays while it is silent): so an
+        // upstream that stops answering grows dearer by the second instead of cheaper.
+        if let Some(silent_ms) = lane.and_then(|l| l.silent_for(self.ms_since_base(now))) {
+            est = est.max(silent_ms as f64 / 1000.0);
+        }
         cost(est, n.in_flight.load(Ordering::Relaxed))
     }
 
@@ -592,11 +599,12 @@ impl Upstreams {
             events.push(e);
         }
         if let (Some(r), Some(lane)) = (route, self.lane_of(route, u)) {
-            lane.answered(self.ms_since_base(now));
             // A refused connection is never one route's trouble, and what put the upstream out
             // as a whole needs no second verdict per route.
-            if result == AttemptResult::ConnectFailed {
-                return events;
+            match result {
+                AttemptResult::ConnectFailed => return events,
+                AttemptResult::TimedOut => lane.timed_out(),
+                AttemptResult::Ok | AttemptResult::Failed => lane.answered(self.ms_since_base(now)),
             }
             {
                 let mut ewma = lane.ewma.lock();
@@ -725,7 +733,7 @@ impl Upstreams {
                 let reason = if let Some(silent_ms) = lane.hung_for(now_ms) {
                     Some(Reason::Hung {
                         silent_ms,
-                        waiting: lane.in_flight(),
+                        waiting: lane.waiting(),
                     })
                 } else {
                     let fastest = {
@@ -835,7 +843,7 @@ impl Upstreams {
                         state = "hung";
                         reason = Some(Reason::Hung {
                             silent_ms,
-                            waiting: lane.in_flight(),
+                            waiting: lane.waiting(),
                         });
                     }
                 }

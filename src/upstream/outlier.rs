@@ -76,7 +76,7 @@ impl Reason {
             ),
             Reason::FailedProbe => "a probe request failed or was an outlier".to_string(),
             Reason::Hung { silent_ms, waiting } => format!(
-                "{waiting} requests waiting and no answer for {silent_ms} ms (limit x{} the route's p99, at least {} ms)",
+                "{waiting} request(s) waiting or timed out and no answer for {silent_ms} ms (limit x{} the route's p99, at least {} ms)",
                 s.hung_factor,
                 s.hung_floor.as_millis()
             ),
@@ -153,8 +153,10 @@ impl Recent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptResult {
     Ok,
-    /// An answer 5xx, a timeout, a broken response.
+    /// An answer 5xx, a broken response.
     Failed,
+    /// No answer within the read timeout: a failure, and silence (see `lane.rs`).
+    TimedOut,
     /// No connection: refused or unreachable.
     ConnectFailed,
 }
