@@ -37,6 +37,15 @@ pub const H2C: bool = false;
 pub const REDIRECT_TO_HTTPS: bool = false;
 /// HTTP/2 offered by ALPN on TLS listeners, HTTP/1.1 beside it: what every browser negotiates.
 pub const TLS_H2: bool = true;
+/// The de facto name (Heroku, nginx's `$request_id` setups, Envoy's `x-request-id`).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+// [access_log]
+pub const ACCESS_LOG_FORMAT: &str = "json";
+/// Lines held for the writer: a second of a busy proxy, about 25 MiB at most.
+pub const ACCESS_LOG_QUEUE: i64 = 65_536;
+/// Query strings often carry tokens and personal data: left out unless asked for.
+pub const ACCESS_LOG_QUERY: bool = false;
 /// Descriptors kept out of the downstream connections' share of the open-files limit, besides the
 /// idle upstream pool: the admin API's 64 connections, 2 x 32 refused connections lingering to
 /// read their 503, and 128 for sinks, logs, the snapshot, health checks and the runtime's own.
@@ -167,6 +176,10 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.idle_timeout", "\"60s\""),
     ("server.h2c", "false"),
     ("server.redirect_to_https", "false"),
+    ("server.request_id_header", "\"x-request-id\""),
+    ("access_log.format", "\"json\""),
+    ("access_log.queue", "65536"),
+    ("access_log.query", "false"),
     ("identity.default_tier", "\"standard\""),
     ("identity.max_id_len", "128"),
     ("experience.half_life", "\"10m\""),

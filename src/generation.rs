@@ -151,7 +151,7 @@ impl Generation {
             recover_above: config.events.recover_above,
             min_requests: config.experience.min_requests,
         };
-        let usable: Vec<(&str, Vec<UpstreamId>)> = config
+        let usable: Vec<(&str, std::time::Duration, Vec<UpstreamId>)> = config
             .routes
             .iter()
             .map(|r| {
@@ -167,7 +167,7 @@ impl Generation {
                         }
                     }
                 }
-                (r.name.as_str(), ups)
+                (r.name.as_str(), r.target, ups)
             })
             .collect();
         let labels: Vec<String> = config.upstreams.iter().map(|a| a.to_string()).collect();
@@ -246,12 +246,13 @@ impl Generation {
     }
 
     /// Publishes which pools are in panic mode (judged on the upstreams as a whole).
-    /// Hands this configuration's certificates to the TLS listeners: handshakes from now on get
-    /// them, connections already open keep theirs.
-    pub(crate) fn install_certificates(&self, state: &State) {
+    /// Puts in force what this configuration decides outside the request path: the certificates
+    /// the TLS listeners hand out (connections already open keep theirs) and the access log.
+    pub(crate) fn install(&self, state: &State) {
         if let Some(tls) = &self.config.server.tls {
             state.tls.set(tls.certs.clone());
         }
+        state.access_log.reconcile(self.config.access_log.as_ref());
     }
 
     pub(crate) fn refresh_pool_panic(&self, metrics: &crate::metrics::Metrics, now: Instant) {

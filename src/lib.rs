@@ -16,6 +16,7 @@
 //! [`server`] assembles a runnable server, [`process`] readying the process first; [`origin`] and [`demo`] are the
 //! programmable origins and synthetic traffic behind `usher demo` and the tests.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod defaults;
@@ -35,6 +36,7 @@ pub mod origin;
 pub mod process;
 pub mod protection;
 pub mod proxy;
+pub mod request_id;
 pub mod routing;
 pub mod server;
 pub mod settings;

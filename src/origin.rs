@@ -177,7 +177,7 @@ async fn answer(
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
         // `x_` too: what a client sends as a lookalike of an `x-` header must show if it got through.
-        if k.as_str().starts_with("x-") || k.as_str().starts_with("x_") {
+        if k.as_str().starts_with("x-") || k.as_str().starts_with("x_") || k == "traceparent" {
             headers.insert(
                 k.as_str().to_string(),
                 serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),

@@ -393,12 +393,13 @@ pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartErr
         .build()
         .map_err(StartError::Signals)?;
     // Signal handlers before anything can send one: SIGHUP's default is to kill the process.
-    let (mut hup, mut int) = control
+    let (mut hup, mut int, mut usr1) = control
         .block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             Ok::<_, std::io::Error>((
                 signal(SignalKind::hangup())?,
                 signal(SignalKind::interrupt())?,
+                signal(SignalKind::user_defined1())?,
             ))
         })
         .map_err(StartError::Signals)?;
@@ -457,6 +458,10 @@ pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartErr
                     tracing::info!("SIGHUP: reloading the configuration");
                     let u = usher.clone();
                     let _ = tokio::task::spawn_blocking(move || u.reload()).await;
+                }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    usher.state().access_log.reopen();
                 }
                 _ = int.recv() => {
                     interrupts += 1;

@@ -73,6 +73,7 @@ pub struct State {
     /// What the TLS listeners choose certificates from: given each configuration's as it comes
     /// into force, so a reload changes them without touching a listener.
     pub tls: Arc<crate::tls::Resolver>,
+    pub access_log: crate::access_log::AccessLogs,
     /// When this process started, Unix milliseconds.
     pub started_ms: u64,
     /// This process's id in the hop header (16 hex digits, random): a request that comes back
@@ -135,6 +136,7 @@ impl State {
     pub fn new(track_max: usize, now: Instant, now_ms: u64) -> Self {
         let metrics = Metrics::new();
         let events = Events::new(metrics.registry());
+        let access_log = crate::access_log::AccessLogs::new(metrics.registry());
         let (proxy_connections, admin_connections) = (
             Connections::new(metrics.connections("proxy")),
             Connections::new(metrics.connections("admin")),
@@ -152,6 +154,7 @@ impl State {
             proxy_connections,
             admin_connections,
             tls: Arc::default(),
+            access_log,
             started_ms: now_ms,
             instance: format!("{:016x}", rand::random::<u64>()),
             owns_state_dir: std::sync::atomic::AtomicBool::new(true),

@@ -184,6 +184,11 @@ pub async fn close(usher: &Arc<Usher>, sinks: JoinHandle<()>) {
         );
     }
     usher.state().events.close();
+    {
+        let u = usher.clone();
+        // Writes out the lines still queued: blocking, so off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || u.state().access_log.close()).await;
+    }
     if tokio::time::timeout(SINKS_CLOSE, sinks).await.is_err() {
         tracing::error!("event sinks did not finish writing out within {SINKS_CLOSE:?}");
     }

@@ -24,6 +24,7 @@ pub struct ServerFile {
     pub h2c: Option<bool>,
     /// Plain listeners answer every request with a redirect to https.
     pub redirect_to_https: Option<bool>,
+    pub request_id_header: Option<String>,
     pub tls: Option<TlsFile>,
 }
 
@@ -180,6 +181,15 @@ pub struct PoolFile {
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub queue: Option<i64>,
+    pub query: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,6 +43,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub funnels: Vec<Funnel>,
     pub state: StateConfig,
+    /// One line per request; `None`: no access log.
+    pub access_log: Option<crate::access_log::AccessLogConfig>,
 }
 
 /// What an admin token lets its holder do.
@@ -195,6 +197,8 @@ pub struct ServerConfig {
     pub h2c: bool,
     /// Plain listeners redirect every request to https (needs TLS listeners).
     pub redirect_to_https: bool,
+    /// Carries the request id to the upstream and back (see `crate::request_id`).
+    pub request_id_header: HeaderName,
     pub tls: Option<TlsConfig>,
 }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 const SECTIONS: &[&str] = &[
     "server",
+    "access_log",
     "identity",
     "tiers",
     "experience",
@@ -121,6 +122,7 @@ pub fn parse(
     let events: EventsFile = section(&mut errs, &table, "events").unwrap_or_default();
     let funnels: Vec<Option<FunnelFile>> = array(&mut errs, &table, "funnels");
     let state: StateFile = section(&mut errs, &table, "state").unwrap_or_default();
+    let access_log: Option<AccessLogFile> = section(&mut errs, &table, "access_log");
 
     let admin_tokens = server
         .admin_tokens
@@ -167,6 +169,8 @@ pub fn parse(
         );
     }
 
+    let access_log = access_log.map(|f| access_log_config(&mut errs, f, base_dir));
+
     if errs.0.is_empty() {
         Ok(Config {
             server,
@@ -185,6 +189,7 @@ pub fn parse(
             events,
             funnels,
             state,
+            access_log,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -476,7 +481,72 @@ fn server_config(errs: &mut Errors, f: ServerFile, base_dir: &Path) -> ServerCon
         connections,
         h2c: f.h2c.unwrap_or(d::H2C),
         redirect_to_https,
+        request_id_header: header_name(
+            errs,
+            "server.request_id_header",
+            f.request_id_header
+                .as_deref()
+                .unwrap_or(d::REQUEST_ID_HEADER),
+        )
+        .unwrap_or_else(|| HeaderName::from_static(d::REQUEST_ID_HEADER)),
         tls,
+    }
+}
+
+fn access_log_config(
+    errs: &mut Errors,
+    f: AccessLogFile,
+    base_dir: &Path,
+) -> crate::access_log::AccessLogConfig {
+    use crate::access_log::Format;
+    let path = match f.path.as_deref() {
+        None => {
+            errs.push(
+                "access_log.path",
+                "needs a file, or \"-\" for standard output",
+            );
+            None
+        }
+        Some("-") => None,
+        Some(p) => {
+            let p = base_dir.join(p);
+            match p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => errs.push(
+                    "access_log.path",
+                    format!("{} does not exist", dir.display()),
+                ),
+                Some(dir) if !p.exists() && !writable(dir) => errs.push(
+                    "access_log.path",
+                    format!("{} is not writable by this user", dir.display()),
+                ),
+                _ => {}
+            }
+            Some(p)
+        }
+    };
+    let format = match f.format.as_deref().unwrap_or(d::ACCESS_LOG_FORMAT) {
+        "json" => Format::Json,
+        "combined" => Format::Combined,
+        other => {
+            errs.push(
+                "access_log.format",
+                format!("{other:?} is not a format; use \"json\" or \"combined\""),
+            );
+            Format::Json
+        }
+    };
+    crate::access_log::AccessLogConfig {
+        path,
+        format,
+        queue: int_in(
+            errs,
+            "access_log.queue",
+            f.queue,
+            1,
+            1 << 24,
+            d::ACCESS_LOG_QUEUE,
+        ) as usize,
+        query: f.query.unwrap_or(d::ACCESS_LOG_QUERY),
     }
 }
 

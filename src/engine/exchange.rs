@@ -87,6 +87,24 @@ pub struct Exchange {
     /// A retry was granted on the upstream's status; the proxy's error hook must carry it out.
     pub(crate) status_retry: bool,
     pub(crate) recorded: bool,
+    /// See `crate::request_id`; empty until the head is read.
+    pub(crate) request_id: compact_str::CompactString,
+    /// How it ended, once recorded: what the access log says of it.
+    pub(crate) finished: Option<Finished>,
+}
+
+/// The facts of a recorded request that the access log needs beyond its head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finished {
+    pub(crate) outcome: crate::measure::Outcome,
+    pub(crate) total: std::time::Duration,
+    pub(crate) upstream_time: Option<std::time::Duration>,
+    pub(crate) status: u16,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) now_ms: u64,
+    pub(crate) score: Option<f64>,
+    pub(crate) requests: u32,
 }
 
 impl Default for Exchange {
@@ -126,7 +144,14 @@ impl Exchange {
             stale_retries: 0,
             status_retry: false,
             recorded: false,
+            request_id: compact_str::CompactString::default(),
+            finished: None,
         }
+    }
+
+    /// The request's id (see `crate::request_id`), once its head was read.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
     }
 
     /// The generation the request started on, once admitted.

@@ -10,12 +10,14 @@
 //! upstream -> measured response -> upstream health and customer experience. Nothing here knows
 //! Pingora; `crate::proxy` adapts its phases to these calls. Time is passed in by the caller.
 
+mod access;
 mod exchange;
 mod notify;
 mod reload;
 
 pub use crate::generation::{Generation, Source};
 pub use crate::state::{InFlight, RouteState, State};
+pub use access::RequestFacts;
 pub use exchange::{Admission, Exchange, Finish, RequestHead, RetryVerdict};
 pub use reload::{ReloadError, Reloaded};
 
@@ -80,7 +82,7 @@ impl Usher {
             .events
             .reconcile(&gen.config.events.sinks, &gen.config.events.spool_dir);
         state.metrics.config_loaded(1, gen.source.loaded_ms);
-        gen.install_certificates(&state);
+        gen.install(&state);
         Arc::new(Usher {
             state,
             current: ArcSwap::from_pointee(gen),
@@ -130,6 +132,13 @@ impl Usher {
             g.in_flight.enter();
             ex.admitted = true;
         }
+        ex.request_id = crate::request_id::of(
+            req.headers
+                .get(&g.config.server.request_id_header)
+                .map(|v| v.as_bytes()),
+            req.headers.get("traceparent").map(|v| v.as_bytes()),
+            rand::random::<u128>,
+        );
         let identity = g.identity.resolve(req.uri, req.headers, req.peer, now_ms);
         if let Some(t) = identity.token {
             self.state.metrics.token(t.as_str());
@@ -658,6 +667,17 @@ impl Usher {
             now_ms: f.now_ms,
         };
         let rec = self.record(g, &m);
+        ex.finished = Some(exchange::Finished {
+            outcome,
+            total: m.total,
+            upstream_time: m.upstream_time(),
+            status: m.status,
+            bytes_in: m.bytes_in,
+            bytes_out: m.bytes_out,
+            now_ms: m.now_ms,
+            score: (!identity.id.is_empty()).then_some(rec.score),
+            requests: rec.requests,
+        });
         if let (Some(sick), Some(p)) = (ex.rerouted_from, ex.protection) {
             // Rerouted only if it went somewhere else: not when it failed before reaching any
             // upstream, nor when the only choice left was the one it was to avoid.

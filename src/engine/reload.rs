@@ -171,7 +171,7 @@ impl Usher {
         self.state
             .metrics
             .config_loaded(number, reloaded.source.loaded_ms);
-        gen.install_certificates(&self.state);
+        gen.install(&self.state);
         self.current.store(Arc::new(gen));
         self.changed.send_replace(number);
         Ok(reloaded)

@@ -12,7 +12,9 @@
 //! skipped is simply not measured or not done.
 
 use super::errors::outcome_of;
-use crate::engine::{wall_ms, Admission, Exchange, Finish, RequestHead, RetryVerdict, Usher};
+use crate::engine::{
+    wall_ms, Admission, Exchange, Finish, RequestFacts, RequestHead, RetryVerdict, Usher,
+};
 use crate::experience::Recorded;
 use crate::measure::Outcome;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -129,6 +131,12 @@ impl UsherHooks {
             req.remove_header(&name);
         }
         req.insert_header(headers::HOP_HEADER, hop)?;
+        if let (Some(g), Ok(id)) = (
+            ex.generation(),
+            http::HeaderValue::from_str(ex.request_id()),
+        ) {
+            req.insert_header(g.config.server.request_id_header.clone(), id)?;
+        }
         if let Some((name, value)) = self.usher.experience_header(ex) {
             req.insert_header(name.clone(), value)?;
         }
@@ -249,7 +257,7 @@ impl UsherHooks {
         let now = Instant::now();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let failure = e.map(outcome_of).filter(|o| *o != Outcome::Ok);
-        self.usher.finish(
+        let rec = self.usher.finish(
             ex,
             &Finish {
                 method: &req.method,
@@ -261,6 +269,50 @@ impl UsherHooks {
                 now,
                 now_ms: ex.wall_at(now),
             },
-        )
+        );
+        let host = req
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())
+            .unwrap_or("");
+        self.usher.log_access(
+            ex,
+            &RequestFacts {
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.as_str(),
+                host,
+                path: req.uri.path(),
+                query: req.uri.query(),
+                protocol: protocol_of(session),
+            },
+        );
+        rec
+    }
+
+    /// Adds the request id to a response head usher sends the client.
+    pub fn on_response(&self, resp: &mut ResponseHeader, ex: &Exchange) -> Result<()> {
+        if let Some(g) = ex.generation() {
+            if let Ok(v) = http::HeaderValue::from_str(ex.request_id()) {
+                resp.insert_header(g.config.server.request_id_header.clone(), v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The protocol as the access log names it.
+fn protocol_of(session: &Session) -> &'static str {
+    if session.is_http2() {
+        "HTTP/2"
+    } else {
+        match session.req_header().version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        }
     }
 }

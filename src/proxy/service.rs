@@ -61,8 +61,9 @@ impl ProxyHttp for UsherProxy {
         let Some((status, body)) = self.hooks.on_request(session, ex).refusal() else {
             return Ok(false);
         };
-        let mut resp = ResponseHeader::build(status, Some(2))?;
+        let mut resp = ResponseHeader::build(status, Some(3))?;
         resp.insert_header("content-type", "text/plain")?;
+        self.hooks.on_response(&mut resp, ex)?;
         resp.insert_header("content-length", body.len().to_string())?;
         session.write_response_header(Box::new(resp), false).await?;
         session
@@ -109,6 +110,15 @@ impl ProxyHttp for UsherProxy {
         ex: &mut Exchange,
     ) -> Result<()> {
         self.hooks.on_upstream_response(session, resp, ex)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ex: &mut Exchange,
+    ) -> Result<()> {
+        self.hooks.on_response(resp, ex)
     }
 
     fn fail_to_connect(

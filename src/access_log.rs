@@ -1,0 +1,428 @@
+//! The access log: one line per request, written off the request path.
+//!
+//! A request's line is handed to a bounded queue and a thread of its own formats and writes it, so
+//! a slow disk never slows a request: when the queue is full the line is dropped and counted
+//! (`usher_access_log_lines_total{outcome="dropped"}`), never waited for. The file is opened for
+//! appending and opened again on SIGUSR1 (after logrotate has moved it) and when a reload names
+//! another file; the writer flushes whenever its queue runs dry, at least every second.
+//!
+//! Besides what every proxy logs, a line says what only usher knows: the customer, their tier,
+//! score and state, and whether the request was protected and why. JSON by default (one object
+//! per line); `combined` is Apache's combined format with usher's fields appended as `key=value`.
+//!
+//! What this module deliberately isn't: a log shipper (point Vector, Fluent Bit or promtail at
+//! the file), nor a place for errors (those are the process log's).
+
+use compact_str::CompactString;
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Combined,
+}
+
+/// Where and how, as the configuration says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// `None`: standard output.
+    pub path: Option<PathBuf>,
+    pub format: Format,
+    /// Lines held for the writer before new ones are dropped.
+    pub queue: usize,
+    /// Keep query strings in `path` (they often carry tokens and personal data).
+    pub query: bool,
+}
+
+/// One request, as the log line says it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// RFC 3339, milliseconds, UTC: when the request finished.
+    pub time: String,
+    pub request_id: CompactString,
+    pub client: Option<std::net::IpAddr>,
+    pub method: CompactString,
+    pub host: CompactString,
+    pub path: String,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub route: Option<CompactString>,
+    pub upstream: Option<String>,
+    pub attempts: u8,
+    pub outcome: &'static str,
+    pub customer: CompactString,
+    pub tier: CompactString,
+    pub score: Option<f64>,
+    pub state: &'static str,
+    pub protected: bool,
+    /// Why it was protected (`tier_on_critical`, `rescue`, ...), when it was.
+    pub protection: Option<&'static str>,
+}
+
+impl Entry {
+    pub fn write(&self, format: Format, out: &mut Vec<u8>) {
+        match format {
+            Format::Json => {
+                // An Entry is plain data: serialising it cannot fail.
+                let _ = serde_json::to_writer(&mut *out, self);
+            }
+            Format::Combined => self.write_combined(out),
+        }
+        out.push(b'\n');
+    }
+
+    /// `client - customer [time] "METHOD path PROTOCOL" status bytes "-" "-" key=value...`, the
+    /// combined format's fields (referer and user agent are not kept) then usher's.
+    fn write_combined(&self, out: &mut Vec<u8>) {
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let _ = write!(
+            out,
+            "{} - {} [{}] \"{} {} {}\" {} {} \"-\" \"-\" request_id={} host={} duration_ms={:.3} upstream_ms={} route={} upstream={} attempts={} outcome={} tier={} score={} state={} protected={}",
+            self.client.map_or("-".to_string(), |c| c.to_string()),
+            quote_free(&dash(&self.customer)),
+            self.time,
+            self.method,
+            quote_free(&self.path),
+            self.protocol,
+            self.status,
+            self.bytes_out,
+            quote_free(&self.request_id),
+            quote_free(&dash(&self.host)),
+            self.duration_ms,
+            self.upstream_ms.map_or("-".to_string(), |v| format!("{v:.3}")),
+            self.route.as_deref().unwrap_or("-"),
+            self.upstream.as_deref().unwrap_or("-"),
+            self.attempts,
+            self.outcome,
+            self.tier,
+            self.score.map_or("-".to_string(), |s| format!("{s:.1}")),
+            self.state,
+            self.protection.unwrap_or(if self.protected { "yes" } else { "no" }),
+        );
+    }
+}
+
+/// A value for a space-separated line: no spaces, quotes or control characters (a path or id a
+/// client chose must not be able to forge fields).
+fn quote_free(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `usher_access_log_lines_total{outcome}`: written or dropped.
+#[derive(Clone)]
+pub struct Counters {
+    written: prometheus::IntCounter,
+    dropped: prometheus::IntCounter,
+}
+
+impl Counters {
+    pub fn register(registry: &Registry) -> Counters {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "usher_access_log_lines_total",
+                "Access log lines by outcome: written, or dropped because the writer's queue was full or the file could not be written.",
+            ),
+            &["outcome"],
+        )
+        .expect("a valid metric definition");
+        let _ = registry.register(Box::new(vec.clone()));
+        Counters {
+            written: vec.with_label_values(&["written"]),
+            dropped: vec.with_label_values(&["dropped"]),
+        }
+    }
+}
+
+/// One open access log: its queue and the thread that writes it.
+pub struct Writer {
+    config: AccessLogConfig,
+    tx: Option<SyncSender<Entry>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    counters: Counters,
+}
+
+impl Writer {
+    /// Starts writing to `config`'s file (created if missing, appended to), or standard output.
+    pub fn start(
+        config: AccessLogConfig,
+        counters: Counters,
+        reopen: Arc<AtomicBool>,
+    ) -> std::io::Result<Writer> {
+        let mut out = Output::open(config.path.as_ref())?;
+        let (tx, rx) = sync_channel::<Entry>(config.queue.max(1));
+        let (format, c) = (config.format, counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("usher-access-log".into())
+            .spawn(move || {
+                let mut line = Vec::with_capacity(512);
+                let mut write = |e: Entry, out: &mut Output| {
+                    line.clear();
+                    e.write(format, &mut line);
+                    if out.write(&line) {
+                        c.written.inc();
+                    } else {
+                        c.dropped.inc();
+                    }
+                };
+                loop {
+                    let first = match rx.recv_timeout(FLUSH_EVERY) {
+                        Ok(e) => Some(e),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    if reopen.swap(false, Ordering::AcqRel) {
+                        out.reopen();
+                    }
+                    if let Some(e) = first {
+                        write(e, &mut out);
+                        // Whatever else is waiting, then a flush once the queue has run dry: a
+                        // quiet log is on disk at once, a busy one in 64 KiB writes.
+                        while let Ok(e) = rx.try_recv() {
+                            write(e, &mut out);
+                        }
+                    }
+                    out.flush();
+                }
+                out.flush();
+            })?;
+        Ok(Writer {
+            config,
+            tx: Some(tx),
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    pub fn config(&self) -> &AccessLogConfig {
+        &self.config
+    }
+
+    /// Hands `entry` to the writer; never blocks. A full queue drops it (counted).
+    pub fn log(&self, entry: Entry) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.dropped.inc()
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Writes out what is queued, then stops the thread.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The access log in force, across configurations: kept while a reload names the same file and
+/// format, replaced when it names another.
+pub struct AccessLogs {
+    current: arc_swap::ArcSwapOption<Writer>,
+    reopen: Arc<AtomicBool>,
+    counters: Counters,
+    changing: parking_lot::Mutex<()>,
+}
+
+impl AccessLogs {
+    pub fn new(registry: &Registry) -> AccessLogs {
+        AccessLogs {
+            current: arc_swap::ArcSwapOption::empty(),
+            reopen: Arc::default(),
+            counters: Counters::register(registry),
+            changing: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// Puts `config` in force. A file that cannot be opened keeps the log in force, loudly.
+    /// Blocking when a writer is replaced (its queue is written out first).
+    pub fn reconcile(&self, config: Option<&AccessLogConfig>) {
+        let _one_at_a_time = self.changing.lock();
+        let same = match (self.current.load().as_deref(), config) {
+            (None, None) => true,
+            (Some(w), Some(c)) => w.config() == c,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let next = match config {
+            None => None,
+            Some(c) => match Writer::start(c.clone(), self.counters.clone(), self.reopen.clone()) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::error!(
+                        path = ?c.path,
+                        "cannot open the access log, keeping the one in force: {e}"
+                    );
+                    return;
+                }
+            },
+        };
+        drop(self.current.swap(next));
+    }
+
+    /// After logrotate: the writer opens the file again before its next line.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Whether lines are being written, and with which settings.
+    pub fn config(&self) -> Option<AccessLogConfig> {
+        self.current.load().as_ref().map(|w| w.config().clone())
+    }
+
+    pub fn log(&self, entry: Entry) {
+        if let Some(w) = self.current.load().as_ref() {
+            w.log(entry);
+        }
+    }
+
+    /// Whether a line would be written: spares building one that nobody reads.
+    pub fn enabled(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Writes out what is queued and stops (at shutdown).
+    pub fn close(&self) {
+        let _one_at_a_time = self.changing.lock();
+        drop(self.current.swap(None));
+    }
+}
+
+enum Output {
+    File {
+        path: PathBuf,
+        w: std::io::BufWriter<std::fs::File>,
+    },
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+}
+
+impl Output {
+    fn open(path: Option<&PathBuf>) -> std::io::Result<Output> {
+        Ok(match path {
+            Some(p) => Output::File {
+                path: p.clone(),
+                w: std::io::BufWriter::with_capacity(64 * 1024, append(p)?),
+            },
+            None => Output::Stdout(std::io::BufWriter::new(std::io::stdout())),
+        })
+    }
+
+    fn write(&mut self, line: &[u8]) -> bool {
+        match self {
+            Output::File { w, .. } => w.write_all(line).is_ok(),
+            Output::Stdout(w) => w.write_all(line).is_ok(),
+        }
+    }
+
+    fn flush(&mut self) {
+        let _ = match self {
+            Output::File { w, .. } => w.flush(),
+            Output::Stdout(w) => w.flush(),
+        };
+    }
+
+    /// After logrotate moved the file: write out what is buffered to the old one, go on in a new
+    /// one at the configured path. If it cannot be opened, the old one is kept.
+    fn reopen(&mut self) {
+        if let Output::File { path, w } = self {
+            let _ = w.flush();
+            match append(path) {
+                Ok(f) => *w = std::io::BufWriter::with_capacity(64 * 1024, f),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "cannot reopen the access log, writing on to the old file: {e}")
+                }
+            }
+        }
+    }
+}
+
+fn append(p: &PathBuf) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            time: "2026-12-01T10:00:00.000Z".into(),
+            request_id: "r1".into(),
+            client: Some("10.0.0.1".parse().unwrap()),
+            method: "GET".into(),
+            host: "shop.example".into(),
+            path: "/a b\"c".into(),
+            protocol: "HTTP/1.1",
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 12,
+            duration_ms: 1.5,
+            upstream_ms: Some(1.0),
+            route: Some("site".into()),
+            upstream: Some("127.0.0.1:9000".into()),
+            attempts: 1,
+            outcome: "ok",
+            customer: "".into(),
+            tier: "standard".into(),
+            score: None,
+            state: "ok",
+            protected: false,
+            protection: None,
+        }
+    }
+
+    #[test]
+    fn a_client_chosen_path_cannot_forge_fields_in_the_combined_format() {
+        let mut out = Vec::new();
+        entry().write(Format::Combined, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.starts_with(
+                "10.0.0.1 - - [2026-12-01T10:00:00.000Z] \"GET /a_b_c HTTP/1.1\" 200 12"
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with("state=ok protected=no\n"), "{line}");
+        let mut out = Vec::new();
+        entry().write(Format::Json, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["path"], "/a b\"c");
+    }
+}

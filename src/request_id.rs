@@ -1,0 +1,81 @@
+//! The request id: one name for one request in usher's access log, in the journey the admin API
+//! shows, at the upstream and back at the client, so that a step of a customer's journey leads
+//! to the application's own logs.
+//!
+//! An id the client (or a front in front of usher) sent is kept when it is a plausible id:
+//! 1 to [`MAX_LEN`] visible ASCII characters. Anything else (empty, too long, spaces, control
+//! characters) is replaced, so a client cannot push junk through to every log. A new id is the
+//! trace id of a W3C `traceparent` the request carries, so the request id and the trace agree;
+//! else 32 random hex digits, the same shape. `traceparent` itself is passed through untouched.
+//!
+//! A leaf module: it imports nothing of usher's.
+
+use compact_str::CompactString;
+
+/// Longest id kept as sent.
+pub const MAX_LEN: usize = 128;
+
+/// The id for a request whose `header` value (the configured request-id header) and
+/// `traceparent` are as given; `random` supplies 128 bits when a new one is needed.
+pub fn of(
+    header: Option<&[u8]>,
+    traceparent: Option<&[u8]>,
+    random: impl FnOnce() -> u128,
+) -> CompactString {
+    if let Some(v) = header.filter(|v| plausible(v)) {
+        // Visible ASCII is UTF-8.
+        return CompactString::from_utf8_lossy(v);
+    }
+    if let Some(trace) = traceparent.and_then(trace_id) {
+        return trace;
+    }
+    let mut id = CompactString::with_capacity(32);
+    use std::fmt::Write;
+    let _ = write!(id, "{:032x}", random());
+    id
+}
+
+fn plausible(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_LEN && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), unless it is the
+/// all-zero invalid one.
+fn trace_id(v: &[u8]) -> Option<CompactString> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut parts = s.trim().split('-');
+    let (version, trace, parent, _flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && trace.bytes().any(|b| b != b'0'))
+    .then(|| CompactString::from(trace.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plausible_id_is_kept_anything_else_replaced() {
+        assert_eq!(of(Some(b"abc-123"), None, || 0), "abc-123");
+        let made = of(Some(b"has space"), None, || 0xabc);
+        assert_eq!(made, "00000000000000000000000000000abc");
+        assert_eq!(of(Some(&[b'a'; 129]), None, || 1).len(), 32);
+        assert_eq!(of(Some(b""), None, || 1).len(), 32);
+        assert_eq!(of(Some(b"\x1b[31m"), None, || 1).len(), 32);
+    }
+
+    #[test]
+    fn a_new_id_is_the_trace_id_of_a_valid_traceparent() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(of(None, Some(tp), || 0), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let zero = b"00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(of(None, Some(zero), || 7), format!("{:032x}", 7));
+        assert_eq!(of(None, Some(b"garbage"), || 7), format!("{:032x}", 7));
+        assert_eq!(of(Some(b"mine"), Some(tp), || 0), "mine", "a sent id wins");
+    }
+}
