@@ -17,7 +17,7 @@ const fn secs(v: u64) -> Duration {
 
 // [server]
 pub const LISTEN: &str = "127.0.0.1:8080";
-pub const ADMIN: &str = "127.0.0.1:9090";
+pub const ADMIN: &str = "127.0.0.1:9190";
 pub const THREADS: i64 = 1;
 pub const GRACE_PERIOD: Duration = secs(5);
 pub const MAX_HEADER_BYTES: i64 = 64 * 1024;
@@ -39,6 +39,9 @@ pub const REDIRECT_TO_HTTPS: bool = false;
 pub const TLS_H2: bool = true;
 /// The de facto name (Heroku, nginx's `$request_id` setups, Envoy's `x-request-id`).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A route's answers are judged whole unless it says they stream.
+pub const STREAMING: bool = false;
 
 // [access_log]
 pub const ACCESS_LOG_FORMAT: &str = "json";
@@ -166,7 +169,7 @@ pub const ABANDON_AFTER: Duration = secs(1800);
 /// "Default ..." comments and the README's table must say. Checked by `config::tests`.
 pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.listen", "[\"127.0.0.1:8080\"]"),
-    ("server.admin", "\"127.0.0.1:9090\""),
+    ("server.admin", "\"127.0.0.1:9190\""),
     ("server.threads", "1"),
     ("server.grace_period", "\"5s\""),
     ("server.max_header_bytes", "65536"),
@@ -177,6 +180,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.h2c", "false"),
     ("server.redirect_to_https", "false"),
     ("server.request_id_header", "\"x-request-id\""),
+    ("routes.streaming", "false"),
     ("access_log.format", "\"json\""),
     ("access_log.queue", "65536"),
     ("access_log.query", "false"),

@@ -11,6 +11,14 @@
 //!
 //! Other modules that count things register their own handles here (`crate::events` does, for its
 //! sinks); this module imports none of them.
+//!
+//! Besides usher's own figures the registry holds what operators expect of any service: the
+//! `process_*` family (the prometheus crate's process collector, Linux), `usher_build_info` and
+//! `usher_start_time_seconds`. The request duration histogram's buckets hold every route's Apdex
+//! target T and 4T, so that Apdex per route is a PromQL expression:
+//! `(le=T + le=4T) / 2 / count`. Buckets are fixed once a family is registered, so they are
+//! chosen from the configuration usher starts with; a reload that brings a new target keeps them,
+//! and says so in the log (restart or upgrade to get the new buckets).
 
 use crate::experience::Summary;
 use crate::ids::{RouteId, UpstreamId};
@@ -25,6 +33,12 @@ use prometheus::{
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// The commit usher was built from (`build.rs`: `USHER_COMMIT`, else git, else "unknown").
+pub const COMMIT: &str = match option_env!("USHER_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 pub mod names {
     pub const REQUESTS_TOTAL: &str = "usher_requests_total";
@@ -56,6 +70,8 @@ pub mod names {
     pub const CONNECTIONS_LIMIT: &str = "usher_connections_limit";
     pub const CONNECTIONS_REFUSED: &str = "usher_connections_refused_total";
     pub const CONNECTIONS_IDLE_CLOSED: &str = "usher_connections_idle_closed_total";
+    pub const BUILD_INFO: &str = "usher_build_info";
+    pub const START_TIME: &str = "usher_start_time_seconds";
 }
 
 /// One listener's connection handles (`listener` is "proxy" or "admin"), looked up once.
@@ -84,11 +100,56 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Bounds added to [`LATENCY_BUCKETS`] for route targets, at most: every bucket is a series per
+/// route, so a configuration with many distinct targets must not multiply them without end.
+pub const MAX_TARGET_BOUNDS: usize = 32;
+
+/// `d` in seconds, correctly rounded (one division of exact values), so 300 ms is `le="0.3"`
+/// and 1200 ms `le="1.2"`, as a person writes them in PromQL.
+fn seconds(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e9
+}
+
+/// The bounds an Apdex target needs: T and 4T.
+fn apdex_bounds(target: Duration) -> [f64; 2] {
+    [seconds(target), seconds(target.saturating_mul(4))]
+}
+
+/// The request duration buckets for routes with these targets: [`LATENCY_BUCKETS`] and each
+/// target's T and 4T (at most [`MAX_TARGET_BOUNDS`] added, in the order given), ascending. Also the
+/// bounds left out for the cap.
+pub fn request_buckets(targets: impl IntoIterator<Item = Duration>) -> (Vec<f64>, Vec<f64>) {
+    let mut buckets = LATENCY_BUCKETS.to_vec();
+    let (mut added, mut left_out) = (0, Vec::new());
+    for b in targets.into_iter().flat_map(apdex_bounds) {
+        if !(b.is_finite() && b > 0.0) || buckets.contains(&b) {
+            continue;
+        }
+        if added < MAX_TARGET_BOUNDS {
+            buckets.push(b);
+            added += 1;
+        } else if !left_out.contains(&b) {
+            left_out.push(b);
+        }
+    }
+    buckets.sort_by(f64::total_cmp);
+    (buckets, left_out)
+}
+
+/// The request duration family, registered with the first configuration's targets.
+struct RequestDuration {
+    vec: HistogramVec,
+    buckets: Vec<f64>,
+    /// Bounds a later configuration wanted and did not get, already said in the log.
+    missing: Mutex<Vec<f64>>,
+}
+
 /// The families and the handles that do not depend on a configuration.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    request_duration: HistogramVec,
+    /// Registered by the first [`Metrics::for_generation`], when the routes' targets are known.
+    request_duration: OnceLock<RequestDuration>,
     upstream_duration: HistogramVec,
     upstream_state: IntGaugeVec,
     /// The upstream labels of the configuration in force, to take out a removed upstream's gauges.
@@ -174,11 +235,6 @@ impl Metrics {
             reg(Box::new(vec.clone()));
             vec
         };
-        let request_duration = hist(
-            names::REQUEST_DURATION,
-            "Request duration, from request head read to response finished, by route.",
-            "route",
-        );
         let upstream_duration = hist(
             names::UPSTREAM_DURATION,
             "Upstream time (connect plus time to first byte), by upstream.",
@@ -300,6 +356,26 @@ impl Metrics {
             "Kept-alive downstream connections closed after server.idle_timeout without a request, by listener.",
             &["listener"],
         );
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        let build_info = must(IntGauge::with_opts(
+            Opts::new(
+                names::BUILD_INFO,
+                "1, labelled with the usher version and the commit it was built from.",
+            )
+            .const_label("version", env!("CARGO_PKG_VERSION"))
+            .const_label("commit", COMMIT),
+        ));
+        build_info.set(1);
+        reg(Box::new(build_info));
+        let start_time = must(Gauge::new(
+            names::START_TIME,
+            "When this usher started, Unix seconds.",
+        ));
+        start_time.set(crate::time::wall_ms() as f64 / 1000.0);
+        reg(Box::new(start_time));
         let pool_panic = gauge_vec(
             names::POOL_PANIC,
             "1 while fewer than outlier.panic_below of the pool's upstreams are serving, so that all of them are used, ejected ones included (panic mode); else 0.",
@@ -315,7 +391,7 @@ impl Metrics {
             tokens,
             token_cells: Mutex::new(std::collections::HashMap::new()),
             requests,
-            request_duration,
+            request_duration: OnceLock::new(),
             upstream_duration,
             upstream_state,
             upstream_labels: Mutex::new(Vec::new()),
@@ -340,15 +416,15 @@ impl Metrics {
         }
     }
 
-    /// Handles for one configuration: `routes[i]` is route i's name and the upstreams it can use,
-    /// `upstreams[u]` upstream u's label (its address). Gauges of upstreams no longer listed are
+    /// Handles for one configuration: `routes[i]` is route i's name, its Apdex target and the
+    /// upstreams it can use, `upstreams[u]` upstream u's label (its address). Gauges of upstreams no longer listed are
     /// taken out, so `usher_upstream_state` shows what is configured now.
     pub fn for_generation(
         &self,
-        routes: &[(&str, Vec<UpstreamId>)],
+        routes: &[(&str, Duration, Vec<UpstreamId>)],
         upstreams: &[String],
     ) -> GenMetrics {
-        let mut route_labels: Vec<String> = routes.iter().map(|(n, _)| n.to_string()).collect();
+        let mut route_labels: Vec<String> = routes.iter().map(|(n, _, _)| n.to_string()).collect();
         route_labels.push(NONE_LABEL.to_string());
         let mut upstream_labels = upstreams.to_vec();
         upstream_labels.push(NONE_LABEL.to_string());
@@ -361,9 +437,10 @@ impl Metrics {
             }
             *current = upstreams.to_vec();
         }
+        let durations = self.request_duration(routes);
         let request_duration = route_labels
             .iter()
-            .map(|r| must(self.request_duration.get_metric_with_label_values(&[r])))
+            .map(|r| must(durations.get_metric_with_label_values(&[r])))
             .collect();
         let upstream_duration = upstreams
             .iter()
@@ -378,7 +455,7 @@ impl Metrics {
             .collect();
         let mut cell_blocks = Vec::new();
         let mut cells = 0;
-        for (_, ups) in routes {
+        for (_, _, ups) in routes {
             cell_blocks.push((cells, ups.clone()));
             cells += (ups.len() + 1) * Outcome::ALL.len();
         }
@@ -395,6 +472,56 @@ impl Metrics {
             upstream_duration,
             upstream_state,
         }
+    }
+
+    /// The request duration family: registered on the first call, with buckets for these routes'
+    /// targets; on later calls, a target it has no bucket for is said once in the log.
+    fn request_duration(&self, routes: &[(&str, Duration, Vec<UpstreamId>)]) -> &HistogramVec {
+        let family = self.request_duration.get_or_init(|| {
+            let (buckets, left_out) = request_buckets(routes.iter().map(|(_, t, _)| *t));
+            if !left_out.is_empty() {
+                tracing::warn!(
+                    left_out = ?left_out,
+                    "{}: more than {MAX_TARGET_BOUNDS} distinct route targets (T and 4T); \
+                     these bounds get no bucket, so Apdex for their routes cannot be read from it",
+                    names::REQUEST_DURATION
+                );
+            }
+            let vec = must(HistogramVec::new(
+                HistogramOpts::new(
+                    names::REQUEST_DURATION,
+                    "Request duration, from request head read to response finished, by route. \
+                     Buckets include every route's target T and 4T (Apdex), as configured at start.",
+                )
+                .buckets(buckets.clone()),
+                &["route"],
+            ));
+            must(self.registry.register(Box::new(vec.clone())));
+            RequestDuration {
+                vec,
+                buckets,
+                missing: Mutex::new(left_out),
+            }
+        });
+        let mut missing = family.missing.lock();
+        for (name, target, _) in routes {
+            let new: Vec<f64> = apdex_bounds(*target)
+                .into_iter()
+                .filter(|b| !family.buckets.contains(b) && !missing.contains(b))
+                .collect();
+            if !new.is_empty() {
+                tracing::warn!(
+                    route = %name,
+                    target_ms = target.as_secs_f64() * 1000.0,
+                    "{} has no bucket at {new:?} s (this route's target and 4x its target): its \
+                     buckets were fixed when usher started; restart or upgrade usher for Apdex on \
+                     this route",
+                    names::REQUEST_DURATION
+                );
+                missing.extend(new);
+            }
+        }
+        &family.vec
     }
 
     /// Ejections are rare: the labelled handle is looked up when one happens.
@@ -633,5 +760,119 @@ impl Collector for ScoreCollectorHandle {
         mf.set_field_type(MetricType::HISTOGRAM);
         mf.set_metric(vec![m]);
         vec![mf]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn bucket_line(text: &str, route: &str, le: &str) -> bool {
+        let want = format!(
+            "{}_bucket{{route=\"{route}\",le=\"{le}\"}}",
+            names::REQUEST_DURATION
+        );
+        text.lines().any(|l| l.starts_with(&want))
+    }
+
+    #[test]
+    fn a_route_target_gets_buckets_at_t_and_4t() {
+        let m = Metrics::new();
+        let g = m.for_generation(
+            &[("checkout", ms(300), vec![0]), ("api", ms(250), vec![0])],
+            &["127.0.0.1:1".to_string()],
+        );
+        g.observe_request(Some(0), Some(0), Outcome::Ok, ms(200), Some(ms(100)));
+        g.observe_request(Some(0), Some(0), Outcome::Ok, ms(900), Some(ms(100)));
+        let text = m.encode();
+        for le in ["0.3", "1.2", "0.25", "1", "0.001", "30", "+Inf"] {
+            assert!(bucket_line(&text, "checkout", le), "le={le}:\n{text}");
+        }
+        // One bucket set for the family: every route has every route's bounds, so sums across
+        // routes stay histograms.
+        assert!(bucket_line(&text, "api", "1.2"), "{text}");
+        // Apdex for checkout: one satisfied (200 ms), one tolerating (900 ms) of two.
+        let count = |le: &str| {
+            let want = format!(
+                "{}_bucket{{route=\"checkout\",le=\"{le}\"}} ",
+                names::REQUEST_DURATION
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&want))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(
+            (count("0.3"), count("1.2"), count("+Inf")),
+            (Some(1.0), Some(2.0), Some(2.0))
+        );
+    }
+
+    #[test]
+    fn buckets_ascend_without_duplicates_and_are_capped() {
+        let (b, left_out) = request_buckets([ms(250), ms(300), ms(300), ms(2500)]);
+        assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+        assert!(b.contains(&0.3) && b.contains(&1.2) && b.contains(&10.0));
+        assert_eq!(b.len(), LATENCY_BUCKETS.len() + 2, "{b:?}");
+        assert!(left_out.is_empty());
+        let many = (1..=100).map(|i| ms(1000 + i));
+        let (b, left_out) = request_buckets(many);
+        assert_eq!(b.len(), LATENCY_BUCKETS.len() + MAX_TARGET_BOUNDS);
+        assert_eq!(left_out.len(), 200 - MAX_TARGET_BOUNDS);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_reload_with_a_new_target_keeps_the_buckets_and_the_counts() {
+        let m = Metrics::new();
+        let ups = ["127.0.0.1:1".to_string()];
+        let g1 = m.for_generation(&[("checkout", ms(300), vec![0])], &ups);
+        g1.observe_request(Some(0), Some(0), Outcome::Ok, ms(100), None);
+        let g2 = m.for_generation(&[("checkout", ms(200), vec![0])], &ups);
+        g2.observe_request(Some(0), Some(0), Outcome::Ok, ms(100), None);
+        let text = m.encode();
+        assert!(bucket_line(&text, "checkout", "0.3"));
+        assert!(!bucket_line(&text, "checkout", "0.2"), "{text}");
+        assert!(text.contains(&format!(
+            "{}_count{{route=\"checkout\"}} 2",
+            names::REQUEST_DURATION
+        )));
+    }
+
+    #[test]
+    fn build_info_start_time_and_process_metrics_are_exported() {
+        let before = crate::time::wall_ms() as f64 / 1000.0;
+        let m = Metrics::new();
+        let text = m.encode();
+        let info = format!(
+            "{}{{commit=\"{COMMIT}\",version=\"{}\"}} 1",
+            names::BUILD_INFO,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == info), "{info}:\n{text}");
+        assert!(!COMMIT.is_empty());
+        let start: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{} ", names::START_TIME)))
+            .and_then(|v| v.parse().ok())
+            .expect("usher_start_time_seconds");
+        assert!(start >= before.floor() && start < before + 60.0, "{start}");
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{name}:\n{text}"
+            );
+        }
     }
 }

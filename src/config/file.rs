@@ -265,6 +265,7 @@ pub struct RouteFile {
     pub critical: Option<bool>,
     pub target: Option<String>,
     pub slo: Option<f64>,
+    pub streaming: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -367,6 +367,9 @@ pub struct RouteConfig {
     pub target: Duration,
     /// Share of requests that should be good (not failed, within target), e.g. 0.999.
     pub slo: Option<f64>,
+    /// Answers stream (server-sent events, long polling, downloads): judged by the time to the
+    /// answer's head, never cut short by the protected try timeout.
+    pub streaming: bool,
 }
 
 /// All present conditions must hold; an empty match matches every request.

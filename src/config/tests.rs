@@ -19,7 +19,7 @@ pool = "web"
 fn minimal_config_gets_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
-    assert_eq!(c.server.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.server.admin, Some("127.0.0.1:9190".parse().unwrap()));
     assert_eq!(c.server.threads, 1);
     assert_eq!(c.server.upstream_idle_connections, 128);
     assert_eq!(c.tiers.len(), 1);

@@ -1704,6 +1704,7 @@ fn route_list(
             },
             critical: r.critical.unwrap_or(false),
             target,
+            streaming: r.streaming.unwrap_or(d::STREAMING),
         });
     }
     if out.len() > MAX_ROUTES {

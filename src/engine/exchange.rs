@@ -87,6 +87,9 @@ pub struct Exchange {
     /// A retry was granted on the upstream's status; the proxy's error hook must carry it out.
     pub(crate) status_retry: bool,
     pub(crate) recorded: bool,
+    /// The request asks for a protocol upgrade (WebSocket): judged by the time to its 101, its
+    /// connection lives as long as the two ends keep it.
+    pub(crate) upgrade: bool,
     /// See `crate::request_id`; empty until the head is read.
     pub(crate) request_id: compact_str::CompactString,
     /// How it ended, once recorded: what the access log says of it.
@@ -144,9 +147,26 @@ impl Exchange {
             stale_retries: 0,
             status_retry: false,
             recorded: false,
+            upgrade: false,
             request_id: compact_str::CompactString::default(),
             finished: None,
         }
+    }
+
+    /// Whether its answer is a stream or an upgraded connection (see [`Exchange::upgrade`]):
+    /// judged by the time to the answer's head, with no read timeout cutting its pauses short
+    /// for a protected try.
+    pub fn streams(&self) -> bool {
+        self.upgrade
+            || match (&self.gen, self.route) {
+                (Some(g), Some(r)) => g.config.routes.get(r as usize).is_some_and(|r| r.streaming),
+                _ => false,
+            }
+    }
+
+    /// Whether the request asks for a protocol upgrade.
+    pub fn upgrades(&self) -> bool {
+        self.upgrade
     }
 
     /// The request's id (see `crate::request_id`), once its head was read.

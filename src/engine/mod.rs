@@ -139,6 +139,7 @@ impl Usher {
             req.headers.get("traceparent").map(|v| v.as_bytes()),
             rand::random::<u128>,
         );
+        ex.upgrade = req.headers.contains_key(http::header::UPGRADE);
         let identity = g.identity.resolve(req.uri, req.headers, req.peer, now_ms);
         if let Some(t) = identity.token {
             self.state.metrics.token(t.as_str());
@@ -309,9 +310,10 @@ impl Usher {
     }
 
     /// The upstream's response head arrived: its status and latency feed the upstream's health.
-    /// Informational (1xx) heads are not the answer and are ignored.
+    /// Informational (1xx) heads are not the answer and are ignored, but for 101: the answer to
+    /// an upgrade.
     pub fn response_head(&self, ex: &mut Exchange, status: u16, now: Instant) {
-        if status < 200 {
+        if status < 200 && status != 101 {
             return;
         }
         if ex.connected.is_none() {
@@ -440,6 +442,7 @@ impl Usher {
         ex.try_timeout = None;
         let g = ex.gen.as_deref()?;
         if ex.protection.is_none()
+            || ex.streams()
             || ex.retries > 0
             || !ex.idempotent
             || !ex.bodiless
@@ -651,6 +654,14 @@ impl Usher {
         if ex.retries > 0 {
             self.state.metrics.retry_finished(!outcome.is_failure());
         }
+        let total = f.now.saturating_duration_since(ex.started);
+        // A stream or an upgraded connection lasts as long as its ends want: what the customer
+        // waited for is its answer's head. Its whole length would make every WebSocket a
+        // frustrated request and poison the route's p99 (and so its try timeout and hang limit).
+        let judged = match (ex.streams() && f.status < 400, ex.response_head) {
+            (true, Some(head)) => head.saturating_duration_since(ex.started),
+            _ => total,
+        };
         let m = Measurement {
             identity,
             route: ex.route,
@@ -659,7 +670,7 @@ impl Usher {
             path: f.path,
             status: f.status,
             outcome,
-            total: f.now.saturating_duration_since(ex.started),
+            total: judged,
             connect,
             ttfb,
             bytes_in: f.bytes_in,
@@ -669,7 +680,7 @@ impl Usher {
         let rec = self.record(g, &m);
         ex.finished = Some(exchange::Finished {
             outcome,
-            total: m.total,
+            total,
             upstream_time: m.upstream_time(),
             status: m.status,
             bytes_in: m.bytes_in,

@@ -89,7 +89,14 @@ impl UsherHooks {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not in pool"))?;
         let mut peer = Box::new(HttpPeer::new(addr, false, String::new()));
         peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(try_timeout.unwrap_or(pool.read_timeout));
+        // An upgraded connection (WebSocket) may sit quiet for as long as its ends like: no read
+        // timeout once it is up (the connect timeout still holds, and the idle upstream pool
+        // never sees it).
+        peer.options.read_timeout = if ex.upgrades() {
+            None
+        } else {
+            Some(try_timeout.unwrap_or(pool.read_timeout))
+        };
         peer.options.write_timeout = Some(pool.write_timeout);
         peer.options.idle_timeout = Some(pool.idle_timeout);
         Ok(peer)
