@@ -40,6 +40,11 @@ pub const TLS_H2: bool = true;
 /// The de facto name (Heroku, nginx's `$request_id` setups, Envoy's `x-request-id`).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Pools speak plain HTTP unless they say `tls = true`.
+pub const UPSTREAM_TLS: bool = false;
+/// Towards upstreams HTTP/1.1 unless a TLS pool offers HTTP/2: keep-alive HTTP/1.1 is what every
+/// origin serves well, and usher's retries and measurements are per request either way.
+pub const UPSTREAM_H2: bool = false;
 /// A route's answers are judged whole unless it says they stream.
 pub const STREAMING: bool = false;
 
@@ -181,6 +186,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.redirect_to_https", "false"),
     ("server.request_id_header", "\"x-request-id\""),
     ("routes.streaming", "false"),
+    ("pools.tls", "false"),
     ("access_log.format", "\"json\""),
     ("access_log.queue", "65536"),
     ("access_log.query", "false"),

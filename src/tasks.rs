@@ -43,25 +43,59 @@ fn spawn_checks(usher: &Arc<Usher>, g: &Arc<Generation>) -> Vec<JoinHandle<()>> 
                 .iter()
                 .map(|u| g.config.upstreams[*u as usize])
                 .collect();
+            let targets: Vec<checker::Target> = addrs
+                .iter()
+                .map(|a| check_target(*a, p.tls.as_ref(), &check))
+                .collect();
             let (usher, g) = (usher.clone(), g.clone());
             Some(tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(check.timeout)
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .unwrap_or_default();
                 let mut tick = tokio::time::interval(check.interval);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    for e in checker::round(g.upstreams(), i as u16, &addrs, &check, &client).await
-                    {
+                    for e in checker::round(g.upstreams(), i as u16, &targets, &check).await {
                         usher.health_event(&g, e);
                     }
                 }
             }))
         })
         .collect()
+}
+
+/// How `addr` is checked: plainly, or over TLS as its pool's requests go (its name, its CA, its
+/// client certificate), connecting to `addr` whatever the name resolves to.
+fn check_target(
+    addr: SocketAddr,
+    tls: Option<&crate::config::UpstreamTls>,
+    check: &crate::settings::HealthCheck,
+) -> checker::Target {
+    let builder = reqwest::Client::builder()
+        .timeout(check.timeout)
+        .pool_max_idle_per_host(1);
+    let Some(t) = tls else {
+        return checker::Target {
+            client: builder.build().unwrap_or_default(),
+            url: format!("http://{addr}{}", check.path),
+        };
+    };
+    let mut b = builder.resolve(&t.sni, addr);
+    if let Some(pem) = &t.ca_pem {
+        b = b.tls_built_in_root_certs(false);
+        for c in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if let Some(id) = t
+        .client
+        .as_ref()
+        .and_then(|c| reqwest::Identity::from_pem(&c.pem).ok())
+    {
+        b = b.identity(id);
+    }
+    checker::Target {
+        client: b.build().unwrap_or_default(),
+        url: format!("https://{}:{}{}", t.sni, addr.port(), check.path),
+    }
 }
 
 fn every(d: Duration) -> tokio::time::Interval {

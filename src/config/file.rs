@@ -175,6 +175,14 @@ pub struct PoolFile {
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub health_check: Option<HealthCheckFile>,
+    /// Speak TLS to the upstreams.
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// Offer HTTP/2 by ALPN (TLS pools only).
+    pub h2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -317,6 +317,39 @@ pub struct PoolConfig {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub health_check: Option<HealthCheck>,
+    /// TLS towards the upstreams; `None`: plain HTTP/1.1.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How a pool's upstreams are spoken to over TLS: verified against `ca` (or the system's roots),
+/// named `sni`, optionally with a client certificate, HTTP/2 offered when `h2`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub h2: bool,
+    /// The CA file's certificates (DER) and the file itself (PEM, for the health checks); empty:
+    /// the system's roots.
+    pub ca: Vec<Vec<u8>>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<ClientCert>,
+}
+
+/// A client certificate for mutual TLS: its chain (DER, leaf first), its key (DER) and both as
+/// PEM.
+#[derive(Clone, PartialEq)]
+pub struct ClientCert {
+    pub chain: Vec<Vec<u8>>,
+    pub key: Vec<u8>,
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("certificates", &self.chain.len())
+            .finish()
+    }
 }
 
 /// One entry of a pool's `upstreams` as written.

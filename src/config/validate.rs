@@ -141,7 +141,7 @@ pub fn parse(
     let tiers = tier_list(&mut errs, &tiers);
     let identity = identity_config(&mut errs, identity, &tiers, base_dir);
     let experience = experience_config(&mut errs, experience);
-    let (pools, upstreams) = pool_list(&mut errs, &pools, resolve);
+    let (pools, upstreams) = pool_list(&mut errs, &pools, resolve, base_dir);
     let routes = route_list(&mut errs, &routes, &pools);
     let (outlier, sweep_interval) = outlier_config(&mut errs, outlier);
     let retries = retries_config(&mut errs, retries);
@@ -1250,6 +1250,7 @@ fn pool_list(
     errs: &mut Errors,
     pools: &[Option<PoolFile>],
     resolve: &mut Resolve<'_>,
+    base_dir: &Path,
 ) -> (Vec<PoolConfig>, Vec<SocketAddr>) {
     let mut out: Vec<PoolConfig> = Vec::new();
     let mut names = HashSet::new();
@@ -1301,6 +1302,7 @@ fn pool_list(
         let timeout = |errs: &mut Errors, key: &str, v: &Option<String>, default| {
             duration(errs, &format!("{path}.{key}"), v.as_ref(), default)
         };
+        let tls = upstream_tls(errs, &path, p, &specs, base_dir);
         out.push(PoolConfig {
             name,
             upstreams: Vec::new(),
@@ -1324,6 +1326,7 @@ fn pool_list(
                 .health_check
                 .as_ref()
                 .map(|h| health_check(errs, &format!("{path}.health_check"), h)),
+            tls,
         });
     }
     let upstreams = index_pools(&mut out);
@@ -1350,7 +1353,149 @@ fn placeholder_pool() -> PoolConfig {
         write_timeout: d::WRITE_TIMEOUT,
         idle_timeout: d::IDLE_TIMEOUT,
         health_check: None,
+        tls: None,
     }
+}
+
+/// A pool's TLS towards its upstreams, with its files read and checked now: a CA file that holds
+/// no certificate, a client key that is not its certificate's, or no name to verify by is an
+/// error here, not a failed handshake on the first request.
+fn upstream_tls(
+    errs: &mut Errors,
+    path: &str,
+    p: &PoolFile,
+    specs: &[UpstreamSpec],
+    base_dir: &Path,
+) -> Option<UpstreamTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_keys = [
+        ("sni", p.sni.is_some()),
+        ("ca_file", p.ca_file.is_some()),
+        ("client_cert", p.client_cert.is_some()),
+        ("client_key", p.client_key.is_some()),
+        ("h2", p.h2.is_some()),
+    ];
+    if !p.tls.unwrap_or(d::UPSTREAM_TLS) {
+        for (key, set) in tls_keys {
+            if set {
+                errs.push(format!("{path}.{key}"), "only for a pool with tls = true");
+            }
+        }
+        return None;
+    }
+    let host = specs.iter().find_map(|s| match s {
+        UpstreamSpec::Name { host, .. } => Some(host.clone()),
+        UpstreamSpec::Addr(_) => None,
+    });
+    let sni = match p.sni.clone().or(host) {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            errs.push(
+                format!("{path}.sni"),
+                "needs the name the upstreams' certificates are for (their upstreams are addresses)",
+            );
+            String::new()
+        }
+    };
+    let read_certs =
+        |errs: &mut Errors, key: &str, file: &str| -> Option<(Vec<Vec<u8>>, Vec<u8>)> {
+            let f = base_dir.join(file);
+            let pem = match std::fs::read(&f) {
+                Ok(b) => b,
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.{key}"),
+                        format!("cannot read {}: {e}", f.display()),
+                    );
+                    return None;
+                }
+            };
+            let ders: Result<Vec<CertificateDer>, _> =
+                CertificateDer::pem_slice_iter(&pem).collect();
+            match ders {
+                Ok(d)
+                    if !d.is_empty()
+                        && d.iter()
+                            .all(|c| x509_parser::parse_x509_certificate(c.as_ref()).is_ok()) =>
+                {
+                    Some((d.into_iter().map(|c| c.as_ref().to_vec()).collect(), pem))
+                }
+                _ => {
+                    errs.push(
+                        format!("{path}.{key}"),
+                        format!("{} holds no PEM certificate usher can read", f.display()),
+                    );
+                    None
+                }
+            }
+        };
+    let (ca, ca_pem) = match &p.ca_file {
+        None => (Vec::new(), None),
+        Some(file) => match read_certs(errs, "ca_file", file) {
+            Some((ders, pem)) => (ders, Some(pem)),
+            None => (Vec::new(), None),
+        },
+    };
+    let client = match (&p.client_cert, &p.client_key) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            errs.push(
+                format!("{path}.client_cert"),
+                "client_cert and client_key go together",
+            );
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(errs, "client_cert", cert);
+            let kf = base_dir.join(key);
+            let key_pem = std::fs::read(&kf).ok();
+            let key_der = key_pem
+                .as_deref()
+                .and_then(|b| PrivateKeyDer::from_pem_slice(b).ok());
+            match (chain, key_der, key_pem) {
+                (Some((chain, cert_pem)), Some(key_der), Some(key_pem)) => {
+                    let signer = rustls::crypto::ring::sign::any_supported_type(&key_der);
+                    let leaf = CertificateDer::from(chain[0].clone());
+                    let matches = signer.is_ok_and(|s| {
+                        rustls::sign::CertifiedKey::new(vec![leaf], s)
+                            .keys_match()
+                            .is_ok()
+                    });
+                    if matches {
+                        let mut pem = cert_pem;
+                        pem.extend_from_slice(&key_pem);
+                        Some(ClientCert {
+                            chain,
+                            key: key_der.secret_der().to_vec(),
+                            pem,
+                        })
+                    } else {
+                        errs.push(
+                            format!("{path}.client_key"),
+                            format!("{} is not the key of {cert}", kf.display()),
+                        );
+                        None
+                    }
+                }
+                (_, None, _) => {
+                    errs.push(
+                        format!("{path}.client_key"),
+                        format!("{}: no private key read", kf.display()),
+                    );
+                    None
+                }
+                _ => None,
+            }
+        }
+    };
+    Some(UpstreamTls {
+        sni,
+        h2: p.h2.unwrap_or(d::UPSTREAM_H2),
+        ca,
+        ca_pem,
+        client,
+    })
 }
 
 fn health_check(errs: &mut Errors, path: &str, h: &HealthCheckFile) -> HealthCheck {

@@ -32,13 +32,18 @@ pub struct UsherHooks {
     usher: Arc<Usher>,
     /// This usher alone as the hop header's value, made once.
     hop: http::HeaderValue,
+    tls: Arc<super::upstream_tls::PeerTlsCache>,
 }
 
 impl UsherHooks {
     pub fn new(usher: Arc<Usher>) -> Self {
         let hop = http::HeaderValue::from_str(&usher.state().instance)
             .expect("16 hex digits are a header value");
-        UsherHooks { usher, hop }
+        UsherHooks {
+            usher,
+            hop,
+            tls: Default::default(),
+        }
     }
 
     pub fn usher(&self) -> &Arc<Usher> {
@@ -88,6 +93,9 @@ impl UsherHooks {
             .peer()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not in pool"))?;
         let mut peer = Box::new(HttpPeer::new(addr, false, String::new()));
+        if let (Some(g), Some(p)) = (ex.generation(), ex.pool) {
+            self.tls.apply(g, p as usize, &mut peer);
+        }
         peer.options.connection_timeout = Some(pool.connect_timeout);
         // An upgraded connection (WebSocket) may sit quiet for as long as its ends like: no read
         // timeout once it is up (the connect timeout still holds, and the idle upstream pool

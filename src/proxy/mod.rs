@@ -7,6 +7,7 @@
 mod errors;
 mod hooks;
 mod service;
+mod upstream_tls;
 
 pub use errors::{outcome_of, status_for};
 pub use hooks::UsherHooks;

@@ -1,4 +1,5 @@
-//! Active health checks: an HTTP GET of each member of a pool, every `interval`, judged 2xx/3xx.
+//! Active health checks: an HTTP GET of each member of a pool, every `interval`, judged 2xx/3xx,
+//! over TLS for a TLS pool (verified as its requests are).
 //!
 //! One round checks every member concurrently, each bounded by the check's timeout; the rise/fall
 //! rule is `active.rs`. The loop that repeats rounds is a background task (`crate::tasks`).
@@ -6,12 +7,16 @@
 use super::PoolId;
 use super::{HealthEvent, Upstreams};
 use crate::settings::HealthCheck;
-use std::net::SocketAddr;
 
-/// One check of `addr`: true when it answers 2xx or 3xx within the timeout.
-pub async fn check_once(client: &reqwest::Client, addr: SocketAddr, check: &HealthCheck) -> bool {
-    let url = format!("http://{addr}{}", check.path);
-    match tokio::time::timeout(check.timeout, client.get(url).send()).await {
+/// One member to check: a client set up for it and the URL of its check.
+pub struct Target {
+    pub client: reqwest::Client,
+    pub url: String,
+}
+
+/// One check: true when it answers 2xx or 3xx within the timeout.
+pub async fn check_once(t: &Target, check: &HealthCheck) -> bool {
+    match tokio::time::timeout(check.timeout, t.client.get(&t.url).send()).await {
         Ok(Ok(resp)) => {
             let s = resp.status();
             s.is_success() || s.is_redirection()
@@ -24,12 +29,10 @@ pub async fn check_once(client: &reqwest::Client, addr: SocketAddr, check: &Heal
 pub async fn round(
     upstreams: &Upstreams,
     pool: PoolId,
-    addrs: &[SocketAddr],
+    targets: &[Target],
     check: &HealthCheck,
-    client: &reqwest::Client,
 ) -> Vec<HealthEvent> {
-    let results =
-        futures::future::join_all(addrs.iter().map(|a| check_once(client, *a, check))).await;
+    let results = futures::future::join_all(targets.iter().map(|t| check_once(t, check))).await;
     results
         .into_iter()
         .enumerate()
