@@ -70,6 +70,8 @@ pub mod names {
     pub const CONNECTIONS_LIMIT: &str = "usher_connections_limit";
     pub const CONNECTIONS_REFUSED: &str = "usher_connections_refused_total";
     pub const CONNECTIONS_IDLE_CLOSED: &str = "usher_connections_idle_closed_total";
+    pub const CONNECTIONS_BY_PROTOCOL: &str = "usher_connections_open_by_protocol";
+    pub const TLS_HANDSHAKES: &str = "usher_tls_handshakes_total";
     pub const BUILD_INFO: &str = "usher_build_info";
     pub const START_TIME: &str = "usher_start_time_seconds";
 }
@@ -85,7 +87,25 @@ pub struct ConnectionMetrics {
     pub refused_head_timeout: IntCounter,
     /// Kept-alive connections closed after `server.idle_timeout` without a request.
     pub idle_closed: IntCounter,
+    /// By [`PROTOCOLS`].
+    pub by_protocol: [IntGauge; 3],
+    /// By [`TLS_RESULTS`].
+    pub tls_handshakes: [IntCounter; 7],
 }
+
+/// The `protocol` label of `usher_connections_open_by_protocol`.
+pub const PROTOCOLS: [&str; 3] = ["http", "https", "h2"];
+
+/// The `result` label of `usher_tls_handshakes_total`.
+pub const TLS_RESULTS: [&str; 7] = [
+    "tls1.2",
+    "tls1.3",
+    "timeout",
+    "closed",
+    "refused",
+    "malformed",
+    "other",
+];
 
 /// Values of the `state` label of `usher_upstream_state` (one-hot: the current state is 1).
 pub const UPSTREAM_STATES: [&str; 4] = ["healthy", "probing", "ejected", "unhealthy"];
@@ -178,6 +198,8 @@ pub struct Metrics {
     connections_limit: IntGaugeVec,
     connections_refused: IntCounterVec,
     connections_idle_closed: IntCounterVec,
+    connections_by_protocol: IntGaugeVec,
+    tls_handshakes: IntCounterVec,
     tokens: IntCounterVec,
     /// `tokens` by result, looked up once.
     token_cells: Mutex<std::collections::HashMap<&'static str, IntCounter>>,
@@ -351,6 +373,16 @@ impl Metrics {
             "Downstream connections refused, by listener and reason: capacity (503 at the cap), head_timeout (408: no complete request head within server.head_timeout).",
             &["listener", "reason"],
         );
+        let connections_by_protocol = gauge_vec(
+            names::CONNECTIONS_BY_PROTOCOL,
+            "Downstream connections open now, by listener and protocol: http (plain: HTTP/1.1, or h2c), https (TLS, HTTP/1.1), h2 (TLS, HTTP/2).",
+            &["listener", "protocol"],
+        );
+        let tls_handshakes = counter_vec(
+            names::TLS_HANDSHAKES,
+            "TLS handshakes on the proxy listeners, by result: tls1.2 or tls1.3 (completed), or why one failed: timeout (not done within server.head_timeout), closed (the client went away), refused (the client or usher refused the other's certificate or offer), malformed (not TLS, e.g. plain HTTP to a TLS port), other.",
+            &["result"],
+        );
         let connections_idle_closed = counter_vec(
             names::CONNECTIONS_IDLE_CLOSED,
             "Kept-alive downstream connections closed after server.idle_timeout without a request, by listener.",
@@ -388,6 +420,8 @@ impl Metrics {
             connections_limit,
             connections_refused,
             connections_idle_closed,
+            connections_by_protocol,
+            tls_handshakes,
             tokens,
             token_cells: Mutex::new(std::collections::HashMap::new()),
             requests,
@@ -616,6 +650,14 @@ impl Metrics {
                 self.connections_idle_closed
                     .get_metric_with_label_values(&[listener]),
             ),
+            by_protocol: PROTOCOLS.map(|p| {
+                must(
+                    self.connections_by_protocol
+                        .get_metric_with_label_values(&[listener, p]),
+                )
+            }),
+            tls_handshakes: TLS_RESULTS
+                .map(|r| must(self.tls_handshakes.get_metric_with_label_values(&[r]))),
         }
     }
 

@@ -225,17 +225,30 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
         options.h2c = true;
         app.server_options = Some(options);
     }
+    if let Some(tls) = &config.server.tls {
+        // Its own service, on plain TCP listeners: the handshake is the transport's (see
+        // `transport::Guarded::with_tls`), after the connection cap, counted and timed.
+        let mut tls_app = http_proxy(
+            &server.configuration,
+            UsherProxy::new(UsherHooks::new(usher.clone())),
+        );
+        tls_app.h2_options = app.h2_options.clone();
+        let acceptor = tls_settings(&usher, tls.h2).build();
+        let mut service = Service::new(
+            "usher proxy (TLS)".to_string(),
+            Guarded::with_tls(tls_app, connections.clone(), limits.clone(), acceptor),
+        );
+        for addr in &tls.listen {
+            service.add_tcp(&addr.to_string());
+        }
+        server.add_service(service);
+    }
     let mut proxy = Service::new(
         "usher proxy".to_string(),
         Guarded::new(app, connections, limits),
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
-    }
-    if let Some(tls) = &config.server.tls {
-        for addr in &tls.listen {
-            proxy.add_tls_with_settings(&addr.to_string(), None, tls_settings(&usher, tls.h2));
-        }
     }
     server.add_service(proxy);
     if let Some(addr) = config.server.admin {

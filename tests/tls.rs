@@ -225,6 +225,46 @@ async fn tls_listeners_choose_the_certificate_by_name_and_speak_http1_and_http2(
         Some(2.0),
         "both checkouts, over HTTP/1.1 and HTTP/2"
     );
+    // Every handshake is counted by its result; a client that is not speaking TLS, and one that
+    // goes away mid-handshake, are counted as failures.
+    {
+        use std::io::{Read, Write};
+        let mut plain_http = std::net::TcpStream::connect(tls).unwrap();
+        plain_http
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = plain_http.read_to_end(&mut buf);
+        drop(std::net::TcpStream::connect(tls).unwrap());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let metrics = loop {
+        let (_, m) = get(&client(), format!("http://{adm}/metrics"), &[]).await;
+        let failed = ["closed", "refused", "malformed", "other"]
+            .iter()
+            .filter_map(|r| sample(&m, "usher_tls_handshakes_total", &[("result", r)]))
+            .sum::<f64>();
+        if failed >= 2.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let count =
+        |r: &str| sample(&metrics, "usher_tls_handshakes_total", &[("result", r)]).unwrap_or(0.0);
+    assert!(count("tls1.3") >= 7.0, "{metrics}");
+    assert_eq!(
+        (count("malformed"), count("closed")),
+        (1.0, 1.0),
+        "{metrics}"
+    );
+    assert_eq!(count("timeout"), 0.0);
+    eprintln!(
+        "handshakes: tls1.3 {} closed {} refused {} other {}",
+        count("tls1.3"),
+        count("closed"),
+        count("refused"),
+        count("other")
+    );
     // An HTTP/2 header block past max_header_bytes is refused as HTTP/1.1's is.
     let big = format!("x-big: {}", "a".repeat(10_000));
     let (out, err) = curl(&[
@@ -287,6 +327,22 @@ async fn a_reload_swaps_certificates_for_new_handshakes_and_keeps_open_connectio
     let n = conn.read(&mut buf).await.unwrap();
     assert!(read_answer(&mut buf[..n].to_vec()).starts_with("HTTP/1.1 200"));
 
+    // It is counted among the open connections as HTTPS (HTTP/1.1 over TLS).
+    let (_, metrics) = get(
+        &client(),
+        format!("http://{}/metrics", running.admin().unwrap()),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "usher_connections_open_by_protocol",
+            &[("listener", "proxy"), ("protocol", "https")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     // A new certificate for the shop, with another name besides.
     pki.issue(
         "shop",

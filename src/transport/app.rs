@@ -1,11 +1,19 @@
 //! A Pingora `ServerApp` that admits each new connection under its listener's cap and hands it on
 //! as a [`GuardedStream`]; the application it wraps (usher's proxy, the admin API) sees nothing else.
+//!
+//! On TLS listeners the handshake is done here, after admission, rather than by Pingora's
+//! listener: so a flood of connections past the cap costs no handshake, a handshake must be done
+//! within `server.head_timeout` (Pingora's own limit is 60 s), and every handshake is counted by
+//! its result (`usher_tls_handshakes_total`). The handshake itself is Pingora's rustls acceptor.
 
 use super::limit::Connections;
 use super::stream::GuardedStream;
 use crate::settings::ConnectionLimits;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Ssl;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
@@ -27,6 +35,7 @@ pub struct Guarded<A> {
     inner: Arc<A>,
     connections: Arc<Connections>,
     limits: LimitsNow,
+    tls: Option<Acceptor>,
 }
 
 impl<A> Guarded<A> {
@@ -35,7 +44,65 @@ impl<A> Guarded<A> {
             inner: Arc::new(inner),
             connections,
             limits,
+            tls: None,
         }
+    }
+
+    /// As [`Guarded::new`], for listeners that speak TLS: each admitted connection's handshake
+    /// is done by `tls` first.
+    pub fn with_tls(
+        inner: A,
+        connections: Arc<Connections>,
+        limits: LimitsNow,
+        tls: Acceptor,
+    ) -> Self {
+        Guarded {
+            tls: Some(tls),
+            ..Guarded::new(inner, connections, limits)
+        }
+    }
+}
+
+/// Indexes of [`crate::metrics::PROTOCOLS`] and [`crate::metrics::TLS_RESULTS`].
+const HTTP: usize = 0;
+const HTTPS: usize = 1;
+const H2: usize = 2;
+const TLS12: usize = 0;
+const TLS13: usize = 1;
+const TLS_TIMEOUT: usize = 2;
+const TLS_CLOSED: usize = 3;
+const TLS_REFUSED: usize = 4;
+const TLS_MALFORMED: usize = 5;
+const TLS_OTHER: usize = 6;
+
+/// Why a handshake failed, from rustls's error as Pingora words it.
+fn tls_failure(e: &pingora::Error) -> usize {
+    let text = e.to_string().to_ascii_lowercase();
+    if ["eof", "reset", "broken pipe", "closed"]
+        .iter()
+        .any(|w| text.contains(w))
+    {
+        TLS_CLOSED
+    } else if [
+        "alert",
+        "certificate",
+        "incompatible",
+        "nociphersuites",
+        "no cipher",
+        "noapplicationprotocol",
+        "protocol version",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+    {
+        TLS_REFUSED
+    } else if ["corrupt", "invalid", "decode"]
+        .iter()
+        .any(|w| text.contains(w))
+    {
+        TLS_MALFORMED
+    } else {
+        TLS_OTHER
     }
 }
 
@@ -52,7 +119,43 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
         let limits = (self.limits)();
         match self.connections.admit(limits.max) {
-            Some(slot) => {
+            Some(mut slot) => {
+                let stream: Stream = match &self.tls {
+                    None => {
+                        slot.set_protocol(HTTP);
+                        stream
+                    }
+                    Some(acceptor) => {
+                        // What a TCP listener accepts: the handshake needs the concrete stream.
+                        let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+                            tracing::error!("a TLS listener got something other than a TCP stream");
+                            return None;
+                        };
+                        let handshake = acceptor.tls_handshake(*tcp);
+                        match tokio::time::timeout(limits.head_timeout, handshake).await {
+                            Ok(Ok(tls)) => {
+                                let v13 = tls.get_ssl_digest().is_some_and(|d| {
+                                    d.version.contains("1.3") || d.version.contains("1_3")
+                                });
+                                slot.tls_handshake(if v13 { TLS13 } else { TLS12 });
+                                let h2 = matches!(
+                                    tls.selected_alpn_proto(),
+                                    Some(pingora::protocols::ALPN::H2)
+                                );
+                                slot.set_protocol(if h2 { H2 } else { HTTPS });
+                                Box::new(tls)
+                            }
+                            Ok(Err(e)) => {
+                                slot.tls_handshake(tls_failure(&e));
+                                return None;
+                            }
+                            Err(_) => {
+                                slot.tls_handshake(TLS_TIMEOUT);
+                                return None;
+                            }
+                        }
+                    }
+                };
                 let mut guarded = GuardedStream::new(stream, slot, &limits);
                 if !guarded.first_byte().await {
                     return None;

@@ -42,6 +42,8 @@ pub struct Connections {
 /// The right of one admitted connection to be open: given back when dropped.
 pub struct Slot {
     connections: Arc<Connections>,
+    /// Which of [`crate::metrics::PROTOCOLS`] it was counted under, once known.
+    protocol: Option<usize>,
 }
 
 impl Connections {
@@ -88,6 +90,7 @@ impl Connections {
         self.metrics.open.inc();
         Some(Slot {
             connections: self.clone(),
+            protocol: None,
         })
     }
 
@@ -108,6 +111,25 @@ impl Connections {
 }
 
 impl Slot {
+    /// Counts the connection under protocol `p` (an index of [`crate::metrics::PROTOCOLS`]).
+    pub(crate) fn set_protocol(&mut self, p: usize) {
+        let by = &self.connections.metrics.by_protocol;
+        if let Some(old) = self.protocol.and_then(|o| by.get(o)) {
+            old.dec();
+        }
+        if let Some(g) = by.get(p) {
+            g.inc();
+            self.protocol = Some(p);
+        }
+    }
+
+    /// Counts a TLS handshake's result (an index of [`crate::metrics::TLS_RESULTS`]).
+    pub(crate) fn tls_handshake(&self, result: usize) {
+        if let Some(c) = self.connections.metrics.tls_handshakes.get(result) {
+            c.inc();
+        }
+    }
+
     pub(crate) fn head_timed_out(&self) {
         self.connections.metrics.refused_head_timeout.inc();
     }
@@ -121,6 +143,12 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.connections.open.fetch_sub(1, Ordering::AcqRel);
         self.connections.metrics.open.dec();
+        if let Some(g) = self
+            .protocol
+            .and_then(|p| self.connections.metrics.by_protocol.get(p))
+        {
+            g.dec();
+        }
     }
 }
 

@@ -9,9 +9,11 @@
 //! the deadlines; the HTTP layer above only says when a request starts and ends
 //! ([`request_started`], [`request_finished`]).
 //!
+//! On TLS listeners the handshake is done here too, after admission and within the head timeout
+//! ([`Guarded::with_tls`]).
+//!
 //! What this module deliberately isn't: a rate limiter or a per-client quota (a cap shared by all
-//! is what keeps descriptors for upstreams and the admin API; who may use it is policy), nor a TLS
-//! handshake timeout (Pingora's own 60 s applies before a stream reaches this module).
+//! is what keeps descriptors for upstreams and the admin API; who may use it is policy).
 
 mod app;
 pub mod limit;
