@@ -51,14 +51,18 @@ impl ProxyHttp for UsherProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ex: &mut Exchange) -> Result<bool> {
+        let admission = self.hooks.on_request(session, ex);
+        // After admission, so that the redirect has its request id and is on the customer's
+        // journey (it is what they saw).
         if let Some(location) = https_redirect(&self.hooks.usher().generation().config, session) {
             let mut resp = ResponseHeader::build(308, Some(3))?;
             resp.insert_header("location", location)?;
             resp.insert_header("content-length", "0")?;
+            self.hooks.on_response(&mut resp, ex)?;
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
-        let Some((status, body)) = self.hooks.on_request(session, ex).refusal() else {
+        let Some((status, body)) = admission.refusal() else {
             return Ok(false);
         };
         let mut resp = ResponseHeader::build(status, Some(3))?;
