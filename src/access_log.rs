@@ -247,6 +247,22 @@ impl Drop for Writer {
 
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// Longest path written in a line: a queue of 65,536 lines must stay within a few hundred MiB
+/// however long the paths clients send (the head limit allows 64 KiB).
+pub const MAX_PATH_BYTES: usize = 2048;
+
+/// `path`, cut to [`MAX_PATH_BYTES`] on a character boundary, with `…` when cut.
+pub fn bounded_path(path: &str) -> String {
+    if path.len() <= MAX_PATH_BYTES {
+        return path.to_string();
+    }
+    let mut end = MAX_PATH_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
 /// The access log in force, across configurations: kept while a reload names the same file and
 /// format, replaced when it names another.
 pub struct AccessLogs {
@@ -291,7 +307,13 @@ impl AccessLogs {
                 }
             },
         };
-        drop(self.current.swap(next));
+        // The old writer writes out its queue on a thread of its own: a stalled file (a pipe
+        // nobody reads) must not hold the reload.
+        if let Some(old) = self.current.swap(next) {
+            let _ = std::thread::Builder::new()
+                .name("usher-access-log-close".into())
+                .spawn(move || drop(old));
+        }
     }
 
     /// After logrotate: the writer opens the file again before its next line.

@@ -220,11 +220,13 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
         u32::try_from(config.server.max_header_bytes + H2_PSEUDO_HEADER_SLACK).unwrap_or(u32::MAX),
     );
     app.h2_options = Some(h2);
-    if config.server.h2c {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    // An HTTP/2 connection is not timed by the transport once its first request is in (its
+    // streams overlap): Pingora closes one idle for this long.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.server.connections.idle_timeout);
+    let tls_options = options.clone();
+    options.h2c = config.server.h2c;
+    app.server_options = Some(options);
     if let Some(tls) = &config.server.tls {
         // Its own service, on plain TCP listeners: the handshake is the transport's (see
         // `transport::Guarded::with_tls`), after the connection cap, counted and timed.
@@ -233,6 +235,7 @@ pub fn build(usher: Arc<Usher>, upgrade: bool) -> Server {
             UsherProxy::new(UsherHooks::new(usher.clone())),
         );
         tls_app.h2_options = app.h2_options.clone();
+        tls_app.server_options = Some(tls_options);
         let acceptor = tls_settings(&usher, tls.h2).build();
         let mut service = Service::new(
             "usher proxy (TLS)".to_string(),

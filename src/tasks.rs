@@ -218,15 +218,19 @@ pub async fn close(usher: &Arc<Usher>, sinks: JoinHandle<()>) {
         );
     }
     usher.state().events.close();
-    {
-        let u = usher.clone();
-        // Writes out the lines still queued: blocking, so off the runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || u.state().access_log.close()).await;
-    }
     if tokio::time::timeout(SINKS_CLOSE, sinks).await.is_err() {
         tracing::error!("event sinks did not finish writing out within {SINKS_CLOSE:?}");
     }
     save(usher).await;
+    {
+        // The access log's last lines, after what matters more is safe: a log nobody reads (a
+        // stalled pipe) must not keep the snapshot from being written, nor the process alive.
+        let u = usher.clone();
+        let closing = tokio::task::spawn_blocking(move || u.state().access_log.close());
+        if tokio::time::timeout(SINKS_CLOSE, closing).await.is_err() {
+            tracing::error!("the access log did not finish writing out within {SINKS_CLOSE:?}");
+        }
+    }
     usher.mark_closed();
 }
 

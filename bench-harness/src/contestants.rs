@@ -2,6 +2,7 @@
 //! checked-in files in `bench-harness/peers/`, filled in here.
 
 use crate::procs::{self, Proc};
+use crate::tls::TlsFiles;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,7 +196,104 @@ target = "200ms"
     )
 }
 
+/// usher's everything-on configuration with a TLS listener added: the test certificate as the
+/// default, HTTP/2 by ALPN (usher's default).
+pub fn usher_tls_config(
+    listen: SocketAddr,
+    tls_listen: SocketAddr,
+    admin: SocketAddr,
+    upstreams: &[SocketAddr],
+    dir: &Path,
+    files: &TlsFiles,
+) -> String {
+    usher_config(listen, admin, upstreams, dir).replacen(
+        "threads = 1\n",
+        &format!(
+            "threads = 1\n\n[server.tls]\nlisten = [\"{tls_listen}\"]\n\n[[server.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\ndefault = true\n",
+            files.cert.display(),
+            files.key.display()
+        ),
+        1,
+    )
+}
+
 impl Tools {
+    /// Starts `c` (bare Pingora, usher or nginx) terminating TLS with `files` in front of
+    /// `origin`; the target is its TLS listener.
+    pub fn start_tls(
+        &self,
+        c: Contestant,
+        origin: SocketAddr,
+        files: &TlsFiles,
+        tag: &str,
+    ) -> anyhow::Result<Running> {
+        let listen = procs::free_addr();
+        let tls_listen = procs::free_addr();
+        let dir = self
+            .work
+            .join(format!("{}-{tag}", c.name().replace(' ', "-")));
+        std::fs::create_dir_all(&dir)?;
+        let (proc, admin) = match c {
+            Contestant::Bare => {
+                let args = vec![
+                    "--tls".to_string(),
+                    files.cert.display().to_string(),
+                    files.key.display().to_string(),
+                    tls_listen.to_string(),
+                    listen.to_string(),
+                    origin.to_string(),
+                ];
+                (Proc::pinned("bare", PROXY_CORE, &self.bare, &args)?, None)
+            }
+            Contestant::Usher => {
+                let admin = procs::free_addr();
+                let path = dir.join("usher.toml");
+                std::fs::write(
+                    &path,
+                    usher_tls_config(listen, tls_listen, admin, &[origin], &dir, files),
+                )?;
+                let args = vec![
+                    "run".to_string(),
+                    "--config".to_string(),
+                    path.display().to_string(),
+                ];
+                (
+                    Proc::pinned("usher", PROXY_CORE, &self.usher, &args)?,
+                    Some(admin),
+                )
+            }
+            Contestant::Nginx => {
+                let conf = procs::render(
+                    &self.peer("nginx-tls.conf"),
+                    &[
+                        ("DIR", dir.display().to_string()),
+                        ("LISTEN", tls_listen.to_string()),
+                        ("ORIGIN", origin.to_string()),
+                        ("CERT", files.cert.display().to_string()),
+                        ("KEY", files.key.display().to_string()),
+                    ],
+                );
+                let path = dir.join("nginx.conf");
+                std::fs::write(&path, conf)?;
+                let args = vec![
+                    "-c".into(),
+                    path.display().to_string(),
+                    "-p".into(),
+                    dir.display().to_string(),
+                ];
+                (Proc::pinned("nginx", PROXY_CORE, &self.nginx, &args)?, None)
+            }
+            _ => anyhow::bail!("no TLS set-up for {}", c.name()),
+        };
+        procs::wait_listening(tls_listen, Duration::from_secs(15))?;
+        Ok(Running {
+            target: tls_listen,
+            proc: Some(proc),
+            admin,
+            reloader: None,
+        })
+    }
+
     fn peer(&self, file: &str) -> String {
         std::fs::read_to_string(self.peers.join(file)).unwrap_or_default()
     }

@@ -5,3 +5,4 @@ pub mod contestants;
 pub mod loadgen;
 pub mod procs;
 pub mod report;
+pub mod tls;

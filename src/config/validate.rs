@@ -519,6 +519,11 @@ fn access_log_config(
                     "access_log.path",
                     format!("{} is not writable by this user", dir.display()),
                 ),
+                // A directory, a pipe or a device would stall or refuse the writer.
+                _ if p.exists() && !std::fs::metadata(&p).is_ok_and(|m| m.is_file()) => errs.push(
+                    "access_log.path",
+                    format!("{} exists and is not a regular file", p.display()),
+                ),
                 _ => {}
             }
             Some(p)

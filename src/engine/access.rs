@@ -41,8 +41,8 @@ impl Usher {
             .and_then(|i| g.config.tiers.get(i.tier as usize))
             .map_or("", |t| t.name.as_str());
         let path = match (query, facts.query) {
-            (true, Some(q)) => format!("{}?{q}", facts.path),
-            _ => facts.path.to_string(),
+            (true, Some(q)) => crate::access_log::bounded_path(&format!("{}?{q}", facts.path)),
+            _ => crate::access_log::bounded_path(facts.path),
         };
         let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         Some(Entry {

@@ -96,6 +96,23 @@ pub struct Exchange {
     pub(crate) finished: Option<Finished>,
 }
 
+/// A WebSocket handshake (RFC 6455 4.1): an HTTP/1.1 GET with `Connection: upgrade`,
+/// `Upgrade: websocket` and a `Sec-WebSocket-Key`. Only that loses the upstream read timeout: a
+/// bare `Upgrade` header on any request would let a client lift it from any route.
+pub(crate) fn is_websocket_upgrade(req: &RequestHead<'_>) -> bool {
+    let has_token = |name: http::header::HeaderName, token: &str| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.version == http::Version::HTTP_11
+        && req.method == http::Method::GET
+        && has_token(http::header::CONNECTION, "upgrade")
+        && has_token(http::header::UPGRADE, "websocket")
+        && req.headers.contains_key(http::header::SEC_WEBSOCKET_KEY)
+}
+
 /// The facts of a recorded request that the access log needs beyond its head.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Finished {

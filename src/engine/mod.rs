@@ -139,7 +139,7 @@ impl Usher {
             req.headers.get("traceparent").map(|v| v.as_bytes()),
             rand::random::<u128>,
         );
-        ex.upgrade = req.headers.contains_key(http::header::UPGRADE);
+        ex.upgrade = exchange::is_websocket_upgrade(req);
         let identity = g.identity.resolve(req.uri, req.headers, req.peer, now_ms);
         if let Some(t) = identity.token {
             self.state.metrics.token(t.as_str());

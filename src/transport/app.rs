@@ -163,7 +163,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 self.inner.process_new(Box::new(guarded), shutdown).await
             }
             None => {
-                refuse(stream, &self.connections).await;
+                // A TLS client would read the plain 503 as a broken handshake: it is just closed.
+                if self.tls.is_none() {
+                    refuse(stream, &self.connections).await;
+                }
                 None
             }
         }

@@ -36,7 +36,9 @@ const SERVING: u8 = 1;
 const IDLE: u8 = 2;
 /// A deadline passed: every further read is the end of the stream.
 const EXPIRED: u8 = 3;
-/// Not timed here at all (HTTP/2 multiplexes requests; its connection keeps its own idle time).
+/// Not timed here at all (HTTP/2 multiplexes requests; its connection keeps its own idle time,
+/// Pingora's `h2_idle_timeout`). An HTTP/2 connection is timed as a head until its first request
+/// has begun: the handshake, preface and first HEADERS must come within the head timeout.
 const UNTIMED: u8 = 4;
 
 /// Written, if the socket takes it at once, when a head does not arrive in time.
@@ -54,21 +56,24 @@ pub struct GuardedStream {
     idle_timeout: Duration,
     /// The first byte, read by [`GuardedStream::first_byte`] before the HTTP layer took over.
     first: Option<u8>,
+    /// HTTP/2 (by ALPN or h2c preface): untimed from its first request on, never answered 408.
+    h2: std::sync::atomic::AtomicBool,
 }
 
 impl GuardedStream {
     /// Wraps a freshly accepted `inner`: its head clock starts now.
     pub fn new(inner: Stream, slot: Slot, limits: &ConnectionLimits) -> Self {
-        let untimed = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         GuardedStream {
             inner,
             slot,
-            phase: AtomicU8::new(if untimed { UNTIMED } else { HEAD }),
+            phase: AtomicU8::new(HEAD),
             armed: HEAD,
             timer: Box::pin(tokio::time::sleep(limits.head_timeout)),
             head_timeout: limits.head_timeout,
             idle_timeout: limits.idle_timeout,
             first: None,
+            h2: std::sync::atomic::AtomicBool::new(h2),
         }
     }
 
@@ -78,7 +83,8 @@ impl GuardedStream {
     /// before a graceful stop or upgrade would be lost; once its first byte is here, Pingora
     /// reads on and serves it. Untimed (HTTP/2) streams do not wait.
     pub async fn first_byte(&mut self) -> bool {
-        if self.phase.load(Ordering::Acquire) == UNTIMED {
+        if self.h2.load(Ordering::Relaxed) {
+            // Its preface is read by Pingora's HTTP/2 handshake, under the head clock.
             return true;
         }
         let mut one = [0u8; 1];
@@ -116,7 +122,13 @@ impl GuardedStream {
 /// The HTTP layer has read a whole request head from `stream`: no deadline while it is served.
 pub fn request_started(stream: Option<&Stream>) {
     if let Some(g) = stream.and_then(|s| s.as_any().downcast_ref::<GuardedStream>()) {
-        g.set_phase(SERVING);
+        if g.h2.load(Ordering::Relaxed) {
+            let _ = g
+                .phase
+                .compare_exchange(HEAD, UNTIMED, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            g.set_phase(SERVING);
+        }
     }
 }
 
@@ -173,11 +185,14 @@ impl AsyncRead for GuardedStream {
         this.phase.store(EXPIRED, Ordering::Release);
         if phase == HEAD {
             this.slot.head_timed_out();
-            // Best effort: a client that does not take 200 bytes at once is not waited for.
-            if let Poll::Ready(Ok(_)) =
-                Pin::new(&mut this.inner).poll_write(cx, HEAD_TIMEOUT_ANSWER)
-            {
-                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            // Best effort: a client that does not take 200 bytes at once is not waited for. An
+            // HTTP/2 client would not understand an HTTP/1.1 answer: it is just closed.
+            if !this.h2.load(Ordering::Relaxed) {
+                if let Poll::Ready(Ok(_)) =
+                    Pin::new(&mut this.inner).poll_write(cx, HEAD_TIMEOUT_ANSWER)
+                {
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                }
             }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -292,6 +307,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        // Not the preface's first byte: HTTP/1.x, whatever follows. No need to wait for 24 bytes
+        // that a short request (`GET / HTTP/1.0` and a blank line is 18) never sends.
+        if let (Some(b), Some(slot)) = (self.first, buf.first_mut()) {
+            if b != H2_PREFACE[0] {
+                *slot = b;
+                return Ok(true);
+            }
+        }
         let taken = match (self.first, buf.first_mut()) {
             (Some(b), Some(slot)) => {
                 *slot = b;
@@ -312,7 +335,7 @@ impl Peek for GuardedStream {
             }
         };
         if peeked && buf == H2_PREFACE {
-            self.phase.store(UNTIMED, Ordering::Release);
+            self.h2.store(true, Ordering::Relaxed);
         }
         Ok(peeked)
     }

@@ -2,8 +2,10 @@
 //! Pingora's defaults for everything else, no usher logic at all. Built with the same release
 //! profile and allocator as usher, so that a ratio between the two is the cost of usher's work.
 //!
-//! `bare [--timeouts] LISTEN UPSTREAM [UPSTREAM ...]`; `--timeouts` gives the peers usher's default
-//! connect, read, write and idle timeouts, to tell their cost apart from usher's own work.
+//! `bare [--timeouts] [--tls CERT KEY TLS_LISTEN] LISTEN UPSTREAM [UPSTREAM ...]`; `--timeouts` gives
+//! the peers usher's default connect, read, write and idle timeouts, to tell their cost apart from
+//! usher's own work. `--tls` adds a TLS listener with Pingora's `rustls` backend (usher's), HTTP/2 and
+//! HTTP/1.1 offered by ALPN as usher does, Pingora's TLS defaults for the rest.
 
 use async_trait::async_trait;
 use pingora::lb::selection::RoundRobin;
@@ -45,8 +47,14 @@ fn main() {
     if timeouts {
         args.remove(0);
     }
+    let tls = if args.first().is_some_and(|a| a == "--tls") && args.len() >= 4 {
+        let t: Vec<String> = args.drain(0..4).skip(1).collect();
+        Some((t[0].clone(), t[1].clone(), t[2].clone()))
+    } else {
+        None
+    };
     if args.len() < 2 {
-        eprintln!("usage: bare [--timeouts] LISTEN UPSTREAM [UPSTREAM ...]");
+        eprintln!("usage: bare [--timeouts] [--tls CERT KEY TLS_LISTEN] LISTEN UPSTREAM [UPSTREAM ...]");
         std::process::exit(2);
     }
     let lb = LoadBalancer::try_from_iter(args[1..].iter().map(String::as_str))
@@ -55,6 +63,12 @@ fn main() {
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Bare(Arc::new(lb), timeouts));
     proxy.add_tcp(&args[0]);
+    if let Some((cert, key, addr)) = tls {
+        let mut settings =
+            pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).expect("cert and key");
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&addr, None, settings);
+    }
     server.add_service(proxy);
     server.run_forever();
 }

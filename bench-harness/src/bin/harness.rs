@@ -15,6 +15,7 @@ use usher::origin::Origin;
 use usher_bench_harness::contestants::{Contestant, Tools, LOAD_CORE};
 use usher_bench_harness::loadgen::{open_loop, Class, Request, Sample};
 use usher_bench_harness::procs::{busy_between, core_ticks, ticks_per_second};
+use usher_bench_harness::tls::{handshakes, make_cert, oha_h2, wrk_tls};
 use usher_bench_harness::report::{chart, figures, ms, pct, per_second, table, Figures};
 
 struct Opts {
@@ -620,6 +621,216 @@ fn only(
     Ok(())
 }
 
+/// The TLS rows: what is measured on each contestant's TLS listener, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TlsKind {
+    HandshakeH1,
+    HandshakeH2,
+    KeepAliveH1,
+    KeepAliveH2,
+}
+
+impl TlsKind {
+    const ALL: [TlsKind; 4] = [
+        TlsKind::HandshakeH1,
+        TlsKind::HandshakeH2,
+        TlsKind::KeepAliveH1,
+        TlsKind::KeepAliveH2,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            TlsKind::HandshakeH1 => "full handshakes/s, HTTP/1.1",
+            TlsKind::HandshakeH2 => "full handshakes/s, HTTP/2",
+            TlsKind::KeepAliveH1 => "keep-alive req/s, HTTP/1.1",
+            TlsKind::KeepAliveH2 => "keep-alive req/s, HTTP/2",
+        }
+    }
+}
+
+/// Concurrent clients of the handshake generator, and of wrk; oha's HTTP/2 connections and
+/// streams on each (the same 32 requests in flight).
+const TLS_CLIENTS: usize = 32;
+const OHA_CONNS: usize = 4;
+const OHA_STREAMS: usize = 8;
+const TLS_CONTESTANTS: [Contestant; 3] = [Contestant::Bare, Contestant::Usher, Contestant::Nginx];
+
+/// One measurement: rate, the proxy's CPU per request, the load core's busy share, errors.
+#[derive(Clone, Copy, Default)]
+struct TlsMeasure {
+    rate: f64,
+    cpu_us: f64,
+    load_busy: f64,
+    errors: u64,
+}
+
+fn tls_measure(
+    rt: &tokio::runtime::Runtime,
+    oha: &Path,
+    running: &usher_bench_harness::contestants::Running,
+    kind: TlsKind,
+    secs: u64,
+) -> anyhow::Result<TlsMeasure> {
+    let target = running.target;
+    let run = |secs: u64| -> anyhow::Result<(f64, u64, u64)> {
+        Ok(match kind {
+            TlsKind::HandshakeH1 | TlsKind::HandshakeH2 => {
+                let r = rt.block_on(handshakes(
+                    target,
+                    kind == TlsKind::HandshakeH2,
+                    TLS_CLIENTS,
+                    Duration::from_secs(secs),
+                ));
+                if r.ok == 0 {
+                    anyhow::bail!("no handshake succeeded: {:?}", r.first_error);
+                }
+                (r.per_second(), r.ok, r.errors)
+            }
+            TlsKind::KeepAliveH1 => {
+                let r = wrk_tls(target, TLS_CLIENTS, secs)?;
+                (r.rps, r.requests, r.errors)
+            }
+            TlsKind::KeepAliveH2 => {
+                let r = oha_h2(oha, target, OHA_CONNS, OHA_STREAMS, secs)?;
+                (r.rps, r.requests, r.errors)
+            }
+        })
+    };
+    run(1)?;
+    let proc = running.proc.as_ref().expect("a proxy");
+    let (cpu0, core0) = (proc.cpu_ticks(), core_ticks(LOAD_CORE));
+    let (rate, n, errors) = run(secs)?;
+    let cpu_s = (proc.cpu_ticks() - cpu0) as f64 / ticks_per_second();
+    Ok(TlsMeasure {
+        rate,
+        cpu_us: cpu_s * 1e6 / n.max(1) as f64,
+        load_busy: busy_between(core0, core_ticks(LOAD_CORE)),
+        errors,
+    })
+}
+
+/// `--tls`: the TLS rows alone, written into RESULTS.md's TLS section (the rest left as it is).
+fn tls_rows(rt: &tokio::runtime::Runtime, tools: &Tools, o: &Opts, root: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let oha = std::env::var_os("OHA").map(PathBuf::from).map_or_else(|| which("oha"), Ok)?;
+    let files = make_cert(&tools.work)?;
+    let (_origin_proc, origin) = tools.nginx_origin(LOAD_CORE)?;
+    let rounds = if o.quick { 1 } else { 3 };
+    let secs = if o.quick { 2 } else { 5 };
+    let mut all: BTreeMap<(TlsKind, &'static str), Vec<TlsMeasure>> = BTreeMap::new();
+    for round in 0..rounds {
+        for c in TLS_CONTESTANTS {
+            let running = tools.start_tls(c, origin, &files, &format!("tls{round}"))?;
+            for kind in TlsKind::ALL {
+                let m = tls_measure(rt, &oha, &running, kind, secs)?;
+                eprintln!(
+                    "  round {round}: {:>12} {:<28} {:>8.0}/s  {:>6.1} us CPU each  load core {:>3.0}%  errors {}",
+                    c.name(),
+                    kind.name(),
+                    m.rate,
+                    m.cpu_us,
+                    m.load_busy * 100.0,
+                    m.errors
+                );
+                all.entry((kind, c.name())).or_default().push(m);
+            }
+        }
+    }
+    // Per kind and proxy, the round with the median rate.
+    let pick = |kind: TlsKind, c: Contestant| -> TlsMeasure {
+        let mut v = all.get(&(kind, c.name())).cloned().unwrap_or_default();
+        v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let mut rows = Vec::new();
+    for kind in TlsKind::ALL {
+        let bare = pick(kind, Contestant::Bare);
+        let nginx = pick(kind, Contestant::Nginx);
+        for c in TLS_CONTESTANTS {
+            let m = pick(kind, c);
+            rows.push(vec![
+                kind.name().to_string(),
+                c.name().to_string(),
+                format!("{:.0}", m.rate),
+                format!("{:.2}x", m.rate / bare.rate),
+                format!("{:.2}x", m.rate / nginx.rate),
+                format!("{:.1} us", m.cpu_us),
+                format!("{:.0}%", m.load_busy * 100.0),
+                m.errors.to_string(),
+            ]);
+        }
+    }
+    let ratio = |kind: TlsKind, than: Contestant| {
+        pick(kind, Contestant::Usher).rate / pick(kind, than).rate
+    };
+    let verdict = |v: f64, target: f64| if v >= target { "met" } else { "missed" };
+    let (ka1, ka2) = (
+        ratio(TlsKind::KeepAliveH1, Contestant::Bare),
+        ratio(TlsKind::KeepAliveH2, Contestant::Bare),
+    );
+    let (hs1, hs2) = (
+        ratio(TlsKind::HandshakeH1, Contestant::Nginx),
+        ratio(TlsKind::HandshakeH2, Contestant::Nginx),
+    );
+    let mut md = String::new();
+    let _ = writeln!(md, "{TLS_BEGIN}\n## TLS\n");
+    let _ = writeln!(
+        md,
+        "Generated by `bench-harness/run tls{}` on {} in {:.0} minutes; do not edit by hand.\n",
+        if o.quick { " --quick" } else { "" },
+        first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    let _ = writeln!(md, "- machine: {} cores, {}; {}", cores(), first_line("sh", &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]), first_line("uname", &["-sr"]));
+    let _ = writeln!(md, "- usher `{}` with everything on (the throughput rows' configuration) plus a TLS listener; bare Pingora with a TLS listener (`bare --tls`); both Pingora 0.9.1's `rustls` backend (rustls 0.23, ring), HTTP/2 and HTTP/1.1 by ALPN; nginx {} with OpenSSL ({}), `peers/nginx-tls.conf`", first_line("git", &["rev-parse", "--short", "HEAD"]), first_line("nginx", &["-v"]).trim_start_matches("nginx version: "), first_line("openssl", &["version"]));
+    let _ = writeln!(md, "- the same ECDSA P-256 self-signed certificate and key for all (`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1`), TLS 1.3 negotiated, X25519; the same nginx `return 200` origin behind them over plain HTTP/1.1 keep-alive");
+    let _ = writeln!(md, "- each proxy one worker pinned to core 0; load generators and the origin on core 1. {rounds} interleaved rounds of {secs} s (after 1 s of warm-up) per row; per row and proxy the round with the median rate");
+    let _ = writeln!(md, "- **full handshakes**: the harness's own client (`src/tls.rs`: rustls, session resumption disabled, so no ticket or session id is ever offered), a closed loop of {TLS_CLIENTS} clients each doing connect, full handshake, one GET, close: a throughput ceiling, not a latency figure. HTTP/1.1 sends `Connection: close`; HTTP/2 is chosen by ALPN, one stream, then the client closes");
+    let _ = writeln!(md, "- **keep-alive**: HTTP/1.1 `wrk -t1 -c{TLS_CLIENTS}` (OpenSSL client); HTTP/2 `oha --http2 --insecure -c {OHA_CONNS} -p {OHA_STREAMS}` ({}, rustls client); both closed loop, so throughput ceilings\n", first_line(&oha.display().to_string(), &["--version"]));
+    md.push_str(&table(
+        &["row", "proxy", "per second", "vs bare Pingora", "vs nginx", "proxy CPU each", "load core busy", "errors"],
+        &rows,
+    ));
+    let _ = writeln!(md, "\nTargets (issue 14), usher's ratios from this run:\n");
+    let _ = writeln!(md, "- TLS keep-alive throughput >= 0.95x bare Pingora with TLS: HTTP/1.1 {ka1:.2}x ({}), HTTP/2 {ka2:.2}x ({})", verdict(ka1, 0.95), verdict(ka2, 0.95));
+    let _ = writeln!(md, "- full handshakes per second >= 0.9x nginx: HTTP/1.1 {hs1:.2}x ({}), HTTP/2 {hs2:.2}x ({})", verdict(hs1, 0.9), verdict(hs2, 0.9));
+    let _ = writeln!(md, "\nWhere the load core is near 100% the rate is the load generator's limit as much as the proxy's; the proxy's CPU per request (per handshake, in the handshake rows) is then the fairer comparison.\n");
+    let _ = writeln!(md, "Reproduce (about {:.0} minutes; installs nginx, wrk and `cargo install oha` when missing):\n\n```sh\nbench-harness/run tls\n```\n{TLS_END}", started.elapsed().as_secs_f64() / 60.0 + 1.0);
+    let path = root.join("RESULTS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, with_tls_section(&old, Some(&md)))?;
+    print!("{md}");
+    eprintln!("wrote the TLS section of {}", path.display());
+    Ok(())
+}
+
+const TLS_BEGIN: &str = "<!-- tls:begin -->";
+const TLS_END: &str = "<!-- tls:end -->";
+
+/// `text` with its TLS section replaced by `section` (appended when it has none; removed when
+/// `None`).
+fn with_tls_section(text: &str, section: Option<&str>) -> String {
+    let (before, after) = match (text.find(TLS_BEGIN), text.find(TLS_END)) {
+        (Some(b), Some(e)) if e > b => (&text[..b], &text[e + TLS_END.len()..]),
+        _ => (text, ""),
+    };
+    let mut out = before.trim_end().to_string();
+    out.push_str("\n\n");
+    if let Some(s) = section {
+        out.push_str(s.trim_end());
+        out.push('\n');
+    }
+    out.push_str(after.trim_start());
+    out
+}
+
+/// The TLS section of `old` (RESULTS.md before a full run), kept at the end of `new`.
+fn keep_tls_section(old: &str, new: &str) -> String {
+    match (old.find(TLS_BEGIN), old.find(TLS_END)) {
+        (Some(b), Some(e)) if e > b => with_tls_section(new, Some(&old[b..e + TLS_END.len()])),
+        _ => new.to_string(),
+    }
+}
+
 fn cores() -> usize {
     // The harness itself runs pinned to one core: count the machine's, not its own.
     std::fs::read_to_string("/proc/cpuinfo")
@@ -671,6 +882,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if args.iter().any(|a| a == "--tls" || a == "tls") {
+        let r = tls_rows(&rt, &tools, &o, &root);
+        let _ = std::fs::remove_dir_all(&work);
+        return r;
+    }
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let f = args.get(i + 1).cloned().unwrap_or_default();
         let p = args.get(i + 2).cloned().unwrap_or_default();
@@ -963,7 +1179,9 @@ fn main() -> anyhow::Result<()> {
         "![brownout: success rate and p99 per second, one line per proxy](brownout.svg)\n"
     );
     let _ = writeln!(md, "## Reproduce\n\n```sh\nbench-harness/run{}\n```\n\nMicro benchmarks of the hot path: `cargo bench --bench hot_path`; memory per customer: `cargo bench --bench customer_memory`; sinks: `cargo bench --bench sink_throughput`.", if o.quick { " --quick" } else { "" });
-    std::fs::write(root.join("RESULTS.md"), md)?;
+    // The TLS section (`bench-harness/run tls`) is its own run: kept as it was.
+    let old = std::fs::read_to_string(root.join("RESULTS.md")).unwrap_or_default();
+    std::fs::write(root.join("RESULTS.md"), keep_tls_section(&old, &md))?;
     eprintln!(
         "wrote {} and {}",
         root.join("RESULTS.md").display(),
