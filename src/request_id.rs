@@ -44,15 +44,25 @@ fn plausible(v: &[u8]) -> bool {
 fn trace_id(v: &[u8]) -> Option<CompactString> {
     let s = std::str::from_utf8(v).ok()?;
     let mut parts = s.trim().split('-');
-    let (version, trace, parent, _flags) =
+    let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    // Lower-case hex only, as the W3C spec writes it; version 00 has exactly four parts (later
+    // versions may add more); neither id may be all zeros.
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |p: &str| p.bytes().any(|b| b != b'0');
     (hex(version, 2)
         && version != "ff"
+        && !(version == "00" && parts.next().is_some())
         && hex(trace, 32)
         && hex(parent, 16)
-        && trace.bytes().any(|b| b != b'0'))
-    .then(|| CompactString::from(trace.to_ascii_lowercase()))
+        && hex(flags, 2)
+        && nonzero(trace)
+        && nonzero(parent))
+    .then(|| CompactString::from(trace))
 }
 
 #[cfg(test)]
@@ -77,5 +87,13 @@ mod tests {
         assert_eq!(of(None, Some(zero), || 7), format!("{:032x}", 7));
         assert_eq!(of(None, Some(b"garbage"), || 7), format!("{:032x}", 7));
         assert_eq!(of(Some(b"mine"), Some(tp), || 0), "mine", "a sent id wins");
+        for bad in [
+            &b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-junk",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(of(None, Some(bad), || 7), format!("{:032x}", 7), "{bad:?}");
+        }
     }
 }

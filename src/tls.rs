@@ -22,6 +22,30 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// No certificate chain or key is this large: a larger file (or `/dev/zero`) is a mistake.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file: a regular file (a pipe or a device would hang or never end), at most
+/// [`MAX_PEM_BYTES`].
+pub fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_PEM_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// One certificate as the configuration names it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertSpec {
@@ -148,8 +172,12 @@ fn wildcard_covers(pattern: &str, name: &str) -> bool {
 fn load_one(s: &CertSpec, base: &Path, now_secs: i64) -> Result<Loaded, (&'static str, String)> {
     let cert_path = base.join(&s.cert);
     let key_path = base.join(&s.key);
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| ("cert", format!("cannot read {}: {e}", cert_path.display())))?
+    let cert_pem = read_pem_file(&cert_path)
+        .map_err(|e| ("cert", format!("cannot read {}: {e}", cert_path.display())))?;
+    let key_pem = read_pem_file(&key_path)
+        .map_err(|e| ("key", format!("cannot read {}: {e}", key_path.display())))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .map(|c| c.map(|c| c.into_owned()))
         .collect::<Result<_, _>>()
         .map_err(|e| {
             (
@@ -163,10 +191,15 @@ fn load_one(s: &CertSpec, base: &Path, now_secs: i64) -> Result<Loaded, (&'stati
             format!("{} holds no certificate", cert_path.display()),
         ));
     };
-    let key_der = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        let encrypted = String::from_utf8_lossy(&key_pem).contains("ENCRYPTED");
         (
             "key",
-            format!("{}: no private key read: {e}", key_path.display()),
+            if encrypted {
+                format!("{} is an encrypted key; usher needs it unencrypted (readable only by usher's user)", key_path.display())
+            } else {
+                format!("{}: no private key read: {e}", key_path.display())
+            },
         )
     })?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| {

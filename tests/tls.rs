@@ -449,6 +449,31 @@ pool = "web"
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+    // A device or a pipe where a PEM file should be is refused at once, not read for ever.
+    let fifo = dir.path().join("key.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let text2 = text
+        .replace("cert = \"missing.pem\"", "cert = \"/dev/zero\"")
+        .replace(
+            "key = \"old.key\"",
+            &format!("key = \"{}\"", fifo.display()),
+        );
+    let err = usher::Config::parse(&text2, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.tls.certificates[0].cert: cannot read /dev/zero: not a regular file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.tls.certificates[2].key: cannot read")
+            && err.contains("not a regular file"),
+        "{err}"
+    );
     // Redirecting to https with no TLS listener to redirect to is an error too.
     let text = format!(
         "[server]\nlisten = [\"{}\"]\nredirect_to_https = true\n[[pools]]\nname = \"web\"\nupstreams = [\"127.0.0.1:9\"]\n[[routes]]\nname = \"all\"\npool = \"web\"\n",

@@ -1406,7 +1406,7 @@ fn upstream_tls(
     let read_certs =
         |errs: &mut Errors, key: &str, file: &str| -> Option<(Vec<Vec<u8>>, Vec<u8>)> {
             let f = base_dir.join(file);
-            let pem = match std::fs::read(&f) {
+            let pem = match crate::tls::read_pem_file(&f) {
                 Ok(b) => b,
                 Err(e) => {
                     errs.push(
@@ -1454,7 +1454,7 @@ fn upstream_tls(
         (Some(cert), Some(key)) => {
             let chain = read_certs(errs, "client_cert", cert);
             let kf = base_dir.join(key);
-            let key_pem = std::fs::read(&kf).ok();
+            let key_pem = crate::tls::read_pem_file(&kf).ok();
             let key_der = key_pem
                 .as_deref()
                 .and_then(|b| PrivateKeyDer::from_pem_slice(b).ok());
