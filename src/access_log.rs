@@ -392,10 +392,14 @@ impl Output {
     }
 }
 
+/// Opens for appending; a new file is readable by its owner and group only: it holds customer
+/// ids and client addresses.
 fn append(p: &PathBuf) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(p)
 }
 

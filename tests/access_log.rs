@@ -181,6 +181,12 @@ async fn every_request_gets_a_line_with_every_field_and_its_id_travels() {
         "{}",
         e[3]
     );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o007,
+        0,
+        "customer ids and addresses are not for every local user"
+    );
     // Nothing dropped, every line counted.
     let (_, metrics) = get(
         &c,
