@@ -118,6 +118,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return self.inner.process_new(stream, shutdown).await;
         }
         let limits = (self.limits)();
+        let accepted = tokio::time::Instant::now();
         match self.connections.admit(limits.max) {
             Some(mut slot) => {
                 let stream: Stream = match &self.tls {
@@ -156,7 +157,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                         }
                     }
                 };
-                let mut guarded = GuardedStream::new(stream, slot, &limits);
+                // The handshake and the first head share one head timeout.
+                let mut guarded = GuardedStream::after(stream, slot, &limits, accepted.elapsed());
                 if !guarded.first_byte().await {
                     return None;
                 }

@@ -63,13 +63,21 @@ pub struct GuardedStream {
 impl GuardedStream {
     /// Wraps a freshly accepted `inner`: its head clock starts now.
     pub fn new(inner: Stream, slot: Slot, limits: &ConnectionLimits) -> Self {
+        Self::after(inner, slot, limits, Duration::ZERO)
+    }
+
+    /// As [`GuardedStream::new`], for a connection that has spent `spent` of its head time
+    /// already (on its TLS handshake): the first head gets what is left.
+    pub fn after(inner: Stream, slot: Slot, limits: &ConnectionLimits, spent: Duration) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         GuardedStream {
             inner,
             slot,
             phase: AtomicU8::new(HEAD),
             armed: HEAD,
-            timer: Box::pin(tokio::time::sleep(limits.head_timeout)),
+            timer: Box::pin(tokio::time::sleep(
+                limits.head_timeout.saturating_sub(spent),
+            )),
             head_timeout: limits.head_timeout,
             idle_timeout: limits.idle_timeout,
             first: None,
