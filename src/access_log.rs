@@ -321,20 +321,11 @@ impl AccessLogs {
         self.reopen.store(true, Ordering::Release);
     }
 
-    /// Whether lines are being written, and with which settings.
-    pub fn config(&self) -> Option<AccessLogConfig> {
-        self.current.load().as_ref().map(|w| w.config().clone())
-    }
-
-    pub fn log(&self, entry: Entry) {
+    /// Runs `f` on the writer in force, if any: a line is built only when somebody reads it.
+    pub fn with(&self, f: impl FnOnce(&Writer)) {
         if let Some(w) = self.current.load().as_ref() {
-            w.log(entry);
+            f(w);
         }
-    }
-
-    /// Whether a line would be written: spares building one that nobody reads.
-    pub fn enabled(&self) -> bool {
-        self.current.load().is_some()
     }
 
     /// Writes out what is queued and stops (at shutdown).

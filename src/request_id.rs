@@ -10,29 +10,29 @@
 //!
 //! A leaf module: it imports nothing of usher's.
 
-use compact_str::CompactString;
+use http::HeaderValue;
 
 /// Longest id kept as sent.
 pub const MAX_LEN: usize = 128;
 
 /// The id for a request whose `header` value (the configured request-id header) and
-/// `traceparent` are as given; `random` supplies 128 bits when a new one is needed.
+/// `traceparent` are as given; `random` supplies 128 bits when a new one is needed. A header
+/// value, made once: it is sent upstream, back to the client and logged as it is.
 pub fn of(
-    header: Option<&[u8]>,
-    traceparent: Option<&[u8]>,
+    header: Option<&HeaderValue>,
+    traceparent: Option<&HeaderValue>,
     random: impl FnOnce() -> u128,
-) -> CompactString {
-    if let Some(v) = header.filter(|v| plausible(v)) {
-        // Visible ASCII is UTF-8.
-        return CompactString::from_utf8_lossy(v);
+) -> HeaderValue {
+    if let Some(v) = header.filter(|v| plausible(v.as_bytes())) {
+        return v.clone();
     }
-    if let Some(trace) = traceparent.and_then(trace_id) {
-        return trace;
-    }
-    let mut id = CompactString::with_capacity(32);
-    use std::fmt::Write;
-    let _ = write!(id, "{:032x}", random());
-    id
+    let made = match traceparent.and_then(|t| trace_id(t.as_bytes())) {
+        Some(trace) => trace.to_string(),
+        None => format!("{:032x}", random()),
+    };
+    // Hex digits are a header value; the buffer becomes the value's without a copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(made.into_bytes()))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn plausible(v: &[u8]) -> bool {
@@ -41,7 +41,7 @@ fn plausible(v: &[u8]) -> bool {
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), unless it is the
 /// all-zero invalid one.
-fn trace_id(v: &[u8]) -> Option<CompactString> {
+fn trace_id(v: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(v).ok()?;
     let mut parts = s.trim().split('-');
     let (version, trace, parent, flags) =
@@ -62,12 +62,25 @@ fn trace_id(v: &[u8]) -> Option<CompactString> {
         && hex(flags, 2)
         && nonzero(trace)
         && nonzero(parent))
-    .then(|| CompactString::from(trace))
+    .then_some(trace)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn of(
+        header: Option<&[u8]>,
+        traceparent: Option<&[u8]>,
+        random: impl FnOnce() -> u128,
+    ) -> String {
+        let hv = |b: &[u8]| HeaderValue::from_bytes(b).expect("a value a header can hold");
+        let (h, t) = (header.map(hv), traceparent.map(hv));
+        super::of(h.as_ref(), t.as_ref(), random)
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
 
     #[test]
     fn a_plausible_id_is_kept_anything_else_replaced() {
@@ -76,7 +89,7 @@ mod tests {
         assert_eq!(made, "00000000000000000000000000000abc");
         assert_eq!(of(Some(&[b'a'; 129]), None, || 1).len(), 32);
         assert_eq!(of(Some(b""), None, || 1).len(), 32);
-        assert_eq!(of(Some(b"\x1b[31m"), None, || 1).len(), 32);
+        assert_eq!(of(Some("ünicode".as_bytes()), None, || 1).len(), 32);
     }
 
     #[test]

@@ -301,3 +301,70 @@ fn logrotate_moves_the_file_and_sigusr1_opens_a_new_one() {
     let total = old.lines().count() + new.lines().count();
     assert_eq!(total, n + 2, "old: {old}\nnew: {new}");
 }
+
+/// An access log nobody reads (standard output into a pipe that is never drained, as a stuck log
+/// driver leaves it) holds up neither the requests nor the end: SIGTERM still writes the state
+/// snapshot and the process exits.
+#[test]
+fn a_stalled_access_log_keeps_neither_requests_nor_the_snapshot_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(Origin::start_local("web")).unwrap();
+    let text = shop(&origin, std::path::Path::new("-"), "json", "")
+        .replace("path = \"-\"", "path = \"-\"\nqueue = 16");
+    let listen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = [\""))
+        .and_then(|l| l.strip_suffix("\"]"))
+        .unwrap()
+        .to_string();
+    let cfg = dir.path().join("usher.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped()) // held, never read
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    usher::server::wait_listening(listen.parse().unwrap(), Duration::from_secs(20)).unwrap();
+    // 2 KiB paths: 200 lines are far more than the 64 KiB a pipe holds.
+    let path = format!("/{}", "p".repeat(2000));
+    let started = Instant::now();
+    rt.block_on(async {
+        let c = client();
+        for i in 0..200 {
+            let id = format!("c{i}");
+            let (status, _) = get(
+                &c,
+                format!("http://{listen}{path}?{i}"),
+                &[("x-customer-id", id.as_str())],
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+    });
+    let served_in = started.elapsed();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    let snapshot = dir.path().join("usher-state/usher.snapshot");
+    assert!(snapshot.exists(), "the state snapshot was written");
+    eprintln!("200 requests with the log stalled: {served_in:?}");
+    drop(child);
+}

@@ -4,55 +4,9 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use usher::origin::Origin;
-
-/// A test CA and certificates it signs, written as PEM files in a folder.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "usher test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki {
-            dir: dir.to_path_buf(),
-            ca,
-            ca_key,
-        }
-    }
-
-    /// Writes `file.pem` and `file.key` for `names` (the first is also the common name).
-    fn issue(&self, file: &str, names: &[&str], expired: bool) {
-        let mut p =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-}
 
 fn tls_config(
     origin: &Origin,
@@ -140,11 +94,11 @@ fn presented(tls: std::net::SocketAddr, servername: Option<&str>) -> String {
         .to_string()
 }
 
-fn pki_with_three(dir: &Path) -> Pki {
-    let pki = Pki::new(dir);
-    pki.issue("shop", &["shop.test", "*.shop.test"], false);
-    pki.issue("api", &["api.test"], false);
-    pki.issue("fallback", &["fallback.test"], false);
+fn pki_with_three(dir: &Path) -> TestCa {
+    let pki = TestCa::new(dir, "ca");
+    pki.issue_files("shop", &["shop.test", "*.shop.test"], false);
+    pki.issue_files("api", &["api.test"], false);
+    pki.issue_files("fallback", &["fallback.test"], false);
     pki
 }
 
@@ -161,7 +115,7 @@ async fn tls_listeners_choose_the_certificate_by_name_and_speak_http1_and_http2(
     .unwrap_or_else(|e| panic!("{e}"));
     let running = usher::server::spawn(cfg).unwrap();
     let port = tls.port();
-    let ca = pki.ca().display().to_string();
+    let ca = pki.path().display().to_string();
     let resolve = |name: &str| format!("{name}:{port}:127.0.0.1");
 
     // SNI: each name gets its certificate, a wildcard covers one label, and a client that sends
@@ -305,7 +259,7 @@ async fn a_reload_swaps_certificates_for_new_handshakes_and_keeps_open_connectio
 
     // A kept-alive HTTPS connection, open across the reload.
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca()).unwrap() {
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.path()).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
     use rustls::pki_types::pem::PemObject;
@@ -344,7 +298,7 @@ async fn a_reload_swaps_certificates_for_new_handshakes_and_keeps_open_connectio
         "{metrics}"
     );
     // A new certificate for the shop, with another name besides.
-    pki.issue(
+    pki.issue_files(
         "shop",
         &["shop.test", "new.shop.test", "www.shop.test"],
         false,
@@ -399,10 +353,10 @@ async fn a_reload_swaps_certificates_for_new_handshakes_and_keeps_open_connectio
 #[test]
 fn check_reports_every_certificate_problem_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    pki.issue("good", &["shop.test"], false);
-    pki.issue("old", &["old.test"], true);
-    pki.issue("other", &["other.test"], false);
+    let pki = TestCa::new(dir.path(), "ca");
+    pki.issue_files("good", &["shop.test"], false);
+    pki.issue_files("old", &["old.test"], true);
+    pki.issue_files("other", &["other.test"], false);
     let text = format!(
         r#"
 [server]

@@ -8,40 +8,15 @@ use common::*;
 use std::sync::Arc;
 use tokio_rustls::rustls;
 
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-fn pki(dir: &std::path::Path, name: &str) -> Pki {
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = p.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), ca.pem()).unwrap();
-    Pki { ca, ca_key }
-}
-
-impl Pki {
-    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let p =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        (p.signed_by(&key, &self.ca, &self.ca_key).unwrap(), key)
-    }
-}
-
 /// An https origin for `origin.test`: answers its protocol and whether the client showed a
 /// certificate; demands one signed by `clients` when given. Counts its health checks.
 async fn https_origin(
-    server: &Pki,
-    clients: Option<&Pki>,
+    server: &TestCa,
+    clients: Option<&TestCa>,
     checks: Arc<std::sync::atomic::AtomicUsize>,
 ) -> std::net::SocketAddr {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let (cert, key) = server.issue(&["origin.test"]);
+    let (cert, key) = server.issue(&["origin.test"], false);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -49,7 +24,7 @@ async fn https_origin(
     let builder = match clients {
         Some(c) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(c.ca.der().clone()).unwrap();
+            roots.add(c.cert.der().clone()).unwrap();
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
@@ -131,9 +106,9 @@ fn pool_config(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_pool_is_verified_against_its_ca_with_a_client_certificate_over_h1_and_h2() {
     let dir = tempfile::tempdir().unwrap();
-    let server_ca = pki(dir.path(), "origin-ca");
-    let client_ca = pki(dir.path(), "client-ca");
-    let (cert, key) = client_ca.issue(&["usher.test"]);
+    let server_ca = TestCa::new(dir.path(), "origin-ca");
+    let client_ca = TestCa::new(dir.path(), "client-ca");
+    let (cert, key) = client_ca.issue(&["usher.test"], false);
     std::fs::write(dir.path().join("usher-client.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("usher-client.key"), key.serialize_pem()).unwrap();
     let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -181,8 +156,8 @@ async fn an_https_pool_is_verified_against_its_ca_with_a_client_certificate_over
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_whose_certificate_is_not_from_the_pool_s_ca_is_never_used() {
     let dir = tempfile::tempdir().unwrap();
-    let _ours = pki(dir.path(), "origin-ca");
-    let stranger = pki(dir.path(), "stranger-ca");
+    let _ours = TestCa::new(dir.path(), "origin-ca");
+    let stranger = TestCa::new(dir.path(), "stranger-ca");
     let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let origin = https_origin(&stranger, None, checks.clone()).await;
     let running = usher::server::spawn(pool_config(origin, "", dir.path()).unwrap()).unwrap();
@@ -206,10 +181,10 @@ async fn an_upstream_whose_certificate_is_not_from_the_pool_s_ca_is_never_used()
 #[test]
 fn check_reports_bad_upstream_tls_settings_with_their_paths() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = pki(dir.path(), "origin-ca");
-    let other = pki(dir.path(), "other-ca");
-    let (cert, _) = ca.issue(&["usher.test"]);
-    let (_, wrong_key) = other.issue(&["x.test"]);
+    let ca = TestCa::new(dir.path(), "origin-ca");
+    let other = TestCa::new(dir.path(), "other-ca");
+    let (cert, _) = ca.issue(&["usher.test"], false);
+    let (_, wrong_key) = other.issue(&["x.test"], false);
     std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("wrong.key"), wrong_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("empty.pem"), "").unwrap();

@@ -219,25 +219,30 @@ fn reload(usher: &Usher) -> Reply {
 /// Most events one `/events` answer lists.
 pub const MAX_EVENTS: usize = 10_000;
 
+/// `?limit=N` of an events listing: 100 by default, at most [`MAX_EVENTS`].
+fn limit_param(query: Option<&str>) -> Result<usize, Reply> {
+    match urlencoded::query_param(query.unwrap_or(""), "limit").map(|v| v.parse::<usize>()) {
+        None => Ok(100),
+        Some(Ok(n)) => Ok(n.min(MAX_EVENTS)),
+        Some(Err(_)) => Err(Reply::error(400, "limit must be a number, e.g. ?limit=50")),
+    }
+}
+
 fn events(usher: &Usher, query: Option<&str>) -> Reply {
-    let limit =
-        match urlencoded::query_param(query.unwrap_or(""), "limit").map(|v| v.parse::<usize>()) {
-            None => 100,
-            Some(Ok(n)) => n.min(MAX_EVENTS),
-            Some(Err(_)) => return Reply::error(400, "limit must be a number, e.g. ?limit=50"),
-        };
+    let limit = match limit_param(query) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
     let recent = usher.state().events.recent(limit);
     let list: Vec<&crate::events::model::CloudEvent> = recent.iter().map(|e| e.as_ref()).collect();
     Reply::json(200, &serde_json::json!({ "events": list }))
 }
 
 fn dead_letters(usher: &Usher, query: Option<&str>) -> Reply {
-    let limit =
-        match urlencoded::query_param(query.unwrap_or(""), "limit").map(|v| v.parse::<usize>()) {
-            None => 100,
-            Some(Ok(n)) => n.min(MAX_EVENTS),
-            Some(Err(_)) => return Reply::error(400, "limit must be a number, e.g. ?limit=50"),
-        };
+    let limit = match limit_param(query) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
     let g = usher.generation();
     let ev = &g.config.events;
     let mut out = Vec::new();

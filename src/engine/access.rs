@@ -21,13 +21,11 @@ pub struct RequestFacts<'a> {
 impl Usher {
     /// Logs `ex`, once recorded, when an access log is in force.
     pub fn log_access(&self, ex: &Exchange, facts: &RequestFacts<'_>) {
-        let log = &self.state.access_log;
-        if !log.enabled() {
-            return;
-        }
-        if let Some(e) = self.access_entry(ex, facts, log.config().is_some_and(|c| c.query)) {
-            log.log(e);
-        }
+        self.state.access_log.with(|w| {
+            if let Some(e) = self.access_entry(ex, facts, w.config().query) {
+                w.log(e);
+            }
+        });
     }
 
     fn access_entry(&self, ex: &Exchange, facts: &RequestFacts<'_>, query: bool) -> Option<Entry> {
@@ -47,7 +45,7 @@ impl Usher {
         let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         Some(Entry {
             time: crate::time::rfc3339(f.now_ms),
-            request_id: ex.request_id.clone(),
+            request_id: CompactString::from(ex.request_id()),
             client: facts.client,
             method: CompactString::from(facts.method),
             host: CompactString::from(facts.host),

@@ -91,7 +91,7 @@ pub struct Exchange {
     /// connection lives as long as the two ends keep it.
     pub(crate) upgrade: bool,
     /// See `crate::request_id`; empty until the head is read.
-    pub(crate) request_id: compact_str::CompactString,
+    pub(crate) request_id: http::HeaderValue,
     /// How it ended, once recorded: what the access log says of it.
     pub(crate) finished: Option<Finished>,
 }
@@ -165,7 +165,7 @@ impl Exchange {
             status_retry: false,
             recorded: false,
             upgrade: false,
-            request_id: compact_str::CompactString::default(),
+            request_id: http::HeaderValue::from_static(""),
             finished: None,
         }
     }
@@ -188,7 +188,12 @@ impl Exchange {
 
     /// The request's id (see `crate::request_id`), once its head was read.
     pub fn request_id(&self) -> &str {
-        &self.request_id
+        self.request_id.to_str().unwrap_or("")
+    }
+
+    /// The same, as the header value usher sends; `None` before the head was read.
+    pub fn request_id_header(&self) -> Option<&http::HeaderValue> {
+        (!self.request_id.is_empty()).then_some(&self.request_id)
     }
 
     /// The generation the request started on, once admitted.

@@ -133,10 +133,8 @@ impl Usher {
             ex.admitted = true;
         }
         ex.request_id = crate::request_id::of(
-            req.headers
-                .get(&g.config.server.request_id_header)
-                .map(|v| v.as_bytes()),
-            req.headers.get("traceparent").map(|v| v.as_bytes()),
+            req.headers.get(&g.config.server.request_id_header),
+            req.headers.get("traceparent"),
             rand::random::<u128>,
         );
         ex.upgrade = exchange::is_websocket_upgrade(req);

@@ -146,11 +146,8 @@ impl UsherHooks {
             req.remove_header(&name);
         }
         req.insert_header(headers::HOP_HEADER, hop)?;
-        if let (Some(g), Ok(id)) = (
-            ex.generation(),
-            http::HeaderValue::from_str(ex.request_id()),
-        ) {
-            req.insert_header(g.config.server.request_id_header.clone(), id)?;
+        if let (Some(g), Some(id)) = (ex.generation(), ex.request_id_header()) {
+            req.insert_header(g.config.server.request_id_header.clone(), id.clone())?;
         }
         if let Some((name, value)) = self.usher.experience_header(ex) {
             req.insert_header(name.clone(), value)?;
@@ -310,10 +307,8 @@ impl UsherHooks {
 
     /// Adds the request id to a response head usher sends the client.
     pub fn on_response(&self, resp: &mut ResponseHeader, ex: &Exchange) -> Result<()> {
-        if let Some(g) = ex.generation() {
-            if let Ok(v) = http::HeaderValue::from_str(ex.request_id()) {
-                resp.insert_header(g.config.server.request_id_header.clone(), v)?;
-            }
+        if let (Some(g), Some(id)) = (ex.generation(), ex.request_id_header()) {
+            resp.insert_header(g.config.server.request_id_header.clone(), id.clone())?;
         }
         Ok(())
     }

@@ -80,6 +80,15 @@ impl PeakEwma {
         self.observed = true;
     }
 
+    /// One attempt's result: its latency, or a failure.
+    pub fn record(&mut self, failed: bool, rtt: Duration, now: Instant, settings: &EwmaSettings) {
+        if failed {
+            self.observe_failure(now, settings);
+        } else {
+            self.observe(rtt, now, settings);
+        }
+    }
+
     /// A failure: the estimate jumps to the penalty, or stays where it is if already worse.
     pub fn observe_failure(&mut self, now: Instant, settings: &EwmaSettings) {
         let current = self.decayed(now, settings);

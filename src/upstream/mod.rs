@@ -573,31 +573,15 @@ impl Upstreams {
         rng: &mut R,
     ) -> Vec<HealthEvent> {
         let node = self.node(u);
-        let failed = result != AttemptResult::Ok;
-        let s = &self.settings.outlier;
         let mut events = Vec::new();
-        {
-            let mut ewma = node.ewma.lock();
-            if failed {
-                ewma.observe_failure(now, &self.settings.ewma);
-            } else {
-                ewma.observe(latency, now, &self.settings.ewma);
-            }
-        }
-        // Peers are read before taking this node's lock: two locks are never held at once.
-        let outlier = node.health.state() == PROBING
-            && !failed
-            && self
-                .peers_latency(u)
-                .is_some_and(|peers| is_latency_outlier(latency, peers, s));
-        let change = node
-            .health
-            .passive
-            .lock()
-            .observe(result, latency, outlier, now, s);
-        if let Some(e) = change.and_then(|c| self.apply(u, None, c, now, rng)) {
-            events.push(e);
-        }
+        node.ewma.lock().record(
+            result != AttemptResult::Ok,
+            latency,
+            now,
+            &self.settings.ewma,
+        );
+        let peers = || self.peers_latency(u);
+        events.extend(self.judge(u, None, &node.health, peers, result, latency, now, rng));
         if let (Some(r), Some(lane)) = (route, self.lane_of(route, u)) {
             // A refused connection is never one route's trouble, and what put the upstream out
             // as a whole needs no second verdict per route.
@@ -606,32 +590,53 @@ impl Upstreams {
                 AttemptResult::TimedOut => lane.timed_out(),
                 AttemptResult::Ok | AttemptResult::Failed => lane.answered(self.ms_since_base(now)),
             }
-            {
-                let mut ewma = lane.ewma.lock();
-                if failed {
-                    ewma.observe_failure(now, &self.settings.ewma);
-                } else {
-                    ewma.observe(latency, now, &self.settings.ewma);
-                }
-            }
-            if !node.health.healthy() {
-                return events;
-            }
-            let outlier = lane.health.state() == PROBING
-                && !failed
-                && self
-                    .lane_peers_latency(r, u, now)
-                    .is_some_and(|peers| is_latency_outlier(latency, peers, s));
-            let change = lane
-                .health
-                .passive
-                .lock()
-                .observe(result, latency, outlier, now, s);
-            if let Some(e) = change.and_then(|c| self.apply(u, Some(r), c, now, rng)) {
-                events.push(e);
+            lane.ewma.lock().record(
+                result != AttemptResult::Ok,
+                latency,
+                now,
+                &self.settings.ewma,
+            );
+            if node.health.healthy() {
+                let peers = || self.lane_peers_latency(r, u, now);
+                events.extend(self.judge(
+                    u,
+                    Some(r),
+                    &lane.health,
+                    peers,
+                    result,
+                    latency,
+                    now,
+                    rng,
+                ));
             }
         }
         events
+    }
+
+    /// Judges one attempt on `health` (`u`'s as a whole, or on `route`): its passive rules, and
+    /// for a probe whether its latency is an outlier against `peers`. Peers are read before the
+    /// health's lock is taken: two locks are never held at once.
+    #[allow(clippy::too_many_arguments)]
+    fn judge<R: Rng + ?Sized>(
+        &self,
+        u: UpstreamId,
+        route: Option<RouteId>,
+        health: &Health,
+        peers: impl FnOnce() -> Option<Duration>,
+        result: AttemptResult,
+        latency: Duration,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<HealthEvent> {
+        let s = &self.settings.outlier;
+        let outlier = health.state() == PROBING
+            && result == AttemptResult::Ok
+            && peers().is_some_and(|p| is_latency_outlier(latency, p, s));
+        let change = health
+            .passive
+            .lock()
+            .observe(result, latency, outlier, now, s);
+        change.and_then(|c| self.apply(u, route, c, now, rng))
     }
 
     /// Applies `change` to `u`'s health as a whole (`route` None) or on `route`.

@@ -365,3 +365,57 @@ pub async fn recorded(c: &reqwest::Client, admin: SocketAddr, who: &str, n: u64)
     }
     panic!("{who}'s {n} requests were never all recorded");
 }
+
+/// A certificate authority made for one test, and certificates it signs (rcgen), as PEM files in
+/// a folder.
+pub struct TestCa {
+    pub dir: std::path::PathBuf,
+    pub cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    name: String,
+}
+
+impl TestCa {
+    /// A CA called `name`, written to `dir/name.pem`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        TestCa {
+            dir: dir.to_path_buf(),
+            cert,
+            key,
+            name: name.to_string(),
+        }
+    }
+
+    /// The CA's own certificate file.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    /// A certificate for `names` (the first is also its common name); `expired` in 2021.
+    pub fn issue(&self, names: &[&str], expired: bool) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        (p.signed_by(&key, &self.cert, &self.key).unwrap(), key)
+    }
+
+    /// As [`TestCa::issue`], written to `file.pem` and `file.key` in the CA's folder.
+    pub fn issue_files(&self, file: &str, names: &[&str], expired: bool) {
+        let (cert, key) = self.issue(names, expired);
+        std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+}
