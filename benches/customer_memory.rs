@@ -71,6 +71,7 @@ fn main() {
         degraded_below: 70.0,
         recover_above: 80.0,
         min_requests: 3,
+        struggle: Default::default(),
     };
     let store = CustomerStore::new(n);
     let path = "/checkout/payment/confirm-and-pay";
@@ -85,6 +86,7 @@ fn main() {
                 12_345,
                 Some(2),
                 Outcome::Ok,
+                b"4bf92f3577b34da6a3ce929d0e0e4736",
             );
             let j = if i % 7 == 0 {
                 Judgement::Frustrated
@@ -98,6 +100,7 @@ fn main() {
                     judgement: j,
                     failed: false,
                     step,
+                    struggle: true,
                 },
                 round * 1000,
                 &settings,

@@ -67,6 +67,7 @@ fn step(at: u64) -> Step {
         1234,
         Some(1),
         Outcome::Ok,
+        b"4bf92f3577b34da6a3ce929d0e0e4736",
     )
 }
 
@@ -92,6 +93,7 @@ fn store(c: &mut Criterion) {
         degraded_below: 70.0,
         recover_above: 80.0,
         min_requests: 3,
+        struggle: Default::default(),
     };
     let store = CustomerStore::new(n);
     let ids: Vec<String> = (0..n).map(|i| format!("customer-{i:08}")).collect();
@@ -100,6 +102,7 @@ fn store(c: &mut Criterion) {
         judgement: Judgement::Satisfied,
         failed: false,
         step: step(at),
+        struggle: true,
     };
     for (i, id) in ids.iter().enumerate() {
         store.record(id, &obs(i as u64), i as u64, &settings);

@@ -107,5 +107,53 @@ fn cycle(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cycle);
+/// The bench harness's TLS keep-alive rows: no id header, so the customer is `anon:<client ip>`,
+/// and no request id, so a new one is made for every request.
+fn anonymous_cycle(c: &mut Criterion) {
+    let cfg = Config::parse(CONFIG, Path::new(".")).unwrap();
+    let u = usher::Usher::new(cfg);
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "shop.example".parse().unwrap());
+    headers.insert("user-agent", "bench".parse().unwrap());
+    let uri: Uri = "/site/products/42".parse().unwrap();
+    let peer = Some("127.0.0.1".parse().unwrap());
+    let mut rng = SmallRng::seed_from_u64(1);
+    let mut now_ms = 1_700_000_000_000u64;
+    c.bench_function("engine request cycle (anonymous, new request id)", |b| {
+        b.iter(|| {
+            now_ms += 1;
+            let now = Instant::now();
+            let mut ex = Exchange::starting_at(now);
+            u.begin(
+                &mut ex,
+                &RequestHead {
+                    version: http::Version::HTTP_11,
+                    method: &Method::GET,
+                    uri: &uri,
+                    headers: &headers,
+                    peer,
+                },
+                now_ms,
+            );
+            black_box(u.choose_upstream(&mut ex, now, &mut rng));
+            u.connected(&mut ex, now);
+            u.response_head(&mut ex, 200, now);
+            black_box(u.finish(
+                &mut ex,
+                &Finish {
+                    method: &Method::GET,
+                    path: uri.path(),
+                    status: 200,
+                    failure: None,
+                    bytes_in: 0,
+                    bytes_out: 120,
+                    now,
+                    now_ms,
+                },
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, cycle, anonymous_cycle);
 criterion_main!(benches);

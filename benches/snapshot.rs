@@ -52,6 +52,7 @@ fn main() {
                 12_345,
                 Some(1),
                 Outcome::Ok,
+                b"4bf92f3577b34da6a3ce929d0e0e4736",
             );
             let j = if i % 7 == 0 {
                 Judgement::Frustrated
@@ -63,6 +64,7 @@ fn main() {
                 judgement: j,
                 failed: false,
                 step,
+                struggle: true,
             };
             store.record(
                 &format!("customer-{i:08}@shop.example"),

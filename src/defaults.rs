@@ -47,6 +47,8 @@ pub const UPSTREAM_TLS: bool = false;
 pub const UPSTREAM_H2: bool = false;
 /// A route's answers are judged whole unless it says they stream.
 pub const STREAMING: bool = false;
+/// Query strings carry tokens, e-mail addresses and search terms: journeys keep the path only.
+pub const KEEP_QUERY: bool = false;
 
 // [access_log]
 pub const ACCESS_LOG_FORMAT: &str = "json";
@@ -147,6 +149,8 @@ pub const COOLDOWN: Duration = secs(600);
 pub const RECOVER_MARGIN: f64 = 10.0;
 pub const RECENT_EVENTS: i64 = 1000;
 pub const FUNNEL_TRACK_MAX: i64 = 100_000;
+/// Ended journeys (completed or abandoned) kept for the funnel report (`GET /funnels`).
+pub const FUNNEL_HISTORY_MAX: i64 = 100_000;
 /// Relative to the configuration file's folder.
 pub const SPOOL_DIR: &str = "usher-spool";
 pub const SLO_MIN_REQUESTS: i64 = 20;
@@ -162,6 +166,8 @@ pub const JSONL_PATH: &str = "usher-events.jsonl";
 pub const JSONL_MAX_BYTES: i64 = 100 << 20;
 pub const JSONL_KEEP: i64 = 5;
 pub const WEBHOOK_BATCH: i64 = 100;
+/// The content type of a webhook body rendered from a `template`.
+pub const WEBHOOK_TEMPLATE_CONTENT_TYPE: &str = "application/json";
 pub const NATS_STREAM: &str = "USHER_EVENTS";
 pub const NATS_SUBJECT: &str = "usher.events";
 /// Events per JetStream round of publishes.
@@ -169,6 +175,22 @@ pub const NATS_BATCH: usize = 100;
 
 // [[funnels]]
 pub const ABANDON_AFTER: Duration = secs(1800);
+
+// [privacy]
+/// An idle customer's journey is forgotten after a month: long enough to call back about a
+/// failed order, short enough not to keep a history of everyone who ever visited.
+pub const RETENTION: Duration = secs(30 * 24 * 3600);
+
+// [struggle]
+/// Three of the same request within 15 s: a reload or a button pressed until something happens.
+pub const STRUGGLE_LOOP_COUNT: u8 = 3;
+pub const STRUGGLE_LOOP_WINDOW: Duration = secs(15);
+pub const STRUGGLE_RETRY_WINDOW: Duration = secs(10);
+/// Three refusals of a form on one route within a minute: someone who cannot get past it.
+pub const STRUGGLE_FORM_LOOP_COUNT: u8 = 3;
+pub const STRUGGLE_FORM_LOOP_WINDOW: Duration = secs(60);
+/// Marked and raised, but the score stays a measure of speed and errors unless asked.
+pub const STRUGGLE_IN_SCORE: bool = false;
 
 /// Every documented default as `(key path, value as written in TOML)`: what the example config's
 /// "Default ..." comments and the README's table must say. Checked by `config::tests`.
@@ -186,6 +208,8 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("server.redirect_to_https", "false"),
     ("server.request_id_header", "\"x-request-id\""),
     ("routes.streaming", "false"),
+    ("routes.keep_query", "false"),
+    ("privacy.retention", "\"30d\""),
     ("pools.tls", "false"),
     ("access_log.format", "\"json\""),
     ("access_log.queue", "65536"),
@@ -207,6 +231,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("events.cooldown", "\"10m\""),
     ("events.recent", "1000"),
     ("events.funnel_track_max", "100000"),
+    ("events.funnel_history_max", "100000"),
     ("events.spool_dir", "\"usher-spool\""),
     ("events.slo_min_requests", "20"),
     ("events.slo_realert", "\"1h\""),
@@ -245,4 +270,10 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("pools.resolve_interval", "\"30s\""),
     ("routes.critical", "false"),
     ("routes.target", "\"500ms\""),
+    ("struggle.loop_count", "3"),
+    ("struggle.loop_window", "\"15s\""),
+    ("struggle.retry_window", "\"10s\""),
+    ("struggle.form_loop_count", "3"),
+    ("struggle.form_loop_window", "\"60s\""),
+    ("struggle.in_score", "false"),
 ];

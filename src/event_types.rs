@@ -16,6 +16,8 @@ pub enum EventType {
     JourneyAbandoned,
     #[serde(rename = "usher.customer.rerouted")]
     Rerouted,
+    #[serde(rename = "usher.customer.struggling")]
+    Struggling,
     #[serde(rename = "usher.upstream.ejected")]
     UpstreamEjected,
     #[serde(rename = "usher.upstream.restored")]
@@ -27,12 +29,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::CustomerDegraded,
         EventType::CustomerRecovered,
         EventType::RequestFailed,
         EventType::JourneyAbandoned,
         EventType::Rerouted,
+        EventType::Struggling,
         EventType::UpstreamEjected,
         EventType::UpstreamRestored,
         EventType::SloBurn,
@@ -46,6 +49,7 @@ impl EventType {
             EventType::RequestFailed => "usher.customer.request_failed",
             EventType::JourneyAbandoned => "usher.customer.journey_abandoned",
             EventType::Rerouted => "usher.customer.rerouted",
+            EventType::Struggling => "usher.customer.struggling",
             EventType::UpstreamEjected => "usher.upstream.ejected",
             EventType::UpstreamRestored => "usher.upstream.restored",
             EventType::SloBurn => "usher.route.slo_burn",
@@ -67,6 +71,7 @@ impl EventType {
                 | EventType::RequestFailed
                 | EventType::JourneyAbandoned
                 | EventType::Rerouted
+                | EventType::Struggling
         )
     }
 }

@@ -75,11 +75,25 @@ pub struct Generation {
     /// Every value of the experience header, by rounded score and state, made once: formatting one
     /// per request took a visible share of a request's time.
     pub(crate) experience_values: Vec<HeaderValue>,
+    /// The request id and experience header names as Pingora's header inserts take them, made
+    /// once: from a `HeaderName` each insert copied the name into a new buffer first.
+    pub(crate) request_id_name: bytes::Bytes,
+    pub(crate) experience_name: Option<bytes::Bytes>,
     /// The state's count of requests in flight, at hand for the request path.
     pub(crate) in_flight: Arc<InFlight>,
 }
 
+/// A header name as bytes whose clones only count references (as the request id's are).
+fn header_name_bytes(name: &http::HeaderName) -> bytes::Bytes {
+    bytes::Bytes::from_owner(name.as_str().to_owned())
+}
+
 impl Generation {
+    /// The request id header's name, ready for a header insert.
+    pub fn request_id_name(&self) -> &bytes::Bytes {
+        &self.request_id_name
+    }
+
     /// Compiles `config` against `state`. Cannot fail: the configuration was validated.
     pub fn build(config: Config, state: &State, number: u64, source: Source, now: Instant) -> Self {
         let settings = Settings {
@@ -150,6 +164,7 @@ impl Generation {
             degraded_below: config.experience.degraded_below,
             recover_above: config.events.recover_above,
             min_requests: config.experience.min_requests,
+            struggle: config.struggle,
         };
         let usable: Vec<(&str, std::time::Duration, Vec<UpstreamId>)> = config
             .routes
@@ -197,6 +212,8 @@ impl Generation {
             metrics,
             peek_customer: prot.rescue_below.is_some() || prot.experience_header.is_some(),
             experience_values,
+            request_id_name: header_name_bytes(&config.server.request_id_header),
+            experience_name: prot.experience_header.as_ref().map(header_name_bytes),
             in_flight: state.in_flight.clone(),
             config,
         };
@@ -253,6 +270,10 @@ impl Generation {
             state.tls.set(tls.certs.clone());
         }
         state.access_log.reconcile(self.config.access_log.as_ref());
+        state
+            .events
+            .funnels
+            .set_history_max(self.config.events.funnel_history_max);
     }
 
     pub(crate) fn refresh_pool_panic(&self, metrics: &crate::metrics::Metrics, now: Instant) {

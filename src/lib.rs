@@ -14,7 +14,8 @@
 //! Pingora's phases and is also the plugin API for embedding usher in another Pingora proxy; [`admin`]
 //! serves what usher knows; [`transport`] caps and times the downstream connections under both;
 //! [`server`] assembles a runnable server, [`process`] readying the process first; [`origin`] and [`demo`] are the
-//! programmable origins and synthetic traffic behind `usher demo` and the tests.
+//! programmable origins and synthetic traffic behind `usher demo` and the tests; [`templates`] shape a
+//! webhook's body per event (a helpdesk ticket) and decide which events a sink takes.
 
 pub mod access_log;
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod measure;
 pub mod metrics;
 pub mod names;
 pub mod origin;
+pub mod privacy;
 pub mod process;
 pub mod protection;
 pub mod proxy;
@@ -44,6 +46,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod tasks;
+pub mod templates;
 pub mod time;
 pub mod tls;
 pub mod transport;

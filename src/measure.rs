@@ -88,6 +88,10 @@ pub struct Measurement<'a> {
     pub upstream: Option<UpstreamId>,
     pub method: &'a Method,
     pub path: &'a str,
+    /// The query string, when the route keeps it in journeys.
+    pub query: Option<&'a str>,
+    /// See `crate::request_id`; empty when the request failed before its head was read.
+    pub request_id: &'a [u8],
     /// The status sent to the client; 0 when nothing was sent.
     pub status: u16,
     pub outcome: Outcome,

@@ -20,7 +20,7 @@
 //! chosen from the configuration usher starts with; a reload that brings a new target keeps them,
 //! and says so in the log (restart or upgrade to get the new buckets).
 
-use crate::experience::Summary;
+use crate::experience::{Marks, Summary};
 use crate::ids::{RouteId, UpstreamId};
 use crate::measure::Outcome;
 use crate::protection::Protection;
@@ -48,8 +48,10 @@ pub mod names {
     pub const CUSTOMERS_DEGRADED: &str = "usher_customers_degraded";
     pub const CUSTOMER_SCORE: &str = "usher_customer_score";
     pub const CUSTOMERS_EVICTED: &str = "usher_customers_evicted_total";
+    pub const CUSTOMERS_EXPIRED: &str = "usher_customers_expired_total";
     pub const UPSTREAM_STATE: &str = "usher_upstream_state";
     pub const EJECTIONS: &str = "usher_ejections_total";
+    pub const STRUGGLES: &str = "usher_struggle_total";
     pub const RETRIES: &str = "usher_retries_total";
     pub const RETRY_BUDGET_EXHAUSTED: &str = "usher_retry_budget_exhausted_total";
     pub const PROTECTED_REQUESTS: &str = "usher_protected_requests_total";
@@ -65,6 +67,7 @@ pub mod names {
     pub const UPSTREAM_RESOLUTIONS: &str = "usher_upstream_resolutions_total";
     pub const SNAPSHOTS: &str = "usher_state_snapshots_total";
     pub const IDENTITY_TOKENS: &str = "usher_identity_tokens_total";
+    pub const ADMIN_AUDIT: &str = "usher_admin_audit_records_total";
     pub const POOL_PANIC: &str = "usher_pool_panic";
     pub const CONNECTIONS_OPEN: &str = "usher_connections_open";
     pub const CONNECTIONS_LIMIT: &str = "usher_connections_limit";
@@ -83,6 +86,9 @@ pub struct ConnectionMetrics {
     pub limit: IntGauge,
     /// Turned away at the cap.
     pub refused_capacity: IntCounter,
+    /// HTTP/2 streams answered 503 because the open-files limit could not hold their upstream
+    /// connections.
+    pub refused_streams: IntCounter,
     /// Closed because a request head did not arrive within `server.head_timeout`.
     pub refused_head_timeout: IntCounter,
     /// Kept-alive connections closed after `server.idle_timeout` without a request.
@@ -177,8 +183,10 @@ pub struct Metrics {
     pub customers_tracked: IntGauge,
     pub customers_degraded: IntGauge,
     pub customers_evicted: IntCounter,
+    pub customers_expired: IntCounter,
     score: Arc<ScoreDistribution>,
     ejections: IntCounterVec,
+    struggles: IntCounterVec,
     retries_granted: IntCounter,
     retries_succeeded: IntCounter,
     retries_failed: IntCounter,
@@ -201,6 +209,9 @@ pub struct Metrics {
     connections_by_protocol: IntGaugeVec,
     tls_handshakes: IntCounterVec,
     tokens: IntCounterVec,
+    /// Audit records of customer look-ups and erasures: written, failed.
+    pub audit_written: IntCounter,
+    pub audit_failed: IntCounter,
     /// `tokens` by result, looked up once.
     token_cells: Mutex<std::collections::HashMap<&'static str, IntCounter>>,
 }
@@ -223,6 +234,8 @@ pub struct GenMetrics {
     upstream_duration: Vec<Histogram>,
     /// `[upstream][state]`.
     upstream_state: Vec<[IntGauge; 4]>,
+    /// `[route][signal]`, "none" last, signals in [`Marks`] order.
+    struggles: Vec<Vec<IntCounter>>,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -289,6 +302,10 @@ impl Metrics {
             names::CUSTOMERS_EVICTED,
             "Customers evicted from the store to keep it within experience.track_max.",
         );
+        let customers_expired = counter(
+            names::CUSTOMERS_EXPIRED,
+            "Customers forgotten after privacy.retention without a request.",
+        );
         let score = Arc::new(ScoreDistribution::new());
         reg(Box::new(ScoreCollectorHandle(score.clone())));
         let upstream_state = must(IntGaugeVec::new(
@@ -303,6 +320,11 @@ impl Metrics {
             names::EJECTIONS,
             "Upstreams ejected by passive health, by route (all: the upstream as a whole) and rule.",
             &["upstream", "route", "reason"],
+        );
+        let struggles = counter_vec(
+            names::STRUGGLES,
+            "Requests that showed a struggle signal (loop, retry, form_loop), by route.",
+            &["route", "signal"],
         );
         let retries = counter_vec(
             names::RETRIES,
@@ -347,6 +369,11 @@ impl Metrics {
             names::SNAPSHOTS,
             "State snapshots written and read, by what and result.",
             &["op", "result"],
+        );
+        let audit = counter_vec(
+            names::ADMIN_AUDIT,
+            "Audit records of admin look-ups and erasures of customers, by result: written, failed.",
+            &["result"],
         );
         let tokens = counter_vec(
             names::IDENTITY_TOKENS,
@@ -423,6 +450,8 @@ impl Metrics {
             connections_by_protocol,
             tls_handshakes,
             tokens,
+            audit_written: must(audit.get_metric_with_label_values(&["written"])),
+            audit_failed: must(audit.get_metric_with_label_values(&["failed"])),
             token_cells: Mutex::new(std::collections::HashMap::new()),
             requests,
             request_duration: OnceLock::new(),
@@ -432,8 +461,10 @@ impl Metrics {
             customers_tracked,
             customers_degraded,
             customers_evicted,
+            customers_expired,
             score,
             ejections,
+            struggles,
             retries_granted: must(retries.get_metric_with_label_values(&["granted"])),
             retries_succeeded: must(retries.get_metric_with_label_values(&["succeeded"])),
             retries_failed: must(retries.get_metric_with_label_values(&["failed"])),
@@ -487,6 +518,20 @@ impl Metrics {
                     .map(|s| must(self.upstream_state.get_metric_with_label_values(&[u, s])))
             })
             .collect();
+        let struggles = route_labels
+            .iter()
+            .map(|r| {
+                Marks::ALL_SIGNALS
+                    .iter()
+                    .map(|(_, signal)| {
+                        must(
+                            self.struggles
+                                .get_metric_with_label_values(&[r.as_str(), signal]),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
         let mut cell_blocks = Vec::new();
         let mut cells = 0;
         for (_, _, ups) in routes {
@@ -505,6 +550,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_state,
+            struggles,
         }
     }
 
@@ -642,6 +688,10 @@ impl Metrics {
                 self.connections_refused
                     .get_metric_with_label_values(&[listener, "capacity"]),
             ),
+            refused_streams: must(
+                self.connections_refused
+                    .get_metric_with_label_values(&[listener, "streams"]),
+            ),
             refused_head_timeout: must(
                 self.connections_refused
                     .get_metric_with_label_values(&[listener, "head_timeout"]),
@@ -698,6 +748,17 @@ impl GenMetrics {
         self.upstream_labels
             .get(u as usize)
             .map_or(NONE_LABEL, |s| s.as_str())
+    }
+
+    /// A request of `route` showed the struggle signals `marks`.
+    pub fn struggled(&self, route: Option<RouteId>, marks: Marks) {
+        let none_route = self.route_labels.len() - 1;
+        let r = route.map_or(none_route, |r| (r as usize).min(none_route));
+        for (i, (m, _)) in Marks::ALL_SIGNALS.iter().enumerate() {
+            if marks.contains(*m) {
+                self.struggles[r][i].inc();
+            }
+        }
     }
 
     pub fn observe_request(

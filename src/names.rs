@@ -1,5 +1,5 @@
 //! Interned names: small, stable ids for the names that what usher learns refers to (route,
-//! funnel and tier names, upstream addresses), so that a journey step stays 48 bytes and still
+//! funnel and tier names, upstream addresses), so that a journey step stays 64 bytes and still
 //! says which route served it after that route was removed from the configuration.
 //!
 //! Ids are handed out once per distinct value for the life of the process and never reused, so a

@@ -37,6 +37,8 @@ pub struct Behavior {
     requests: AtomicU64,
     failed: AtomicU64,
     connections: AtomicU64,
+    /// Connections accepted from now on answer once and close (`connection: close`).
+    one_answer_per_connection: AtomicBool,
 }
 
 impl Behavior {
@@ -67,6 +69,12 @@ impl Behavior {
     /// Adds `d` to answers for paths under `prefix`.
     pub fn add_slow_path(&self, prefix: &str, d: Duration) {
         self.slow_paths.lock().push((prefix.to_string(), d));
+    }
+
+    /// Answers one request per connection and closes it, so that every request through a proxy
+    /// needs a new upstream connect (a pool's reuse would otherwise depend on timing).
+    pub fn set_one_answer_per_connection(&self, on: bool) {
+        self.one_answer_per_connection.store(on, Ordering::Relaxed);
     }
 
     /// Back to a fast, healthy origin.
@@ -144,8 +152,11 @@ impl Origin {
                 let _ = stream.set_nodelay(true);
                 let (b, name, mut stopped) = (b.clone(), name_arc.clone(), stopped.clone());
                 tokio::spawn(async move {
+                    let keep_alive = !b.one_answer_per_connection.load(Ordering::Relaxed);
                     let svc = service_fn(move |req| answer(req, b.clone(), name.clone()));
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    let conn = http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = conn => {}
                         _ = stopped.changed() => {}

@@ -44,11 +44,13 @@ pub const LOCK_FILE: &str = "usher.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
+    // The io errors are named `error`, not `source`, so that they are said once: in the message,
+    // and not again by a caller printing the chain of causes.
+    #[error("cannot listen on {addr} ({what}): {error}; is another process using it?")]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot start the server thread: {0}")]
     Thread(std::io::Error),
@@ -56,10 +58,10 @@ pub enum StartError {
     NotReady(SocketAddr, Duration),
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),
-    #[error("cannot use the state folder {}: {source}", dir.display())]
+    #[error("cannot use the state folder {}: {error}", dir.display())]
     StateDir {
         dir: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the state folder {} is in use by another usher{}; give each usher its own state.dir, or take over from it with `usher run --upgrade`", dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     StateInUse {
@@ -122,7 +124,7 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
         .map(|a| (*a, "server.listen"))
         .chain(admin)
     {
-        TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, what, source })?;
+        TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, what, error })?;
     }
     Ok(())
 }
@@ -365,9 +367,9 @@ impl ShutdownSignalWatch for Signals {
 /// writes on its way out.
 pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartError> {
     let dir = config.state.dir.clone();
-    let dir_err = |source| StartError::StateDir {
+    let dir_err = |error| StartError::StateDir {
         dir: dir.clone(),
-        source,
+        error,
     };
     std::fs::create_dir_all(&dir).map_err(dir_err)?;
     let lock = std::fs::OpenOptions::new()
@@ -401,6 +403,7 @@ pub fn run(config: Config, source: Source, upgrade: bool) -> Result<(), StartErr
     if upgrade {
         // Until the old process has written its state and let go of the folder, it is its.
         usher.state().set_owns_state_dir(false);
+        *usher.state().pending_erasures.lock() = Some(Vec::new());
     } else {
         load_snapshot(&usher);
     }
@@ -528,6 +531,24 @@ fn take_over_state(usher: &Usher, lock: std::fs::File, started_ms: u64, within: 
         }
     }
     load_snapshot(usher);
+    // Whoever was erased while the old process still held the state came back with it.
+    let erased = usher
+        .state()
+        .pending_erasures
+        .lock()
+        .take()
+        .unwrap_or_default();
+    for key in &erased {
+        usher.erase_customer(key);
+    }
+    if !erased.is_empty() {
+        let snapshot = snapshot::rewrite_after_erasure(usher);
+        tracing::info!(
+            customers = erased.len(),
+            ?snapshot,
+            "erasures made during the upgrade applied to the state taken over"
+        );
+    }
 }
 
 struct ChannelSignal(tokio::sync::Mutex<tokio::sync::oneshot::Receiver<ShutdownSignal>>);

@@ -168,3 +168,32 @@ impl std::fmt::Debug for JwtKeys {
         write!(f, "JwtKeys({}: {})", self.file.display(), algs.join(", "))
     }
 }
+
+/// Struggle signals (`crate::experience::struggle`): `[struggle]` (defaults in `crate::defaults`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StruggleRules {
+    /// This many of the same request (this one included) within `loop_window` is a loop.
+    pub loop_count: u8,
+    pub loop_window: Duration,
+    /// The same request within this long of a failed or frustrated one is a retry after failure.
+    pub retry_window: Duration,
+    /// This many 4xx answers to POSTs on one route (this one included) within
+    /// `form_loop_window` is a form loop.
+    pub form_loop_count: u8,
+    pub form_loop_window: Duration,
+    /// A struggling step counts as frustrated in the score, whatever its latency.
+    pub in_score: bool,
+}
+
+impl Default for StruggleRules {
+    fn default() -> Self {
+        StruggleRules {
+            loop_count: d::STRUGGLE_LOOP_COUNT,
+            loop_window: d::STRUGGLE_LOOP_WINDOW,
+            retry_window: d::STRUGGLE_RETRY_WINDOW,
+            form_loop_count: d::STRUGGLE_FORM_LOOP_COUNT,
+            form_loop_window: d::STRUGGLE_FORM_LOOP_WINDOW,
+            in_score: d::STRUGGLE_IN_SCORE,
+        }
+    }
+}

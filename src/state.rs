@@ -82,6 +82,9 @@ pub struct State {
     /// Whether the state folder is this process's to write its snapshot to (not while a graceful
     /// upgrade's old process still holds it).
     owns_state_dir: std::sync::atomic::AtomicBool,
+    /// During a graceful upgrade, until the old process's state is taken over: the customers
+    /// erased meanwhile (ids or pseudonyms), to erase again from what arrives.
+    pub pending_erasures: parking_lot::Mutex<Option<Vec<String>>>,
 }
 
 /// Requests between admission and their end. One counter per thread slot, each on its own cache
@@ -158,6 +161,7 @@ impl State {
             started_ms: now_ms,
             instance: format!("{:016x}", rand::random::<u64>()),
             owns_state_dir: std::sync::atomic::AtomicBool::new(true),
+            pending_erasures: parking_lot::Mutex::new(None),
         }
     }
 

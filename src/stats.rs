@@ -26,6 +26,8 @@ pub struct LatencyStats {
 struct Window {
     current: Histogram<u64>,
     previous: Histogram<u64>,
+    /// Failed requests among those timed in `current` and `previous`.
+    failed: [u64; 2],
     started_ms: u64,
 }
 
@@ -61,6 +63,7 @@ impl Default for LatencyStats {
             window: Mutex::new(Window {
                 current: histogram(),
                 previous: histogram(),
+                failed: [0; 2],
                 started_ms: 0,
             }),
         }
@@ -82,6 +85,9 @@ impl LatencyStats {
         let mut w = self.window.lock();
         w.rotate(now_ms);
         w.current.saturating_record(us);
+        if failed {
+            w.failed[0] += 1;
+        }
     }
 
     pub fn add_bytes(&self, bytes: (u64, u64)) {
@@ -102,6 +108,26 @@ impl LatencyStats {
             return (0, 0);
         }
         (merged.len(), merged.value_at_quantile(q))
+    }
+
+    /// Apdex of the latency window against `target`: (satisfied + tolerating / 2) / all, where
+    /// satisfied is within the target, tolerating within four times it, and a failure is
+    /// frustrated however fast it came (each is taken off the satisfied, as failures are mostly
+    /// quick). `None` without requests.
+    pub fn window_apdex(&self, target: Duration, now_ms: u64) -> Option<f64> {
+        let merged = self.window(now_ms);
+        if merged.is_empty() {
+            return None;
+        }
+        let failed = {
+            let w = self.window.lock();
+            w.failed[0] + w.failed[1]
+        };
+        let t = (target.as_micros() as u64).clamp(1, MAX_US);
+        let satisfied = merged.count_between(0, t) as f64;
+        let tolerating = merged.count_between(t + 1, t.saturating_mul(4).min(MAX_US)) as f64;
+        let points = (satisfied + tolerating / 2.0 - failed as f64).max(0.0);
+        Some((points / merged.len() as f64).clamp(0.0, 1.0))
     }
 
     fn window(&self, now_ms: u64) -> Histogram<u64> {
@@ -156,10 +182,12 @@ impl Window {
         if age < 2 * WINDOW_MS {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.reset();
+            self.failed = [0, self.failed[0]];
         } else {
             // Idle for over two windows: nothing recent is left.
             self.current.reset();
             self.previous.reset();
+            self.failed = [0; 2];
         }
         self.started_ms = now_ms - now_ms % WINDOW_MS;
     }
@@ -203,5 +231,31 @@ mod tests {
         assert_eq!((v.recent, v.requests), (1, 102));
         let v = s.view(t0 + 10 * WINDOW_MS);
         assert_eq!((v.recent, v.p99_ms), (0, 0.0));
+    }
+
+    #[test]
+    fn apdex_counts_slow_answers_half_and_failures_not_at_all() {
+        let s = LatencyStats::default();
+        let t0 = 10 * WINDOW_MS;
+        let target = Duration::from_millis(100);
+        assert_eq!(s.window_apdex(target, t0), None);
+        // 6 satisfied (2 of them failed), 2 tolerating, 2 frustrated: (4 + 1) / 10.
+        for (ms, failed) in [
+            (10, false),
+            (20, false),
+            (30, false),
+            (40, false),
+            (5, true),
+            (6, true),
+        ] {
+            s.record(Some(Duration::from_millis(ms)), failed, (0, 0), t0);
+        }
+        for ms in [200, 300, 900, 1000] {
+            s.record(Some(Duration::from_millis(ms)), false, (0, 0), t0);
+        }
+        let a = s.window_apdex(target, t0 + 1).unwrap();
+        assert!((a - 0.5).abs() < 1e-9, "{a}");
+        // Two minutes on, nothing recent is left, failures included.
+        assert_eq!(s.window_apdex(target, t0 + 3 * WINDOW_MS), None);
     }
 }

@@ -6,7 +6,7 @@
 //! still names it); judgements that depend on the configuration (degraded or not) from the
 //! generation in force.
 
-use crate::experience::{CustomerSnapshot, Step};
+use crate::experience::{CustomerSnapshot, Judgement, Step};
 use crate::generation::Generation;
 use crate::state::State;
 use crate::time::rfc3339;
@@ -38,6 +38,22 @@ pub struct StepJson {
     pub latency_ms: f64,
     pub upstream: Option<String>,
     pub outcome: &'static str,
+    /// The request's id, as sent to the upstream: it finds the step in the application's logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The id was longer than a step keeps: this is its beginning.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub request_id_truncated: bool,
+    /// The customer's score right after this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<u8>,
+    /// The target T of the route that served it, in the configuration in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ms: Option<f64>,
+    /// What went wrong with this step, for someone reading the journey: `failed`, `slow` (past
+    /// the route's target T), `frustrated` besides (past 4T) and the struggle signals (`loop`, `retry`,
+    /// `form_loop`).
+    pub marks: Vec<&'static str>,
 }
 
 /// "degraded" or "ok" for a customer of `requests` requests scoring `score` under generation `g`.
@@ -61,20 +77,38 @@ impl CustomerJson {
             frustrated: c.frustrated,
             first_seen: rfc3339(c.first_seen_ms),
             last_seen: rfc3339(c.last_seen_ms),
-            journey: c.journey.iter().map(|s| StepJson::new(st, s)).collect(),
+            journey: c.journey.iter().map(|s| StepJson::new(st, g, s)).collect(),
         }
     }
 }
 
 impl StepJson {
-    pub fn new(st: &State, s: &Step) -> Self {
+    pub fn new(st: &State, g: &Generation, s: &Step) -> Self {
         let (path, path_truncated) = s.path();
+        let route = s
+            .route()
+            .and_then(|r| st.route_names.get(r))
+            .map(|r| r.to_string());
+        let target = route
+            .as_deref()
+            .and_then(|name| g.config.routes.iter().find(|r| r.name == name))
+            .map(|r| r.target);
+        let latency = std::time::Duration::from_micros(s.latency_us() as u64);
+        let mut marks = Vec::new();
+        if s.outcome().is_failure() {
+            marks.push("failed");
+        }
+        // Judged as the score judged it, by the latency alone: a failure is marked as such.
+        match target.map(|t| Judgement::of(latency, t, false)) {
+            Some(Judgement::Frustrated) => marks.extend(["slow", "frustrated"]),
+            Some(Judgement::Tolerating) => marks.push("slow"),
+            _ => {}
+        }
+        marks.extend(s.marks().names());
+        let (request_id, request_id_truncated) = s.request_id().unzip();
         StepJson {
             at: rfc3339(s.at_ms()),
-            route: s
-                .route()
-                .and_then(|r| st.route_names.get(r))
-                .map(|r| r.to_string()),
+            route,
             method: s.method(),
             path: path.to_string(),
             path_truncated,
@@ -85,6 +119,11 @@ impl StepJson {
                 .and_then(|u| st.upstreams.addrs().get(u))
                 .map(|a| a.to_string()),
             outcome: s.outcome().as_str(),
+            request_id,
+            request_id_truncated: request_id_truncated.unwrap_or(false),
+            score: s.score(),
+            target_ms: target.map(|t| t.as_secs_f64() * 1000.0),
+            marks,
         }
     }
 }

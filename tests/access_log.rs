@@ -181,6 +181,31 @@ async fn every_request_gets_a_line_with_every_field_and_its_id_travels() {
         "{}",
         e[3]
     );
+    // The journey keeps each step's id: a step leads to the access log and the application's logs.
+    let (_, gina) = get(
+        &c,
+        format!("http://{}/customers/gina", running.admin().unwrap()),
+        &[],
+    )
+    .await;
+    let gina: serde_json::Value = serde_json::from_str(&gina).unwrap();
+    assert_eq!(gina["journey"][0]["request_id"], id.as_str(), "{gina}");
+    let (_, sam) = get(
+        &c,
+        format!("http://{}/customers/sam", running.admin().unwrap()),
+        &[],
+    )
+    .await;
+    let sam: serde_json::Value = serde_json::from_str(&sam).unwrap();
+    let ids: Vec<&str> = sam["journey"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["request_id"].as_str().unwrap())
+        .collect();
+    // The refused request too, under the id its 431 and its log line carry.
+    let refused = e[3]["request_id"].as_str().unwrap();
+    assert_eq!(ids, vec!["front-42", made.as_str(), refused], "{sam}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&log).unwrap().permissions().mode() & 0o007,

@@ -123,24 +123,62 @@ fn run_reports_a_listen_address_in_use() {
         err.contains("cannot listen on") && err.contains("server.listen"),
         "{err}"
     );
+    // The cause is said once, not again as the error's source.
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
 }
 
-fn spawn_demo(
+/// A running `usher demo`, with the addresses it was given.
+struct Demo {
+    child: std::process::Child,
     listen: std::net::SocketAddr,
     admin: std::net::SocketAddr,
-    extra: &[&str],
-) -> std::process::Child {
-    let (l, a) = (listen.to_string(), admin.to_string());
-    let mut args = vec!["demo", "--listen", &l, "--admin", &a];
-    args.extend_from_slice(extra);
-    let child = Command::new(USHER)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    usher::server::wait_listening(admin, Duration::from_secs(20)).expect("demo admin API comes up");
-    child
+    _stderr: tempfile::NamedTempFile,
+}
+
+/// Starts the demo on fresh ports and waits for its admin API. A demo that exits before it
+/// listens fails the test with its own error; only a port some other process took between
+/// `free_addr` and the demo's bind is retried, on new ports.
+fn spawn_demo(extra: &[&str]) -> Demo {
+    for _ in 0..3 {
+        let (listen, admin) = (free_addr(), free_addr());
+        let (l, a) = (listen.to_string(), admin.to_string());
+        let mut args = vec!["demo", "--listen", &l, "--admin", &a];
+        args.extend_from_slice(extra);
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(USHER)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok() {
+                return Demo {
+                    child,
+                    listen,
+                    admin,
+                    _stderr: stderr,
+                };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let err = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+                assert!(
+                    err.contains("cannot listen on"),
+                    "the demo exited ({status}) before its admin API came up:\n{err}"
+                );
+                eprintln!("a port was taken before the demo could bind it, trying others: {err}");
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let err = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+                panic!("the demo's admin API on {admin} did not come up within 30 s:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("three tries at free ports were all taken");
 }
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
@@ -167,8 +205,12 @@ fn stdout_of(child: &mut std::process::Child) -> String {
 
 #[test]
 fn demo_serves_customers_and_stops_on_ctrl_c() {
-    let (listen, admin) = (free_addr(), free_addr());
-    let mut child = spawn_demo(listen, admin, &[]);
+    let Demo {
+        mut child,
+        listen,
+        admin,
+        _stderr,
+    } = spawn_demo(&[]);
     // Within a few seconds the synthetic customers are tracked, alice (gold, from the table) included.
     let deadline = Instant::now() + Duration::from_secs(20);
     let alice = loop {
@@ -183,27 +225,44 @@ fn demo_serves_customers_and_stops_on_ctrl_c() {
     assert!(!alice["journey"].as_array().unwrap().is_empty());
     assert!(http_get(admin, "/customers?worst=3").contains("\"customers\""));
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = wait_exit(&mut child, Duration::from_secs(15));
-    assert!(status.success(), "{status:?}");
-    let out = stdout_of(&mut child);
+    let out = stop_demo(&mut child, "-INT");
     assert!(
         out.contains(&format!("curl http://{admin}/customers?worst=5")),
         "{out}"
     );
-    assert!(out.contains("usher demo: stopping"), "{out}");
+    // Its listeners are released.
+    assert!(std::net::TcpListener::bind(listen).is_ok());
+}
+
+/// Sends the demo a signal, expects a clean stop that says so, removes the folder it leaves its
+/// events in, and returns what it printed.
+fn stop_demo(child: &mut std::process::Child, signal: &str) -> String {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_exit(child, Duration::from_secs(15));
+    assert!(status.success(), "{signal}: {status:?}");
+    let out = stdout_of(child);
+    assert!(out.contains("usher demo: stopping"), "{signal}: {out}");
     let kept = out
         .lines()
         .find_map(|l| l.strip_prefix("usher demo: events kept in "))
         .unwrap_or_else(|| panic!("no events file in: {out}"));
     let _ = std::fs::remove_dir_all(std::path::Path::new(kept).parent().unwrap());
-    // Its listeners are released.
-    assert!(std::net::TcpListener::bind(listen).is_ok());
+    out
+}
+
+/// A Ctrl-C (or SIGTERM) sent the moment the demo listens, while it may still be starting its
+/// traffic, stops it as cleanly as a later one: it was once lost, and the demo ran on.
+#[test]
+fn demo_stops_on_a_signal_sent_as_soon_as_it_listens() {
+    for signal in ["-INT", "-TERM", "-INT"] {
+        let Demo { mut child, .. } = spawn_demo(&[]);
+        stop_demo(&mut child, signal);
+    }
 }
 
 /// One journey step as the admin API shows it, with its start and end in milliseconds.
@@ -254,20 +313,24 @@ fn steps_of(customer: &serde_json::Value) -> Vec<Seen> {
 /// The README's tour, run for 40 s: what it says the demo shows, the demo shows.
 #[test]
 fn the_demo_shows_what_the_readme_says() {
-    let (listen, admin) = (free_addr(), free_addr());
-    let mut child = spawn_demo(
-        listen,
+    let Demo {
+        mut child,
+        listen: _,
         admin,
-        &["--duration", "40s", "--brownout-after", "12s"],
-    );
-    let ids = ["alice", "bob", "carol", "dave", "erin", "frank", "heidi"];
+        _stderr,
+    } = spawn_demo(&["--duration", "40s", "--brownout-after", "12s"]);
+    let ids: Vec<&str> = usher::demo::everyone()
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| !id.is_empty())
+        .collect();
     // Every step of every named customer (their journeys hold the last 16; polled often enough
     // to see each), and the last view of the upstreams.
     let mut seen: Vec<Seen> = Vec::new();
     let mut degraded = std::collections::BTreeSet::new();
     let mut ups = serde_json::Value::Null;
     while child.try_wait().unwrap().is_none() {
-        for id in ids {
+        for &id in &ids {
             let c = json_body(&http_get(admin, &format!("/customers/{id}")));
             if c["state"] == "degraded" {
                 degraded.insert(format!("{id} ({})", c["tier"].as_str().unwrap_or("")));
@@ -388,13 +451,33 @@ fn the_demo_shows_what_the_readme_says() {
             .any(|e| e["data"]["upstream"] == web3.as_str() && e["data"]["route"] == "checkout"),
         "{events:?}"
     );
+    // Struggle is read from real trouble, not the demo's pace: whoever is marked struggling had a
+    // failed or frustrating request in the steps the event carries (the shoppers pause between
+    // visits, so none loops by walking the shop).
+    let struggling: Vec<&serde_json::Value> = of("usher.customer.struggling").collect();
+    for e in &struggling {
+        let troubled = e["data"]["journey"].as_array().is_some_and(|j| {
+            j.iter().any(|s| {
+                s["marks"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m == "failed" || m == "frustrated"))
+            })
+        });
+        assert!(troubled, "struggling without trouble: {e}");
+    }
+    assert!(
+        struggling.iter().any(|e| e["subject"] == "carol"),
+        "carol, who asks for her slow export again and again: {struggling:?}"
+    );
     for e in of("usher.customer.rerouted") {
         assert_ne!(e["data"]["upstream"], e["data"]["avoided_upstream"], "{e}");
     }
     println!(
-        "demo: stuck step {stuck:?}; {} checkout steps on web-3, none gold after {known}; degraded {degraded:?}; {} events",
+        "demo: stuck step {stuck:?}; {} checkout steps on web-3, none gold after {known}; degraded {degraded:?}; {} events, {} struggling ({:?})",
         slow.len(),
-        events.len()
+        events.len(),
+        struggling.len(),
+        struggling.iter().map(|e| (&e["subject"], &e["data"]["signals"])).collect::<Vec<_>>()
     );
     let _ = std::fs::remove_dir_all(std::path::Path::new(kept).parent().unwrap());
 }

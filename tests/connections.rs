@@ -7,9 +7,10 @@
 
 mod common;
 
+use common::process::Proc;
 use common::*;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,15 +26,6 @@ const CAP: usize = 64;
 const NORMAL: usize = 8;
 const SLOWLORIS: usize = 10;
 const IDLE: usize = 150;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One request on a kept-alive connection; its status, or the error that ended the connection.
 async fn roundtrip(conn: &mut BufReader<TcpStream>, n: u64) -> std::io::Result<u16> {
@@ -97,17 +89,51 @@ async fn metric(
     sample(&text, name, labels).unwrap_or(0.0)
 }
 
+/// `usher_connections_refused_total` of the proxy listener for `reason`.
+async fn refused_total(c: &reqwest::Client, admin: SocketAddr, reason: &str) -> f64 {
+    let labels = [("listener", "proxy"), ("reason", reason)];
+    metric(c, admin, "usher_connections_refused_total", &labels).await
+}
+
+/// An HTTP/2 (h2c, prior knowledge) client connection to `listen`: its sender, and the
+/// connection future to drive.
+async fn h2c(
+    listen: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    hyper::client::conn::http2::Connection<
+        hyper_util::rt::TokioIo<TcpStream>,
+        http_body_util::Empty<bytes::Bytes>,
+        hyper_util::rt::TokioExecutor,
+    >,
+) {
+    let tcp = TcpStream::connect(listen).await.unwrap();
+    hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap()
+}
+
+/// The two tests load the machine and time what they see: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_keeps_full_success() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start_local("o").await.unwrap();
+    // Every request through usher then needs a new upstream connect: the descriptors that a
+    // shortage at the cap would fail. (A pool's reuse of idle connections depends on timing.)
+    origin.behavior.set_one_answer_per_connection(true);
     let (listen, admin) = (free_addr(), free_addr());
     let path = dir.path().join("usher.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nhead_timeout = \"1s\"\nidle_timeout = \"2s\"\n\
-             [[pools]]\nname = \"p\"\nupstreams = [\"{}\"]\nidle_timeout = \"10ms\"\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+             [[pools]]\nname = \"p\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
             origin.addr
         ),
     )
@@ -150,12 +176,12 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The normal client: eight kept-alive connections, a request every 30 ms or so on each. The
-    // pool keeps an idle upstream connection about 10 ms, so many requests connect anew: the
-    // upstream connects that a descriptor shortage would fail.
+    // The normal client: eight kept-alive connections, a request every 30 ms or so on each, each
+    // request a new upstream connect.
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut normal = Vec::new();
+    let origin_conns_before = origin.behavior.connections();
     for w in 0..NORMAL {
         let mut conn = BufReader::new(TcpStream::connect(listen).await.unwrap());
         assert_eq!(roundtrip(&mut conn, w as u64).await.unwrap(), 200);
@@ -173,7 +199,6 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
             conn
         }));
     }
-    let origin_conns_before = origin.behavior.connections();
 
     // Slowloris: a request head, one byte every 200 ms, for ever.
     let mut slow = Vec::new();
@@ -279,23 +304,11 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
         );
     }
     assert_eq!(
-        metric(
-            &c,
-            admin,
-            "usher_connections_refused_total",
-            &[("listener", "proxy"), ("reason", "capacity")]
-        )
-        .await,
+        refused_total(&c, admin, "capacity").await,
         (IDLE - admitted_idle) as f64
     );
     assert_eq!(
-        metric(
-            &c,
-            admin,
-            "usher_connections_refused_total",
-            &[("listener", "proxy"), ("reason", "head_timeout")]
-        )
-        .await,
+        refused_total(&c, admin, "head_timeout").await,
         (admitted_idle + SLOWLORIS) as f64
     );
 
@@ -318,8 +331,8 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
     let connects = origin.behavior.connections() - origin_conns_before;
     println!("upstream connections opened meanwhile: {connects}");
     assert!(
-        connects >= 2 * NORMAL as u64,
-        "requests at the cap connected to the origin anew ({connects} for {ok})"
+        connects >= ok,
+        "every request at the cap connected to the origin anew ({connects} for {ok})"
     );
 
     // A kept-alive connection left idle is closed at the idle timeout, quietly.
@@ -344,4 +357,176 @@ async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Starts `usher run` on `toml` with the open-files limit at [`OPEN_FILES`]; waits for its admin API.
+async fn usher_at_the_limit(dir: &std::path::Path, toml: &str, admin: SocketAddr) -> Proc {
+    let path = dir.join("usher.toml");
+    std::fs::write(&path, toml).unwrap();
+    let log = std::fs::File::create(dir.join("usher.log")).unwrap();
+    let p = Proc(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {OPEN_FILES} && exec \"$0\" run --config \"$1\""
+            ))
+            .arg(USHER)
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "usher did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p
+}
+
+/// HTTP/2 multiplies requests per connection, and each request in flight holds an upstream
+/// connection: six h2c connections of 100 slow streams each would want 600 descriptors where the
+/// limit holds 512. The streams past what the budget leaves for upstreams (2 x 64 - 2 x 6 = 116)
+/// are answered 503 at once, none fails for want of a descriptor, and the admin API answers
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_past_the_descriptors_left_for_upstreams_are_refused_not_failed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const CONNS: usize = 6;
+    const STREAMS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start_local("o").await.unwrap();
+    origin.behavior.set_delay(Duration::from_secs(2));
+    let (listen, admin) = (free_addr(), free_addr());
+    let _usher = usher_at_the_limit(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nh2c = true\n\
+             [[pools]]\nname = \"p\"\nupstreams = [\"{}\"]\nread_timeout = \"10s\"\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            origin.addr
+        ),
+        admin,
+    )
+    .await;
+    let mut senders = Vec::new();
+    for _ in 0..CONNS {
+        let (send, conn) = h2c(listen).await;
+        tokio::spawn(conn);
+        senders.push(send);
+    }
+    // Every connection in before the first stream: one that arrived while the streams held the
+    // budget would be refused (as the seventh is, below).
+    let c = client();
+    let labels = [("listener", "proxy")];
+    let opened = Instant::now();
+    while metric(&c, admin, "usher_connections_open", &labels).await < CONNS as f64 {
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "usher did not take the {CONNS} connections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut tasks = Vec::new();
+    for (c, send) in senders.iter().enumerate() {
+        for s in 0..STREAMS {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = hyper::Request::builder()
+                    .uri(format!("http://{listen}/item/{c}/{s}"))
+                    .header("x-customer-id", format!("c{c}"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(r) => (
+                        r.status().as_u16(),
+                        r.headers()
+                            .get("retry-after")
+                            .map(|v| v.to_str().unwrap_or("").to_string()),
+                    ),
+                    Err(e) => (0, Some(format!("{e:?}"))),
+                }
+            }));
+        }
+    }
+    // While the slow streams are held: the reserve kept the admin API its descriptors.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, _) = get(&c, format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(
+        status, 200,
+        "the admin API answers while the streams are held"
+    );
+    // A new connection now would want descriptors the streams hold: refused, and told so in
+    // HTTP/2, as a GOAWAY that processed nothing (not an HTTP/1.1 503 read as a broken frame).
+    let refused_before = refused_total(&c, admin, "capacity").await;
+    let (_send, conn) = h2c(listen).await;
+    let err = tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("the refused connection was left open")
+        .expect_err("the seventh connection was taken");
+    let said = format!("{err:?}");
+    assert!(
+        said.contains("GoAway") && said.contains("REFUSED_STREAM") && said.contains("Remote"),
+        "the refused h2c connection got {said}"
+    );
+    assert_eq!(
+        refused_total(&c, admin, "capacity").await,
+        refused_before + 1.0
+    );
+    let answers = futures_join(tasks).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    println!(
+        "{} streams: {ok} served, {} refused with 503",
+        answers.len(),
+        busy.len()
+    );
+    let mut other: std::collections::BTreeMap<String, usize> = Default::default();
+    for (status, said) in answers.iter().filter(|(s, _)| *s != 200 && *s != 503) {
+        *other.entry(format!("{status} {said:?}")).or_default() += 1;
+    }
+    if !other.is_empty() {
+        let log = std::fs::read_to_string(dir.path().join("usher.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!("every stream answered 200 or 503; not these (0: no answer): {other:?}\nusher's log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    assert!(
+        busy.iter().all(|(_, ra)| ra.as_deref() == Some("1")),
+        "503s say when to retry"
+    );
+    let room = 2 * CAP - 2 * CONNS;
+    assert!(ok >= 1 && ok <= room, "{ok} served, at most {room} at once");
+    let streams_refused = refused_total(&c, admin, "streams").await;
+    assert_eq!(streams_refused, busy.len() as f64);
+    let (_, text) = get(&c, format!("http://{admin}/metrics"), &[]).await;
+    let local = sample(
+        &text,
+        "usher_requests_total",
+        &[
+            ("route", "r"),
+            ("upstream", "none"),
+            ("outcome", "local_resource"),
+        ],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(
+        local,
+        busy.len() as f64,
+        "counted as usher's own shortage, against no upstream"
+    );
+    // Once they are done, a new stream gets through.
+    let (mut send, conn) = h2c(listen).await;
+    tokio::spawn(conn);
+    origin.behavior.set_delay(Duration::ZERO);
+    let req = hyper::Request::builder()
+        .uri(format!("http://{listen}/after"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
 }

@@ -87,7 +87,8 @@ async fn jsonl_sink_writes_cloudevents_lines() {
     for line in std::fs::read_to_string(&path).unwrap().lines() {
         let e: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(want.contains(e["id"].as_str().unwrap()));
-        if e["type"] == "usher.upstream.ejected" {
+        // The failing requests again and again are also retries after failure: struggle.
+        if e["type"] == "usher.upstream.ejected" || e["type"] == "usher.customer.struggling" {
             continue;
         }
         assert_eq!(e["specversion"], "1.0");

@@ -5,80 +5,15 @@
 
 mod common;
 
+use common::process::Proc;
 use common::*;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use usher::origin::Origin;
 
 const USHER: &str = env!("CARGO_BIN_EXE_usher");
-
-struct Proc(Child);
-
-impl Proc {
-    fn run(config: &Path, extra: &[&str]) -> Proc {
-        let log =
-            std::fs::File::create(config.with_extension(format!("{}.log", extra.len()))).unwrap();
-        let child = Command::new(USHER)
-            .args(["run", "--config"])
-            .arg(config)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Proc(child)
-    }
-
-    /// As [`Proc::run`], started in `dir` with the file named relative to it, as an operator
-    /// often does: the folders it names must resolve the same way on every reload.
-    fn run_in(dir: &Path, file: &str) -> Proc {
-        let log = std::fs::File::create(dir.join(format!("{file}.log"))).unwrap();
-        let child = Command::new(USHER)
-            .current_dir(dir)
-            .args(["run", "--config", file])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Proc(child)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// Waits for the process to end; how long it took.
-    fn wait(&mut self, within: Duration) -> Duration {
-        let t = Instant::now();
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                assert!(s.success(), "usher exited with {s:?}");
-                return t.elapsed();
-            }
-            assert!(t.elapsed() < within, "usher did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn usher_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(USHER).args(args).output().unwrap();

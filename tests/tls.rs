@@ -258,19 +258,7 @@ async fn a_reload_swaps_certificates_for_new_handshakes_and_keeps_open_connectio
     let before = presented(tls, Some("shop.test"));
 
     // A kept-alive HTTPS connection, open across the reload.
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.path()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    use rustls::pki_types::pem::PemObject;
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(trusting(&pki));
     let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
     let mut conn = connector.connect(name, tcp).await.unwrap();
@@ -467,5 +455,231 @@ async fn a_plain_listener_can_send_everyone_to_https() {
         "{err}"
     );
     assert_eq!(origin.behavior.requests(), 0, "nothing was proxied");
+    running.stop();
+}
+
+/// A rustls client configuration that trusts the test CA and offers no ALPN (HTTP/1.1).
+fn trusting(pki: &TestCa) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.path()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// One whole HTTP/1.1 response read off `conn` (its head and a `content-length` or chunked body),
+/// leaving the connection ready for the next request.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            let done = match length {
+                Some(n) => got.len() >= end + 4 + n,
+                None => got.ends_with(b"0\r\n\r\n"),
+            };
+            if done {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("the response comes within 10 s")
+            .expect("the connection reads");
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A TLS connection to `tls` for shop.test that has completed its handshake and one request.
+async fn served_over_tls(
+    connector: &tokio_rustls::TlsConnector,
+    tls: std::net::SocketAddr,
+    path: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        connector.connect(name, tcp),
+    )
+    .await
+    .expect("the handshake is done within 10 s")
+    .expect("the handshake succeeds");
+    let ask = format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nx-customer-id: tess\r\n\r\n");
+    conn.write_all(ask.as_bytes()).await.unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"origin\":\"web\""), "{answer}");
+    conn
+}
+
+/// What a raw TCP client sending `hello` to `addr` is sent back, read until the server closes
+/// (a reset ends it too: what arrived before it is kept); `None` if it is still open after 5 s.
+async fn answer_to(addr: std::net::SocketAddr, hello: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may have closed already: the write may then fail, the read says what came.
+    let _ = tcp.write_all(hello).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_at_capacity_closes_new_clients_without_a_plaintext_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki_with_three(dir.path());
+    let origin = Origin::start_local("web").await.unwrap();
+    let (plain, tls) = (free_addr(), free_addr());
+    let cfg = usher::Config::parse(
+        &tls_config(&origin, plain, tls, "max_connections = 2"),
+        dir.path(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let running = usher::server::spawn(cfg).unwrap();
+    let adm = running.admin().unwrap();
+    let metrics = || async { get(&client(), format!("http://{adm}/metrics"), &[]).await.1 };
+    let proxy = |m: &str, name: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("listener", "proxy")];
+        all.extend_from_slice(labels);
+        sample(m, name, &all).unwrap_or(0.0)
+    };
+    let refused = |m: &str| {
+        proxy(
+            m,
+            "usher_connections_refused_total",
+            &[("reason", "capacity")],
+        )
+    };
+    let config = trusting(&pki);
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+
+    // Two TLS connections take the two slots, each served once and held open (kept alive).
+    let first = served_over_tls(&connector, tls, "/a").await;
+    let mut second = served_over_tls(&connector, tls, "/b").await;
+    let m = metrics().await;
+    assert_eq!(
+        proxy(&m, "usher_connections_open", &[]),
+        2.0,
+        "both held: {m}"
+    );
+    let refused_before = refused(&m);
+
+    // A third TLS client is turned away: its handshake fails, whatever the way it is closed.
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+    let third = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connector.connect(name.clone(), tcp),
+    )
+    .await
+    .expect("a client past the cap is closed, not left waiting");
+    let err = third.expect_err("a handshake past the cap fails");
+    eprintln!("third TLS client: {err}");
+
+    // What the server sends a client past the cap that opens with a real ClientHello: nothing
+    // that is HTTP (a plaintext 503 is garbage to a TLS client mid-handshake).
+    let mut hello_conn =
+        tokio_rustls::rustls::ClientConnection::new(config.clone(), name.to_owned()).unwrap();
+    let mut hello = Vec::new();
+    while hello_conn.wants_write() {
+        hello_conn.write_tls(&mut hello).unwrap();
+    }
+    assert_eq!(
+        (hello.first(), hello.get(5)),
+        (Some(&0x16), Some(&0x01)),
+        "a handshake record holding a ClientHello"
+    );
+    let answer = answer_to(tls, &hello)
+        .await
+        .expect("a client past the cap is closed, not left waiting");
+    let shown = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 503"),
+        "a plaintext 503 on TLS: {shown:?}"
+    );
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "nothing, or at most a TLS alert: {answer:02x?} {shown:?}"
+    );
+    // The same probe on the plain listener, which shares the cap, does read the 503: the check
+    // above would have seen one.
+    let control = answer_to(plain, &hello)
+        .await
+        .expect("the plain listener's refusal closes too");
+    let control = String::from_utf8_lossy(&control).into_owned();
+    assert!(control.starts_with("HTTP/1.1 503"), "{control:?}");
+    assert!(control.contains("retry-after: 1"), "{control:?}");
+
+    // All three refusals are counted as at capacity.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let m = loop {
+        let m = metrics().await;
+        if refused(&m) >= refused_before + 3.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused(&m), refused_before + 3.0, "{m}");
+    assert_eq!(
+        proxy(&m, "usher_connections_open", &[]),
+        2.0,
+        "the held two are open still"
+    );
+
+    // The connections held are served on, and once one closes its slot is a new client's.
+    {
+        use tokio::io::AsyncWriteExt;
+        second
+            .write_all(b"GET /c HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .await
+            .unwrap();
+        let again = read_response(&mut second).await;
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    }
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = metrics().await;
+        if proxy(&m, "usher_connections_open", &[]) < 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection's slot is given back within 5 s: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _fourth = served_over_tls(&connector, tls, "/d").await;
+    drop(second);
     running.stop();
 }

@@ -234,8 +234,8 @@ impl Tools {
             .join(format!("{}-{tag}", c.name().replace(' ', "-")));
         std::fs::create_dir_all(&dir)?;
         let (proc, admin) = match c {
-            Contestant::Bare => {
-                let args = vec![
+            Contestant::Bare | Contestant::BareTimeouts => {
+                let mut args = vec![
                     "--tls".to_string(),
                     files.cert.display().to_string(),
                     files.key.display().to_string(),
@@ -243,6 +243,9 @@ impl Tools {
                     listen.to_string(),
                     origin.to_string(),
                 ];
+                if c == Contestant::BareTimeouts {
+                    args.insert(0, "--timeouts".to_string());
+                }
                 (Proc::pinned("bare", PROXY_CORE, &self.bare, &args)?, None)
             }
             Contestant::Usher => {

@@ -30,7 +30,14 @@ pub fn make_cert(dir: &Path) -> anyhow::Result<TlsFiles> {
         key: dir.join("bench-key.pem"),
     };
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
@@ -77,9 +84,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -95,7 +100,11 @@ pub fn client_config(h2: bool) -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
-    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     Arc::new(config)
 }
 
@@ -241,7 +250,11 @@ pub fn wrk_tls(target: SocketAddr, conns: usize, secs: u64) -> anyhow::Result<Ke
         .ok_or_else(|| anyhow::anyhow!("wrk printed no Requests/sec:\n{text}"))?;
     let requests = text
         .lines()
-        .find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().to_string())
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let errors = text
@@ -265,7 +278,13 @@ pub fn oha_h2(
     secs: u64,
 ) -> anyhow::Result<KeepAliveRun> {
     let out = Command::new(oha)
-        .args(["--no-tui", "--insecure", "--http2", "--output-format", "json"])
+        .args([
+            "--no-tui",
+            "--insecure",
+            "--http2",
+            "--output-format",
+            "json",
+        ])
         .args(["-c", &conns.to_string(), "-p", &streams.to_string()])
         .args(["-z", &format!("{secs}s")])
         .arg(format!("https://{target}/"))

@@ -13,16 +13,25 @@ use subtle::ConstantTimeEq;
 
 /// The role the `Authorization` header's bearer token carries, if it is one of `tokens`.
 pub fn role_of(tokens: &[AdminToken], authorization: Option<&str>) -> Option<Role> {
+    token_of(tokens, authorization).map(|t| t.role)
+}
+
+/// The configured token the `Authorization` header's bearer token is (the highest role, if it
+/// is listed twice).
+pub fn token_of<'t>(
+    tokens: &'t [AdminToken],
+    authorization: Option<&str>,
+) -> Option<&'t AdminToken> {
     use sha2::Digest;
     let (scheme, token) = authorization?.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
     let digest: [u8; 32] = sha2::Sha256::digest(token.trim().as_bytes()).into();
-    let mut found = None;
+    let mut found: Option<&AdminToken> = None;
     for t in tokens {
-        if bool::from(t.sha256.ct_eq(&digest)) {
-            found = found.max(Some(t.role));
+        if bool::from(t.sha256.ct_eq(&digest)) && found.is_none_or(|f| f.role < t.role) {
+            found = Some(t);
         }
     }
     found
@@ -65,6 +74,7 @@ mod tests {
         AdminToken {
             role,
             sha256: sha2::Sha256::digest(t.as_bytes()).into(),
+            name: None,
         }
     }
 

@@ -1,8 +1,11 @@
 //! The admin API's answers, as plain functions of (usher, request line, time): testable without a
 //! socket. Serving them over HTTP is `service.rs`'s job.
 //!
-//! JSON throughout, names rather than indices, times as RFC 3339. Read-only but for `POST /reload`,
-//! which only a caller on loopback may make.
+//! JSON throughout, names rather than indices, times as RFC 3339. Read-only but for `POST /reload`
+//! and `DELETE /customers/{id}`, which need an operator (or, without tokens, a caller on loopback).
+//! The live page (`/ui`) is served from here too; its HTML, CSS and JavaScript hold no data and
+//! load without a token, and every call it makes for data carries one. Looking up a customer is
+//! said in the answer ([`Reply::audit`]) so that the service writes it to the audit log.
 
 use crate::config::Role;
 use crate::engine::{ReloadError, Usher};
@@ -20,34 +23,58 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// A customer this answer looked up or erased: for the audit log.
+    pub audit: Option<Audited>,
+}
+
+/// What an answer did to whom, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audited {
+    /// lookup, events or erase.
+    pub action: &'static str,
+    pub customer: String,
 }
 
 impl Reply {
-    fn json<T: Serialize>(status: u16, v: &T) -> Reply {
+    pub(crate) fn json<T: Serialize>(status: u16, v: &T) -> Reply {
         Reply {
             status,
             content_type: "application/json",
             body: serde_json::to_vec_pretty(v).unwrap_or_default(),
+            audit: None,
         }
     }
 
-    fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+    pub(crate) fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
         Reply {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
+            audit: None,
         }
     }
 
-    fn error(status: u16, message: &str) -> Reply {
+    pub(crate) fn error(status: u16, message: &str) -> Reply {
         Reply::json(status, &serde_json::json!({ "error": message }))
+    }
+
+    fn audited(mut self, action: &'static str, customer: &str) -> Reply {
+        self.audit = Some(Audited {
+            action,
+            customer: customer.to_string(),
+        });
+        self
     }
 }
 
 const INDEX: &str = "usher admin API
   GET /healthz                 liveness
   GET /metrics                 Prometheus metrics
-  GET /customers/{id}          one customer: score, state, counters, journey
+  GET /ui                      the live page (a browser; data calls need a token)
+  GET /now                     the page's live view: worst customers, degraded by tier, routes, upstreams, events
+  GET /customers/{id}          one customer: score, state, counters, journey, funnels, protection, follow-up
+  GET /customers/{id}/events   the recent events about one customer, newest first
+  GET /funnels?window=1h       per funnel and step: who reached it and who dropped there, with their ids
   GET /customers?worst=N       the N customers with the lowest scores now
   GET /routes                  per-route requests, failure rate, p50/p90/p99
   GET /upstreams               per-upstream state, why, requests, failure rate, p50/p90/p99
@@ -72,6 +99,8 @@ pub struct Caller {
 fn needs(method: &str, path: &str) -> Option<Role> {
     match (method, path) {
         (_, "/healthz") => None,
+        // The page itself holds no data: it asks for a token and sends it with every data call.
+        ("GET" | "HEAD", p) if super::page::asset(p).is_some() => None,
         ("POST", "/reload") => Some(Role::Operator),
         ("DELETE", p) if p.starts_with("/customers/") => Some(Role::Operator),
         _ => Some(Role::Viewer),
@@ -104,7 +133,17 @@ pub fn handle(
                 )
             }
             None => return Reply::error(403, "the admin API answers callers on this machine only"),
-            Some(role) if role < need => return Reply::error(403, "this needs an operator token"),
+            Some(role) if role < need => {
+                let refused = Reply::error(403, "this needs an operator token");
+                // A viewer who tried to erase someone is worth a line in the audit log.
+                return match (method, path.strip_prefix("/customers/")) {
+                    ("DELETE", Some(raw)) => {
+                        let whom = urlencoded::decode_path(raw).unwrap_or_default();
+                        refused.audited("erase", &whom)
+                    }
+                    _ => refused,
+                };
+            }
             Some(_) => {}
         }
     }
@@ -126,13 +165,19 @@ pub fn handle(
             "the admin API is read-only but for POST /reload and DELETE /customers/{id}: use GET",
         );
     }
+    if let Some(asset) = super::page::asset(path) {
+        return asset;
+    }
     match path {
         "/" => Reply::text(200, INDEX),
+        "/now" => super::now::now(usher, now_ms),
+        "/funnels" => super::funnels::funnels(usher, query, now_ms),
         "/healthz" => Reply::text(200, "ok\n"),
         "/metrics" => Reply {
             status: 200,
             content_type: "text/plain; version=0.0.4",
             body: usher.state().metrics.encode().into_bytes(),
+            audit: None,
         },
         "/customers" | "/customers/" => worst(usher, query, now_ms),
         "/routes" => Reply::json(200, &routes(usher, now_ms)),
@@ -141,7 +186,10 @@ pub fn handle(
         "/upstreams" => Reply::json(200, &upstreams(usher, now_ms)),
         "/config" => Reply::json(200, &config(usher)),
         p => match p.strip_prefix("/customers/") {
-            Some(raw) => customer(usher, raw, now_ms),
+            Some(raw) => match raw.strip_suffix("/events") {
+                Some(raw) => customer_events(usher, raw, query),
+                None => customer(usher, raw, now_ms),
+            },
             None => Reply::error(404, "no such admin endpoint; GET / lists them"),
         },
     }
@@ -151,23 +199,67 @@ fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
     let Some(id) = urlencoded::decode_path(raw) else {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
-    let g = usher.generation();
-    let st = usher.state();
-    match st.store.get(&id, now_ms, &g.store_settings().model) {
-        Some(c) => Reply::json(200, &CustomerJson::new(st, &g, &c)),
-        None => Reply::error(404, "customer not tracked (never seen, or evicted)"),
-    }
+    // Audited under the id looked up, whether it was asked for by id or by pseudonym, as an
+    // erasure is: "who looked up this person" is one search.
+    let whom = usher
+        .resolve_customer(&id)
+        .unwrap_or_else(|| id.to_string());
+    super::lookup::customer(usher, &whom, now_ms).audited("lookup", &whom)
+}
+
+fn customer_events(usher: &Usher, raw: &str, query: Option<&str>) -> Reply {
+    let Some(id) = urlencoded::decode_path(raw) else {
+        return Reply::error(400, "malformed percent-encoding in customer id");
+    };
+    let limit = match limit_param(query) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
+    let whom = usher
+        .resolve_customer(&id)
+        .unwrap_or_else(|| id.to_string());
+    super::lookup::events(usher, &whom, limit).audited("events", &whom)
 }
 
 fn erase(usher: &Usher, raw: &str) -> Reply {
     let Some(id) = urlencoded::decode_path(raw) else {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
-    let known = usher.erase_customer(&id);
+    // A pseudonym (from an event or a log line) names the same person.
+    let (erased, known, forgotten) = usher.erase_customer(&id);
+    // During a graceful upgrade the old process's state is still to arrive, and with it maybe
+    // this customer: erased again from it then.
+    let pending = match usher.state().pending_erasures.lock().as_mut() {
+        Some(keys) => {
+            keys.push(id.to_string());
+            true
+        }
+        None => false,
+    };
+    let pseudonyms = &usher.generation().config.privacy.pseudonyms;
+    let snapshot = crate::snapshot::rewrite_after_erasure(usher);
+    let pseudonym = match &erased {
+        Some(real) => pseudonyms.is_on().then(|| pseudonyms.of(real).into_owned()),
+        // Known only by the pseudonym asked for.
+        None => Some(id.to_string()),
+    };
+    let id = erased.unwrap_or_else(|| id.to_string());
     Reply::json(
         200,
-        &serde_json::json!({ "erased": id, "was_tracked": known }),
+        &serde_json::json!({
+            "erased": id,
+            "pseudonym": pseudonym,
+            "was_tracked": known,
+            "funnels": forgotten.funnels,
+            "funnel_history": forgotten.funnel_history,
+            "cooldowns": forgotten.cooldowns,
+            "recent_events": forgotten.recent_events,
+            "snapshot": snapshot,
+            "again_after_takeover": pending,
+            "not_recalled": "events already delivered to sinks, waiting in their queues and spools, or dead-lettered (GET /events/dead, the sinks' dead-letter files), and access log lines already written",
+        }),
     )
+    .audited("erase", &id)
 }
 
 fn config(usher: &Usher) -> serde_json::Value {
@@ -391,7 +483,7 @@ impl RecentJson {
     }
 }
 
-fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
+pub(crate) fn upstreams(usher: &Usher, now_ms: u64) -> serde_json::Value {
     let g = usher.generation();
     let cfg = &g.config;
     let now = std::time::Instant::now();
@@ -510,5 +602,295 @@ mod tests {
             (Some(1), Some("start"))
         );
         assert_eq!(v["routes"], serde_json::json!(["r"]));
+    }
+
+    /// A usher with a viewer and an operator token, a checkout funnel and a gold tier.
+    fn secured() -> (std::sync::Arc<Usher>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokens"),
+            format!("viewer {VIEWER} ana\noperator {OPERATOR}\n"),
+        )
+        .unwrap();
+        let text = r#"
+[server]
+admin_tokens = "tokens"
+[identity]
+tier = [{ header = "x-customer-tier", trusted_from = ["127.0.0.1/32"] }]
+[[tiers]]
+name = "gold"
+protected = true
+follow_up = "phone within 1h"
+[[tiers]]
+name = "standard"
+follow_up = "email"
+[[pools]]
+name = "web"
+upstreams = ["127.0.0.1:9001"]
+[[routes]]
+name = "checkout"
+match = { path_prefix = "/checkout" }
+pool = "web"
+critical = true
+target = "100ms"
+[[routes]]
+name = "site"
+pool = "web"
+[[funnels]]
+name = "shop"
+abandon_after = "1m"
+steps = [
+  { name = "cart", method = "POST", path = "/cart" },
+  { name = "checkout", path = "/checkout" },
+  { name = "pay", method = "POST", path = "/checkout/pay" },
+  { name = "done", path = "/checkout/done" },
+]
+"#;
+        let cfg = Config::parse(text, dir.path()).unwrap();
+        (Usher::new(cfg), dir)
+    }
+
+    const VIEWER: &str = "viewer-token-0123456789abcdef";
+    const OPERATOR: &str = "operator-token-0123456789abcdef";
+
+    /// One request of `who` through the engine, answered `status` after `latency`.
+    fn request(
+        u: &Usher,
+        method: http::Method,
+        path: &str,
+        who: &str,
+        status: u16,
+        latency: std::time::Duration,
+        now_ms: u64,
+    ) {
+        let now = std::time::Instant::now();
+        crate::engine::testing::request(u, &method, path, who, None, status, latency, now_ms, now);
+    }
+
+    fn as_viewer() -> Caller {
+        Caller {
+            loopback: false,
+            role: Some(Role::Viewer),
+        }
+    }
+
+    fn body(r: &Reply) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {:?}", r))
+    }
+
+    #[test]
+    fn the_page_loads_without_a_token_and_its_data_does_not() {
+        let (u, _dir) = secured();
+        let nobody = Caller {
+            loopback: false,
+            role: None,
+        };
+        for p in ["/ui", "/ui/app.js", "/ui/app.css"] {
+            let r = handle(&u, "GET", p, None, 0, nobody);
+            assert_eq!(r.status, 200, "{p}");
+            assert!(r.audit.is_none());
+        }
+        let html = String::from_utf8(handle(&u, "GET", "/ui", None, 0, nobody).body).unwrap();
+        assert!(html.contains("src=\"/ui/app.js\"") && !html.contains("<script>"));
+        for p in [
+            "/now",
+            "/funnels",
+            "/customers/x",
+            "/customers/x/events",
+            "/",
+        ] {
+            assert_eq!(handle(&u, "GET", p, None, 0, nobody).status, 401, "{p}");
+        }
+        let refused = handle(&u, "DELETE", "/customers/x", None, 0, as_viewer());
+        assert_eq!(refused.status, 403);
+        assert_eq!(
+            refused.audit,
+            Some(Audited {
+                action: "erase",
+                customer: "x".into()
+            }),
+            "a viewer's try at an erasure is audited"
+        );
+        assert_eq!(
+            handle(&u, "POST", "/reload", None, 0, as_viewer()).status,
+            403
+        );
+        let op = Caller {
+            loopback: false,
+            role: Some(Role::Operator),
+        };
+        let r = handle(&u, "DELETE", "/customers/x", None, 0, op);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.audit.map(|a| a.action), Some("erase"));
+    }
+
+    #[test]
+    fn a_lookup_says_where_the_customer_is_and_is_audited() {
+        use std::time::Duration;
+        let (u, _dir) = secured();
+        let t = 1_700_000_000_000;
+        let fast = Duration::from_millis(5);
+        request(&u, http::Method::POST, "/cart", "sam", 200, fast, t);
+        request(
+            &u,
+            http::Method::GET,
+            "/checkout",
+            "sam",
+            200,
+            Duration::from_millis(600),
+            t + 1_000,
+        );
+        request(
+            &u,
+            http::Method::POST,
+            "/checkout/pay",
+            "sam",
+            502,
+            fast,
+            t + 2_000,
+        );
+        let now = t + 12 * 60_000;
+        let r = handle(&u, "GET", "/customers/sam", None, now, as_viewer());
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.audit,
+            Some(Audited {
+                action: "lookup",
+                customer: "sam".into()
+            })
+        );
+        let v = body(&r);
+        assert_eq!(v["journey"].as_array().unwrap().len(), 3);
+        let last = &v["journey"][2];
+        assert_eq!(
+            (last["route"].as_str(), last["target_ms"].as_f64()),
+            (Some("checkout"), Some(100.0)),
+            "{last}"
+        );
+        assert_eq!(v["follow_up"], "email");
+        assert_eq!(v["protection"]["protected"], false);
+        let f = &v["funnels"][0];
+        assert_eq!(f["state"], "in_progress", "{v}");
+        assert_eq!(
+            f["summary"], "reached pay, 11 min ago, after 1 error and 2 frustrated requests",
+            "{v}"
+        );
+        // Nobody by that name: still a look-up, audited.
+        let r = handle(&u, "GET", "/customers/nobody", None, now, as_viewer());
+        assert_eq!(
+            (r.status, r.audit.map(|a| a.customer)),
+            (404, Some("nobody".into()))
+        );
+    }
+
+    #[test]
+    fn funnels_and_a_customers_events_answer_as_json() {
+        use std::time::Duration;
+        let (u, _dir) = secured();
+        let t = 1_700_000_000_000;
+        let fast = Duration::from_millis(5);
+        request(&u, http::Method::POST, "/cart", "ann", 200, fast, t);
+        request(
+            &u,
+            http::Method::GET,
+            "/checkout",
+            "ann",
+            503,
+            fast,
+            t + 1_000,
+        );
+        request(&u, http::Method::POST, "/cart", "ben", 200, fast, t);
+        request(
+            &u,
+            http::Method::GET,
+            "/checkout/done",
+            "ben",
+            200,
+            fast,
+            t + 1_000,
+        );
+        // ann abandons at the checkout, after trouble.
+        u.sweep_events(t + 61_000);
+        let r = handle(
+            &u,
+            "GET",
+            "/funnels",
+            Some("window=15m"),
+            t + 62_000,
+            as_viewer(),
+        );
+        assert_eq!(r.status, 200);
+        let v = body(&r);
+        let f = &v["funnels"][0];
+        assert_eq!(
+            (f["completed"].as_u64(), f["abandoned"].as_u64()),
+            (Some(1), Some(1)),
+            "{v}"
+        );
+        let checkout = &f["steps"][1];
+        assert_eq!(
+            checkout["dropped"]["after_trouble"]["customers"],
+            serde_json::json!(["ann"])
+        );
+        assert_eq!(checkout["reached"]["count"], 2);
+        assert_eq!(checkout["reached"]["by_tier"]["standard"]["count"], 2);
+        assert_eq!(
+            handle(
+                &u,
+                "GET",
+                "/funnels",
+                Some("window=forever"),
+                0,
+                as_viewer()
+            )
+            .status,
+            400
+        );
+        // The abandonment is an event about ann, and only ann.
+        let r = handle(
+            &u,
+            "GET",
+            "/customers/ann/events",
+            None,
+            t + 62_000,
+            as_viewer(),
+        );
+        assert_eq!(r.audit.as_ref().map(|a| a.action), Some("events"));
+        let v = body(&r);
+        let events = v["events"].as_array().unwrap();
+        assert!(!events.is_empty(), "{v}");
+        assert!(events.iter().all(|e| e["subject"] == "ann"), "{v}");
+        let ben = body(&handle(
+            &u,
+            "GET",
+            "/customers/ben/events",
+            None,
+            t,
+            as_viewer(),
+        ));
+        assert!(ben["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["subject"] == "ben"));
+        // The now view.
+        let n = body(&handle(&u, "GET", "/now", None, t + 62_000, as_viewer()));
+        assert!(n["routes"][0]["apdex"].is_number() || n["routes"][0]["apdex"].is_null());
+        assert!(n["degraded_by_tier"].get("gold").is_some(), "{n}");
+        // Erasure reaches the history.
+        let op = Caller {
+            loopback: false,
+            role: Some(Role::Operator),
+        };
+        handle(&u, "DELETE", "/customers/ann", None, t, op);
+        let v = body(&handle(
+            &u,
+            "GET",
+            "/funnels",
+            Some("window=15m"),
+            t + 62_000,
+            as_viewer(),
+        ));
+        assert_eq!(v["funnels"][0]["abandoned"], 0, "{v}");
     }
 }

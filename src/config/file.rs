@@ -17,6 +17,8 @@ pub struct ServerFile {
     pub max_header_bytes: Option<i64>,
     pub upstream_idle_connections: Option<i64>,
     pub admin_tokens: Option<String>,
+    /// JSON lines: who looked up or erased which customer, when, from where.
+    pub admin_audit_log: Option<String>,
     pub max_connections: Option<i64>,
     pub head_timeout: Option<String>,
     pub idle_timeout: Option<String>,
@@ -110,6 +112,7 @@ pub struct EventsFile {
     pub recover_above: Option<f64>,
     pub recent: Option<i64>,
     pub funnel_track_max: Option<i64>,
+    pub funnel_history_max: Option<i64>,
     pub spool_dir: Option<String>,
     pub slo_min_requests: Option<i64>,
     pub slo_realert: Option<String>,
@@ -135,6 +138,13 @@ pub struct SinkFile {
     pub stream: Option<String>,
     pub subject: Option<String>,
     pub ca_file: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub when: Option<String>,
+    pub template: Option<String>,
+    pub content_type: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub authorization_file: Option<String>,
+    pub idempotency_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +197,13 @@ pub struct PoolFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PrivacyFile {
+    pub pseudonym_key_file: Option<String>,
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub dir: Option<String>,
 }
@@ -235,6 +252,17 @@ pub struct OutlierFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct StruggleFile {
+    pub loop_count: Option<i64>,
+    pub loop_window: Option<String>,
+    pub retry_window: Option<String>,
+    pub form_loop_count: Option<i64>,
+    pub form_loop_window: Option<String>,
+    pub in_score: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetriesFile {
     pub enabled: Option<bool>,
     pub budget_ratio: Option<f64>,
@@ -274,6 +302,7 @@ pub struct RouteFile {
     pub target: Option<String>,
     pub slo: Option<f64>,
     pub streaming: Option<bool>,
+    pub keep_query: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

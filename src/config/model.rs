@@ -11,8 +11,11 @@
 //! names and addresses.
 
 use crate::matchers::PathPattern;
+use crate::privacy::Pseudonyms;
 pub use crate::settings::HealthCheck;
-use crate::settings::{BudgetSettings, ConnectionLimits, EwmaSettings, OutlierSettings};
+use crate::settings::{
+    BudgetSettings, ConnectionLimits, EwmaSettings, OutlierSettings, StruggleRules,
+};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -27,6 +30,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Who may use the admin API, and for what (empty: loopback callers only, for everything).
     pub admin_tokens: Vec<AdminToken>,
+    /// Where the admin API writes who looked up or erased which customer (`None`: nowhere).
+    pub admin_audit_log: Option<PathBuf>,
     pub identity: IdentityConfig,
     pub tiers: Vec<Tier>,
     pub experience: ExperienceConfig,
@@ -38,6 +43,8 @@ pub struct Config {
     /// How often ejections are reviewed and the windowed rules applied.
     pub sweep_interval: Duration,
     pub retries: RetriesConfig,
+    pub struggle: StruggleRules,
+    pub privacy: PrivacyConfig,
     pub balancing: EwmaSettings,
     pub protection: ProtectionConfig,
     pub events: EventsConfig,
@@ -56,17 +63,45 @@ pub enum Role {
     Operator,
 }
 
-/// One admin token: its SHA-256 (the token itself is not kept) and its role.
+/// One admin token: its SHA-256 (the token itself is not kept), its role and a name for the
+/// audit log.
 #[derive(Clone, PartialEq)]
 pub struct AdminToken {
     pub role: Role,
     pub sha256: [u8; 32],
+    /// As written after the token in the file, if anything was.
+    pub name: Option<String>,
+}
+
+impl AdminToken {
+    /// What the audit log calls the holder: the token's name, or else the first 8 hex digits of
+    /// its SHA-256 (stable across reloads, and no help to a guesser).
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => {
+                let hex: String = self.sha256[..4]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("sha256:{hex}")
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AdminToken({:?})", self.role)
+        write!(f, "AdminToken({:?}, {:?})", self.role, self.name)
     }
+}
+
+/// What usher shows of a person, and how long it remembers them (see `crate::privacy`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivacyConfig {
+    pub pseudonyms: Pseudonyms,
+    /// A customer not seen for this long is forgotten: score, journey, funnel history.
+    pub retention: Duration,
 }
 
 /// Where what usher learns is kept across restarts.
@@ -87,6 +122,8 @@ pub struct EventsConfig {
     /// Events kept in memory for `GET /events`.
     pub recent: usize,
     pub funnel_track_max: usize,
+    /// Ended journeys kept for the funnel report; the oldest go first.
+    pub funnel_history_max: usize,
     /// Where remote sinks keep events they have not delivered yet.
     pub spool_dir: PathBuf,
     pub slo_min_requests: u32,
@@ -106,7 +143,40 @@ pub struct SinkConfig {
     pub name: String,
     /// Events waiting in memory for this sink; beyond it, events are dropped and counted.
     pub queue: usize,
+    /// Which events it takes; the others never reach its queue.
+    pub takes: SinkFilter,
     pub kind: SinkKind,
+}
+
+/// Which events a sink takes: a helpdesk wants a gold customer's abandonment after trouble, not
+/// every upstream ejection.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SinkFilter {
+    /// Only events of these types; empty: every type.
+    pub types: Vec<crate::event_types::EventType>,
+    /// And only those this holds for (see `crate::templates`).
+    pub when: Option<std::sync::Arc<crate::templates::Condition>>,
+}
+
+/// A value read from a file that must not show in logs or `Debug` output (a webhook's
+/// `Authorization`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A webhook that sends each event as a body of its own, rendered from a template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookBody {
+    pub template: std::sync::Arc<crate::templates::BodyTemplate>,
+    pub content_type: String,
+    /// A header that carries the event's id, for receivers that drop a retried request by it
+    /// (Zendesk's `Idempotency-Key`).
+    pub idempotency_header: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +187,7 @@ pub enum SinkKind {
         max_bytes: u64,
         keep: u32,
     },
-    /// POST batches (CloudEvents batch mode) to `url`.
+    /// POST batches (CloudEvents batch mode) to `url`, or each event as a templated body.
     Webhook {
         url: String,
         batch: usize,
@@ -125,6 +195,12 @@ pub enum SinkKind {
         max_spool_bytes: u64,
         /// Certificates (PEM) an `https://` receiver's may be signed by, besides the system's.
         ca: Option<std::sync::Arc<Vec<u8>>>,
+        /// One request per event with this body instead of batches (`batch` is then 1).
+        body: Option<WebhookBody>,
+        /// Sent with every request, as given (names lower-case).
+        headers: Vec<(String, String)>,
+        /// The `Authorization` header's value, read from `authorization_file`.
+        authorization: Option<Secret>,
     },
     /// Publish to NATS JetStream with acknowledgement; the stream is created if missing.
     Nats {
@@ -222,6 +298,9 @@ pub struct IdentityConfig {
     pub max_id_len: usize,
     /// A signed token that says who the customer is (and their tier): a verified identity.
     pub jwt: Option<JwtConfig>,
+    /// Pseudonyms are on: an id shaped like one is refused, so nobody can pose as someone's
+    /// pseudonym in a lookup or an erasure.
+    pub reserve_pseudonyms: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -403,6 +482,8 @@ pub struct RouteConfig {
     /// Answers stream (server-sent events, long polling, downloads): judged by the time to the
     /// answer's head, never cut short by the protected try timeout.
     pub streaming: bool,
+    /// Journey steps keep the query string (cut with the path to what a step holds).
+    pub keep_query: bool,
 }
 
 /// All present conditions must hold; an empty match matches every request.

@@ -237,3 +237,139 @@ fn absurd_values_are_refused_not_left_to_overflow_later() {
         assert!(errs.paths().contains(&p), "missing {p}: {errs}");
     }
 }
+
+#[test]
+fn a_webhook_template_is_compiled_at_load_and_every_mistake_has_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.json.j2"), "{\n\"x\": {{ subject }\n}").unwrap();
+    std::fs::write(dir.path().join("ok.json.j2"), "{\"x\": {{ subject }}}").unwrap();
+    let text = format!(
+        r#"{MINIMAL}
+[[events.sinks]]
+type = "webhook"
+name = "a"
+url = "http://127.0.0.1:1/"
+template = "missing.json.j2"
+[[events.sinks]]
+type = "webhook"
+name = "b"
+url = "http://127.0.0.1:1/"
+template = "bad.json.j2"
+[[events.sinks]]
+type = "webhook"
+name = "c"
+url = "http://127.0.0.1:1/"
+template = "ok.json.j2"
+batch = 10
+content_type = "json"
+authorization_file = "nope.secret"
+headers = {{ Authorization = "Bearer inline", "bad header" = "x", x-ok = "1" }}
+events = ["usher.customer.journey_abandoned", "usher.customer.lost"]
+when = "data.tier =="
+[[events.sinks]]
+type = "webhook"
+name = "d"
+url = "http://127.0.0.1:1/"
+content_type = "application/json"
+idempotency_header = "Idempotency-Key"
+events = []
+[[events.sinks]]
+type = "jsonl"
+name = "e"
+path = "e.jsonl"
+template = "ok.json.j2"
+"#
+    );
+    std::fs::write(dir.path().join("u.toml"), &text).unwrap();
+    let errs = Config::load(&dir.path().join("u.toml")).unwrap_err();
+    let want = [
+        "events.sinks[0].template",
+        "events.sinks[1].template",
+        "events.sinks[2].batch",
+        "events.sinks[2].content_type",
+        "events.sinks[2].authorization_file",
+        "events.sinks[2].headers.Authorization",
+        "events.sinks[2].headers.bad header",
+        "events.sinks[2].events[1]",
+        "events.sinks[2].when",
+        "events.sinks[3].content_type",
+        "events.sinks[3].idempotency_header",
+        "events.sinks[3].events",
+        "events.sinks[4].template",
+    ];
+    let mut got = errs.paths();
+    got.sort();
+    let mut sorted = want.to_vec();
+    sorted.sort();
+    assert_eq!(got, sorted, "{errs}");
+    let text = errs.to_string();
+    assert!(text.contains("missing.json.j2: cannot read it"), "{text}");
+    assert!(text.contains("bad.json.j2: syntax error"), "{text}");
+    assert!(text.contains("(in bad.json.j2:2)"), "{text}");
+    assert!(text.contains("authorization_file"), "{text}");
+    assert!(
+        text.contains("events.sinks[4].template: does not apply to a jsonl sink"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_templated_webhook_sends_one_event_per_request_with_its_secret_kept_out_of_sight() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.json.j2"), "{\"x\": {{ subject }}}").unwrap();
+    std::fs::write(dir.path().join("zd.auth"), "Basic c2VjcmV0OnNlY3JldA==\n").unwrap();
+    let text = format!(
+        r#"{MINIMAL}
+[[events.sinks]]
+type = "webhook"
+name = "zendesk"
+url = "https://example.zendesk.com/api/v2/tickets.json"
+template = "t.json.j2"
+authorization_file = "zd.auth"
+idempotency_header = "Idempotency-Key"
+headers = {{ Accept = "application/json" }}
+events = ["usher.customer.journey_abandoned"]
+when = "data.after_trouble"
+"#
+    );
+    std::fs::write(dir.path().join("u.toml"), &text).unwrap();
+    let c = Config::load(&dir.path().join("u.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let s = &c.events.sinks[0];
+    assert_eq!(
+        s.takes.types,
+        vec![crate::event_types::EventType::JourneyAbandoned]
+    );
+    assert!(s.takes.when.is_some());
+    match &s.kind {
+        SinkKind::Webhook {
+            batch,
+            body: Some(body),
+            headers,
+            authorization: Some(auth),
+            ..
+        } => {
+            assert_eq!(*batch, 1);
+            assert_eq!(
+                body.content_type,
+                crate::defaults::WEBHOOK_TEMPLATE_CONTENT_TYPE
+            );
+            assert_eq!(body.idempotency_header.as_deref(), Some("idempotency-key"));
+            assert_eq!(
+                headers,
+                &vec![("accept".to_string(), "application/json".to_string())]
+            );
+            assert_eq!(auth.0, "Basic c2VjcmV0OnNlY3JldA==");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !format!("{c:?}").contains("c2VjcmV0"),
+        "the secret in Debug"
+    );
+    // The same files give the same sink (a reload keeps it); a changed template does not.
+    let again = Config::load(&dir.path().join("u.toml")).unwrap();
+    assert_eq!(again.events.sinks[0], c.events.sinks[0]);
+    std::fs::write(dir.path().join("t.json.j2"), "{\"y\": {{ subject }}}").unwrap();
+    let changed = Config::load(&dir.path().join("u.toml")).unwrap();
+    assert_ne!(changed.events.sinks[0], c.events.sinks[0]);
+}

@@ -10,7 +10,9 @@ use super::model::*;
 use super::{ConfigError, ConfigErrors};
 use crate::defaults as d;
 use crate::matchers::PathPattern;
-use crate::settings::{BudgetSettings, ConnectionLimits, EwmaSettings, OutlierSettings};
+use crate::settings::{
+    BudgetSettings, ConnectionLimits, EwmaSettings, OutlierSettings, StruggleRules,
+};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -29,10 +31,12 @@ const SECTIONS: &[&str] = &[
     "routes",
     "outlier",
     "retries",
+    "struggle",
     "balancing",
     "protection",
     "events",
     "funnels",
+    "privacy",
     "state",
 ];
 
@@ -117,11 +121,13 @@ pub fn parse(
     let routes: Vec<Option<RouteFile>> = array(&mut errs, &table, "routes");
     let outlier: OutlierFile = section(&mut errs, &table, "outlier").unwrap_or_default();
     let retries: RetriesFile = section(&mut errs, &table, "retries").unwrap_or_default();
+    let struggle: StruggleFile = section(&mut errs, &table, "struggle").unwrap_or_default();
     let balancing: BalancingFile = section(&mut errs, &table, "balancing").unwrap_or_default();
     let protection: ProtectionFile = section(&mut errs, &table, "protection").unwrap_or_default();
     let events: EventsFile = section(&mut errs, &table, "events").unwrap_or_default();
     let funnels: Vec<Option<FunnelFile>> = array(&mut errs, &table, "funnels");
     let state: StateFile = section(&mut errs, &table, "state").unwrap_or_default();
+    let privacy: PrivacyFile = section(&mut errs, &table, "privacy").unwrap_or_default();
     let access_log: Option<AccessLogFile> = section(&mut errs, &table, "access_log");
 
     let admin_tokens = server
@@ -129,6 +135,13 @@ pub fn parse(
         .as_ref()
         .map(|t| admin_tokens(&mut errs, &base_dir.join(t)))
         .unwrap_or_default();
+    let admin_audit_log = server.admin_audit_log.as_ref().map(|f| {
+        let file = base_dir.join(f);
+        if let Err(e) = can_write_file(&file) {
+            errs.push("server.admin_audit_log", e);
+        }
+        file
+    });
     let server = server_config(&mut errs, server, base_dir);
     if let Some(a) = server.admin.filter(|a| !a.ip().is_loopback()) {
         if admin_tokens.is_empty() {
@@ -145,6 +158,10 @@ pub fn parse(
     let routes = route_list(&mut errs, &routes, &pools);
     let (outlier, sweep_interval) = outlier_config(&mut errs, outlier);
     let retries = retries_config(&mut errs, retries);
+    let struggle = struggle_config(&mut errs, struggle);
+    let privacy = privacy_config(&mut errs, privacy, base_dir);
+    let mut identity = identity;
+    identity.reserve_pseudonyms = privacy.pseudonyms.is_on();
     let balancing = balancing_config(&mut errs, balancing);
     let protection = protection_config(&mut errs, protection);
     let events = events_config(&mut errs, events, experience.degraded_below, base_dir);
@@ -170,11 +187,13 @@ pub fn parse(
     }
 
     let access_log = access_log.map(|f| access_log_config(&mut errs, f, base_dir));
+    id_in_kept_queries(&mut errs, &identity, &privacy, &routes, access_log.as_ref());
 
     if errs.0.is_empty() {
         Ok(Config {
             server,
             admin_tokens,
+            admin_audit_log,
             identity,
             tiers,
             experience,
@@ -184,6 +203,8 @@ pub fn parse(
             outlier,
             sweep_interval,
             retries,
+            struggle,
+            privacy,
             balancing,
             protection,
             events,
@@ -781,6 +802,8 @@ fn identity_config(
         default_tier,
         max_id_len,
         jwt,
+        // Set once [privacy] is read.
+        reserve_pseudonyms: false,
     }
 }
 
@@ -1077,7 +1100,8 @@ fn can_write_file(file: &Path) -> Result<(), String> {
 /// Shortest admin token accepted: long enough that guessing is hopeless.
 const MIN_TOKEN_LEN: usize = 24;
 
-/// Reads `role token` lines (`viewer` or `operator`; blank lines and `#` comments skipped).
+/// Reads `role token [name]` lines (`viewer` or `operator`; the name, for the audit log, is the
+/// rest of the line; blank lines and `#` comments skipped).
 fn admin_tokens(errs: &mut Errors, file: &Path) -> Vec<AdminToken> {
     use sha2::Digest;
     let path = "server.admin_tokens";
@@ -1118,7 +1142,10 @@ fn admin_tokens(errs: &mut Errors, file: &Path) -> Vec<AdminToken> {
                 continue;
             }
         };
-        let token = token.trim();
+        let (token, name) = match token.trim().split_once(char::is_whitespace) {
+            Some((t, n)) => (t, Some(n.trim().to_string())),
+            None => (token.trim(), None),
+        };
         if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
             errs.push(path, format!("{at}: a token needs at least {MIN_TOKEN_LEN} printable characters, no spaces (e.g. `openssl rand -hex 24`)"));
             continue;
@@ -1126,6 +1153,7 @@ fn admin_tokens(errs: &mut Errors, file: &Path) -> Vec<AdminToken> {
         out.push(AdminToken {
             role,
             sha256: sha2::Sha256::digest(token.as_bytes()).into(),
+            name,
         });
     }
     if out.is_empty() && errs.0.iter().all(|e| e.path != path) {
@@ -1702,6 +1730,143 @@ fn retries_config(errs: &mut Errors, f: RetriesFile) -> RetriesConfig {
     }
 }
 
+/// With pseudonyms on, a query string kept in journeys or the access log would carry the very id
+/// they hide when the id is read from a query parameter: refused rather than half-hidden.
+fn id_in_kept_queries(
+    errs: &mut Errors,
+    identity: &IdentityConfig,
+    privacy: &PrivacyConfig,
+    routes: &[RouteConfig],
+    access_log: Option<&crate::access_log::AccessLogConfig>,
+) {
+    let Some(param) = identity.customer_id.iter().find_map(|s| match s {
+        IdSource::Query(p) => Some(p),
+        _ => None,
+    }) else {
+        return;
+    };
+    if !privacy.pseudonyms.is_on() {
+        return;
+    }
+    let why = format!("the customer id is read from the query parameter {param:?} and privacy.pseudonym_key_file is set: the kept query would carry the id the pseudonyms hide");
+    for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.keep_query) {
+        errs.push(
+            format!("routes[{i}].keep_query"),
+            format!("{why} (route {})", r.name),
+        );
+    }
+    if access_log.is_some_and(|a| a.query) {
+        errs.push("access_log.query", why);
+    }
+}
+
+/// A pseudonym key shorter than this could be guessed: HMAC-SHA-256's own block of strength.
+const MIN_PSEUDONYM_KEY: usize = 32;
+/// Retention shorter than this is a mistake, not a policy.
+const MIN_RETENTION: Duration = Duration::from_secs(60);
+
+fn privacy_config(errs: &mut Errors, f: PrivacyFile, base_dir: &Path) -> PrivacyConfig {
+    let retention = duration(
+        errs,
+        "privacy.retention",
+        f.retention.as_ref(),
+        d::RETENTION,
+    );
+    if retention < MIN_RETENTION {
+        errs.push(
+            "privacy.retention",
+            format!("at least {}s: shorter forgets everyone between two requests, and with them every score and struggle", MIN_RETENTION.as_secs()),
+        );
+    }
+    let pseudonyms = match &f.pseudonym_key_file {
+        None => crate::privacy::Pseudonyms::off(),
+        Some(file) if file.trim().is_empty() => {
+            errs.push(
+                "privacy.pseudonym_key_file",
+                "is empty; name the key file, or leave the setting out for no pseudonyms",
+            );
+            crate::privacy::Pseudonyms::off()
+        }
+        Some(file) => {
+            let file = base_dir.join(file);
+            match pseudonym_key(&file) {
+                Ok(key) => crate::privacy::Pseudonyms::keyed(&key),
+                Err(e) => {
+                    errs.push(
+                        "privacy.pseudonym_key_file",
+                        format!("{}: {e}", file.display()),
+                    );
+                    crate::privacy::Pseudonyms::off()
+                }
+            }
+        }
+    };
+    PrivacyConfig {
+        pseudonyms,
+        retention,
+    }
+}
+
+fn pseudonym_key(file: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(
+            "every local user can read it, and with it undo the pseudonyms; chmod 600 or 640"
+                .into(),
+        );
+    }
+    let key = read_small(file)?.trim_ascii().to_vec();
+    if key.len() < MIN_PSEUDONYM_KEY {
+        return Err(format!(
+            "{} bytes; a pseudonym key needs at least {MIN_PSEUDONYM_KEY} (e.g. `openssl rand -hex 32`)",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// Counts of one request over a window: two is the least that is a repetition, and a journey
+/// holds at most 255 steps to count in.
+fn struggle_config(errs: &mut Errors, f: StruggleFile) -> StruggleRules {
+    let d = StruggleRules::default();
+    let count = |errs: &mut Errors, path: &str, v: Option<i64>, default: u8| {
+        int_in(errs, path, v, 2, MAX_JOURNEY_LEN, default as i64) as u8
+    };
+    let window = duration;
+    StruggleRules {
+        loop_count: count(errs, "struggle.loop_count", f.loop_count, d.loop_count),
+        loop_window: window(
+            errs,
+            "struggle.loop_window",
+            f.loop_window.as_ref(),
+            d.loop_window,
+        ),
+        retry_window: window(
+            errs,
+            "struggle.retry_window",
+            f.retry_window.as_ref(),
+            d.retry_window,
+        ),
+        form_loop_count: count(
+            errs,
+            "struggle.form_loop_count",
+            f.form_loop_count,
+            d.form_loop_count,
+        ),
+        form_loop_window: window(
+            errs,
+            "struggle.form_loop_window",
+            f.form_loop_window.as_ref(),
+            d.form_loop_window,
+        ),
+        in_score: f.in_score.unwrap_or(d.in_score),
+    }
+}
+
 fn balancing_config(errs: &mut Errors, f: BalancingFile) -> EwmaSettings {
     let d = EwmaSettings::default();
     EwmaSettings {
@@ -1855,6 +2020,7 @@ fn route_list(
             critical: r.critical.unwrap_or(false),
             target,
             streaming: r.streaming.unwrap_or(d::STREAMING),
+            keep_query: r.keep_query.unwrap_or(d::KEEP_QUERY),
         });
     }
     if out.len() > MAX_ROUTES {
@@ -2080,6 +2246,14 @@ fn events_config(
             100_000_000,
             d::FUNNEL_TRACK_MAX,
         ) as usize,
+        funnel_history_max: int_in(
+            errs,
+            "events.funnel_history_max",
+            f.funnel_history_max,
+            0,
+            100_000_000,
+            d::FUNNEL_HISTORY_MAX,
+        ) as usize,
         spool_dir,
         slo_min_requests: int_in(
             errs,
@@ -2130,10 +2304,26 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
         ("stream", f.stream.is_some()),
         ("subject", f.subject.is_some()),
         ("ca_file", f.ca_file.is_some()),
+        ("template", f.template.is_some()),
+        ("content_type", f.content_type.is_some()),
+        ("headers", f.headers.is_some()),
+        ("authorization_file", f.authorization_file.is_some()),
+        ("idempotency_header", f.idempotency_header.is_some()),
     ];
     let allowed: &[&str] = match kind_name {
         "jsonl" => &["path", "max_bytes", "keep"],
-        "webhook" => &["url", "batch", "timeout", "max_spool_bytes", "ca_file"],
+        "webhook" => &[
+            "url",
+            "batch",
+            "timeout",
+            "max_spool_bytes",
+            "ca_file",
+            "template",
+            "content_type",
+            "headers",
+            "authorization_file",
+            "idempotency_header",
+        ],
         _ => &["url", "stream", "subject", "timeout", "max_spool_bytes"],
     };
     for (key, set) in present {
@@ -2186,7 +2376,7 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
             }
         }
     };
-    let kind = match kind_name {
+    let mut kind = match kind_name {
         "jsonl" => SinkKind::Jsonl {
             path: base_dir.join(f.path.as_deref().unwrap_or(d::JSONL_PATH)),
             max_bytes: int_in(
@@ -2216,6 +2406,29 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
                 10_000,
                 d::WEBHOOK_BATCH,
             ) as usize,
+            body: webhook_body(errs, path, f, base_dir),
+            headers: webhook_headers(errs, path, f),
+            authorization: f.authorization_file.as_ref().and_then(|a| {
+                let file = base_dir.join(a);
+                let value = read_small(&file).and_then(|b| {
+                    let v = String::from_utf8(b).map_err(|_| "not UTF-8".to_string())?;
+                    let v = v.trim().to_string();
+                    match HeaderValue::from_str(&v) {
+                        Ok(_) if !v.is_empty() => Ok(v),
+                        _ => Err("not a header value: one line such as \"Bearer <token>\" or \"Basic <base64>\"".to_string()),
+                    }
+                });
+                match value {
+                    Ok(v) => Some(Secret(v)),
+                    Err(e) => {
+                        errs.push(
+                            format!("{path}.authorization_file"),
+                            format!("{}: {e}", file.display()),
+                        );
+                        None
+                    }
+                }
+            }),
             timeout,
             max_spool_bytes,
             ca: f.ca_file.as_ref().and_then(|c| {
@@ -2270,7 +2483,178 @@ fn sink_config(errs: &mut Errors, path: &str, f: &SinkFile, base_dir: &Path) -> 
             );
         }
     }
-    Some(SinkConfig { name, queue, kind })
+    if let SinkKind::Webhook {
+        body: Some(_),
+        batch,
+        ..
+    } = &mut kind
+    {
+        // Helpdesk APIs create one ticket per request: each event is its own request, and is
+        // acknowledged (or dead-lettered) alone, so a retry never sends one twice on purpose.
+        if f.batch.is_some() {
+            errs.push(
+                format!("{path}.batch"),
+                "a webhook with a template sends one request per event; remove batch",
+            );
+        }
+        *batch = 1;
+    }
+    let takes = sink_filter(errs, path, f);
+    Some(SinkConfig {
+        name,
+        queue,
+        takes,
+        kind,
+    })
+}
+
+/// `events` and `when`: which events a sink takes.
+fn sink_filter(errs: &mut Errors, path: &str, f: &SinkFile) -> SinkFilter {
+    use crate::event_types::EventType;
+    let mut types = Vec::new();
+    for (i, name) in f.events.iter().flatten().enumerate() {
+        match EventType::named(name) {
+            Some(t) if !types.contains(&t) => types.push(t),
+            Some(_) => errs.push(
+                format!("{path}.events[{i}]"),
+                format!("{} is listed twice", quote(name)),
+            ),
+            None => errs.push(
+                format!("{path}.events[{i}]"),
+                format!(
+                    "{} is not an event type; use {}",
+                    quote(name),
+                    EventType::ALL
+                        .iter()
+                        .map(|t| format!("{:?}", t.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    if f.events.as_ref().is_some_and(|e| e.is_empty()) {
+        errs.push(
+            format!("{path}.events"),
+            "an empty list takes no event; leave events out to take every type",
+        );
+    }
+    let when = f
+        .when
+        .as_deref()
+        .and_then(|w| match crate::templates::Condition::compile(w) {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                errs.push(format!("{path}.when"), format!("{}: {e}", quote(w)));
+                None
+            }
+        });
+    SinkFilter { types, when }
+}
+
+/// `template`, `content_type` and `idempotency_header`: a webhook body of its own per event.
+fn webhook_body(
+    errs: &mut Errors,
+    path: &str,
+    f: &SinkFile,
+    base_dir: &Path,
+) -> Option<WebhookBody> {
+    let Some(t) = &f.template else {
+        for (key, set) in [
+            ("content_type", f.content_type.is_some()),
+            ("idempotency_header", f.idempotency_header.is_some()),
+        ] {
+            if set {
+                errs.push(
+                    format!("{path}.{key}"),
+                    "applies only with a template; without one the body is a CloudEvents batch",
+                );
+            }
+        }
+        return None;
+    };
+    let content_type = f
+        .content_type
+        .clone()
+        .unwrap_or_else(|| d::WEBHOOK_TEMPLATE_CONTENT_TYPE.to_string());
+    if HeaderValue::from_str(&content_type).is_err() || !content_type.contains('/') {
+        errs.push(
+            format!("{path}.content_type"),
+            format!(
+                "{} is not a media type such as \"application/json\"",
+                quote(&content_type)
+            ),
+        );
+    }
+    let idempotency_header =
+        f.idempotency_header
+            .as_ref()
+            .and_then(|h| match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n.as_str().to_string()),
+                Err(_) => {
+                    errs.push(
+                        format!("{path}.idempotency_header"),
+                        format!("{} is not a header name", quote(h)),
+                    );
+                    None
+                }
+            });
+    let file = base_dir.join(t);
+    let source = std::fs::File::open(&file)
+        .and_then(|fh| {
+            use std::io::Read;
+            let mut buf = String::new();
+            fh.take(crate::templates::MAX_TEMPLATE_BYTES as u64 + 1)
+                .read_to_string(&mut buf)
+                .map(|_| buf)
+        })
+        .map_err(|e| format!("cannot read it: {e}"));
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| t.clone());
+    let json = crate::templates::is_json(&content_type);
+    match source.and_then(|s| crate::templates::BodyTemplate::compile(&name, s, json)) {
+        Ok(template) => Some(WebhookBody {
+            template: std::sync::Arc::new(template),
+            content_type,
+            idempotency_header,
+        }),
+        Err(e) => {
+            errs.push(
+                format!("{path}.template"),
+                format!("{}: {e}", file.display()),
+            );
+            None
+        }
+    }
+}
+
+/// `headers`: sent as given, but not the ones usher sets itself or the secret one.
+fn webhook_headers(errs: &mut Errors, path: &str, f: &SinkFile) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, v) in f.headers.iter().flatten() {
+        let at = format!("{path}.headers.{k}");
+        let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+            errs.push(at, format!("{} is not a header name", quote(k)));
+            continue;
+        };
+        match name.as_str() {
+            "authorization" | "proxy-authorization" => errs.push(
+                at,
+                "secrets do not belong in the configuration: put the value in a file and name it in authorization_file",
+            ),
+            "content-type" => errs.push(at, "set content_type (with a template) instead"),
+            "content-length" | "host" | "transfer-encoding" | "connection" => {
+                errs.push(at, "usher sets this header itself")
+            }
+            n => match HeaderValue::from_str(v) {
+                Ok(_) => out.push((n.to_string(), v.clone())),
+                Err(_) => errs.push(at, format!("{} is not a header value", quote(v))),
+            },
+        }
+    }
+    out
 }
 
 fn funnel_list(errs: &mut Errors, funnels: &[Option<FunnelFile>]) -> Vec<Funnel> {

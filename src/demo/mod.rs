@@ -4,7 +4,7 @@
 //! browning out partway; a payment provider that fails some payments), usher in front of them with
 //! `config/demo.toml` (embedded in the binary), and a handful of synthetic customers of different
 //! tiers walking through a shop; prints the admin URLs and, every few seconds, who is suffering.
-//! Ctrl-C (or `--duration`) stops all of it.
+//! Ctrl-C or SIGTERM (or `--duration`) stops all of it.
 
 mod traffic;
 
@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use traffic::{Customer, CUSTOMERS};
+pub use traffic::{everyone, Customer, CUSTOMERS};
 
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 pub const DEMO_CUSTOMERS_CSV: &str = include_str!("../../config/demo-customers.csv");
@@ -75,6 +75,15 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Watched from before anything starts, by one listener for the demo's whole life: a Ctrl-C
+    // sent while the demo is still starting, or between two reports, must not be lost.
+    let (mut interrupt, mut terminate) = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
     // One origin per upstream, named after its pool: web-1..3 and payments-1.
     let written: Vec<SocketAddr> = config.upstreams.clone();
     let names: Vec<String> = written
@@ -129,6 +138,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let listen = running.listen();
     println!("usher demo: proxy on http://{listen}/");
     if let Some(a) = running.admin() {
+        println!("usher demo: the live page: http://{a}/ui (no token needed on loopback)");
         println!("usher demo: open the admin API:");
         println!("  curl http://{a}/customers?worst=5");
         println!("  curl http://{a}/customers/alice");
@@ -138,7 +148,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     }
     println!(
         "usher demo: {} synthetic customers browsing; Ctrl-C stops.",
-        CUSTOMERS.len()
+        everyone().len()
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -181,7 +191,8 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         report.tick().await;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
                 _ = &mut deadline => break,
                 _ = report.tick() => print_worst(&usher),
             }

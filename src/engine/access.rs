@@ -67,7 +67,12 @@ impl Usher {
                 0
             },
             outcome: f.outcome.as_str(),
-            customer: identity.map(|i| i.id.clone()).unwrap_or_default(),
+            customer: identity
+                .map(|i| match g.config.privacy.pseudonyms.of(&i.id) {
+                    std::borrow::Cow::Borrowed(_) => i.id.clone(),
+                    std::borrow::Cow::Owned(p) => CompactString::from(p),
+                })
+                .unwrap_or_default(),
             tier: CompactString::from(tier),
             score: f.score.map(|s| (s * 10.0).round() / 10.0),
             state: match f.score {

@@ -94,6 +94,13 @@ pub struct Exchange {
     pub(crate) request_id: http::HeaderValue,
     /// How it ended, once recorded: what the access log says of it.
     pub(crate) finished: Option<Finished>,
+    /// An HTTP/2 stream's claim on an upstream connection's descriptor (see
+    /// `crate::transport::limit`), held until the exchange is dropped.
+    pub(crate) stream: Option<crate::transport::StreamSlot>,
+    /// Refused for want of descriptors: usher's own shortage, not the upstream's.
+    pub(crate) busy: bool,
+    /// The query string, kept for the journey when the route says `keep_query`.
+    pub(crate) kept_query: Option<compact_str::CompactString>,
 }
 
 /// A WebSocket handshake (RFC 6455 4.1): an HTTP/1.1 GET with `Connection: upgrade`,
@@ -167,6 +174,9 @@ impl Exchange {
             upgrade: false,
             request_id: http::HeaderValue::from_static(""),
             finished: None,
+            stream: None,
+            busy: false,
+            kept_query: None,
         }
     }
 
@@ -259,6 +269,8 @@ pub enum Admission {
     NoHost,
     /// The request has been through this usher before (or through too many): answer 508.
     Loop,
+    /// An HTTP/2 stream the open-files limit has no upstream descriptor left for: answer 503.
+    Busy,
 }
 
 impl Admission {
@@ -270,6 +282,7 @@ impl Admission {
             Admission::HeadTooLarge => Some((431, "usher: request header fields too large\n")),
             Admission::NoHost => Some((400, "usher: an HTTP/1.1 request needs a Host header\n")),
             Admission::Loop => Some((508, "usher: this request has been here before (a loop)\n")),
+            Admission::Busy => Some((503, "usher: too many requests in flight; try again\n")),
         }
     }
 }

@@ -118,10 +118,45 @@ impl Usher {
     /// Forgets customer `id` (a person's right to erasure): score, journey, funnel progress,
     /// cooldowns and recent events; the next snapshot no longer holds them. False when usher knew
     /// nothing of them.
-    pub fn erase_customer(&self, id: &str) -> bool {
-        let known = self.state.store.erase(id);
-        self.state.events.forget_customer(id);
-        known
+    ///
+    /// `key` is the id, or the customer's pseudonym: an erasure request may come from whoever
+    /// received an event. A pseudonym of someone no longer in the store is still erased wherever
+    /// it or the id behind it is held (the ring and cooldowns by the pseudonym, funnels by trying
+    /// each id there). Returns the id erased, when usher could tell it.
+    pub fn erase_customer(&self, key: &str) -> (Option<String>, bool, crate::events::Forgotten) {
+        let g = self.generation();
+        let pseudonyms = &g.config.privacy.pseudonyms;
+        match self.resolve_customer(key) {
+            Some(id) => {
+                let known = self.state.store.erase(&id);
+                let subject = pseudonyms.of(&id).into_owned();
+                let forgotten = self.state.events.forget_customer(&id, &subject);
+                (Some(id), known, forgotten)
+            }
+            None => {
+                let forgotten = self
+                    .state
+                    .events
+                    .forget_customer_where(|c| pseudonyms.of(c) == key, key);
+                (None, false, forgotten)
+            }
+        }
+    }
+
+    /// The customer `key` names: a tracked id, or the pseudonym of a tracked id (what an event or
+    /// a log line gave the person looking them up); `None` for a pseudonym of nobody tracked. A
+    /// pseudonym is found by trying every tracked id: about a second at a million customers, and
+    /// only for something shaped like one that is not an id (pseudonym-shaped ids are refused
+    /// while pseudonyms are on).
+    pub fn resolve_customer(&self, key: &str) -> Option<String> {
+        let pseudonyms = &self.generation().config.privacy.pseudonyms;
+        if !pseudonyms.is_on()
+            || !crate::privacy::Pseudonyms::looks_like(key)
+            || self.state.store.contains(key)
+        {
+            return Some(key.to_string());
+        }
+        self.state.store.find_id(|id| pseudonyms.of(id) == key)
     }
 
     /// Admits the request, identifies the customer, finds the route and decides on protection.
@@ -134,7 +169,7 @@ impl Usher {
         }
         ex.request_id = crate::request_id::of(
             req.headers.get(&g.config.server.request_id_header),
-            req.headers.get("traceparent"),
+            req.headers.get(crate::request_id::TRACEPARENT),
             rand::random::<u128>,
         );
         ex.upgrade = exchange::is_websocket_upgrade(req);
@@ -165,6 +200,21 @@ impl Usher {
             return Admission::HeadTooLarge;
         }
         ex.route = g.routes.find(req.method, req.uri, req.headers);
+        ex.kept_query = ex
+            .route
+            .and_then(|r| g.config.routes.get(r as usize))
+            .filter(|r| r.keep_query)
+            .and_then(|_| req.uri.query())
+            .map(compact_str::CompactString::from);
+        if req.version == http::Version::HTTP_2 && ex.stream.is_none() {
+            ex.stream = self.state.proxy_connections.admit_stream();
+            if ex.stream.is_none() {
+                ex.busy = true;
+                ex.identity = Some(identity);
+                ex.gen = Some(g);
+                return Admission::Busy;
+            }
+        }
         let peek = if g.peek_customer {
             self.state.store.peek(&identity.id, now_ms, &g.store.model)
         } else {
@@ -611,7 +661,11 @@ impl Usher {
             return None;
         }
         ex.recorded = true;
-        let outcome = f.failure.unwrap_or_else(|| Outcome::of_status(f.status));
+        let outcome = match (ex.busy, f.failure) {
+            (true, _) => Outcome::LocalResource,
+            (false, Some(o)) => o,
+            (false, None) => Outcome::of_status(f.status),
+        };
         let connect = match (ex.attempt.as_ref().map(|a| a.started), ex.connected) {
             (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
             _ => None,
@@ -666,6 +720,8 @@ impl Usher {
             upstream: ex.upstream,
             method: f.method,
             path: f.path,
+            query: ex.kept_query.as_deref(),
+            request_id: ex.request_id.as_bytes(),
             status: f.status,
             outcome,
             total: judged,
@@ -718,15 +774,24 @@ impl Usher {
         let route_config = m.route.and_then(|r| g.config.routes.get(r as usize));
         let target = route_config.map_or(crate::defaults::TARGET, |r| r.target);
         let judgement = Judgement::of(m.total, target, failed);
+        let with_query;
+        let journey_path = match m.query {
+            Some(q) => {
+                with_query = format!("{}?{q}", m.path);
+                with_query.as_str()
+            }
+            None => m.path,
+        };
         let step = Step::new(
             m.now_ms,
             route.map(|rs| rs.label),
             m.method,
-            m.path,
+            journey_path,
             m.status,
             m.total.as_micros().min(u32::MAX as u128) as u32,
             m.upstream.map(|u| g.upstreams.node(u).label()),
             m.outcome,
+            m.request_id,
         );
         let tier = g.tier_label(m.identity.tier);
         let rec = self.state.store.record(
@@ -736,12 +801,20 @@ impl Usher {
                 judgement,
                 failed,
                 step,
+                // An anonymous id is an address many people may share (an office, a carrier's
+                // NAT), and a streaming route's clients poll and reconnect by design: neither is
+                // someone trying again.
+                struggle: !m.identity.id.starts_with("anon:")
+                    && !route_config.is_some_and(|r| r.streaming),
             },
             m.now_ms,
             &g.store,
         );
         if rec.evicted {
             self.state.metrics.customers_evicted.inc();
+        }
+        if !rec.marks.is_empty() {
+            g.metrics.struggled(m.route, rec.marks);
         }
         let frustrated = judgement == Judgement::Frustrated;
         if !g.funnels.is_empty() {
@@ -775,15 +848,32 @@ impl Usher {
             &g.store.model,
         );
         self.state.metrics.set_summary(&s);
+        self.forget_past_retention(now_ms);
+    }
+
+    /// Forgets what is older than `privacy.retention`: idle customers, and ended journeys in the
+    /// funnel history. Run with the summary, every `experience.summary_interval`.
+    pub fn forget_past_retention(&self, now_ms: u64) -> usize {
+        let g = self.generation();
+        let before = now_ms.saturating_sub(crate::time::millis(g.config.privacy.retention));
+        let customers = self.state.store.forget_idle(before);
+        self.state.events.funnels.forget_ended_before(before);
+        if customers > 0 {
+            self.state
+                .metrics
+                .customers_expired
+                .inc_by(customers as u64);
+        }
+        customers
     }
 
     /// The value of the experience header for this request, if configured and the customer is known.
     pub fn experience_header<'a>(
         &self,
         ex: &'a Exchange,
-    ) -> Option<(&'a http::HeaderName, HeaderValue)> {
+    ) -> Option<(&'a bytes::Bytes, HeaderValue)> {
         let g = ex.gen.as_deref()?;
-        let name = g.config.protection.experience_header.as_ref()?;
+        let name = g.experience_name.as_ref()?;
         let score = ex.score?;
         let rounded = score.round().clamp(0.0, 100.0) as usize;
         let value = g
@@ -793,5 +883,7 @@ impl Usher {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,13 @@ impl Usher {
         self.state.events.emit(e, now_ms, &policy)
     }
 
+    /// The subject of an event about customer `id`: its pseudonym when they are on. Cooldowns and
+    /// the recent-events ring are keyed by it too, so erasure forgets both (see
+    /// `Usher::erase_customer`).
+    fn subject<'a>(g: &Generation, id: &'a str) -> std::borrow::Cow<'a, str> {
+        g.config.privacy.pseudonyms.of(id)
+    }
+
     /// Whether an event of `kind` may be raised about a customer whose id is `verified` or not.
     fn allowed(g: &Generation, kind: EventType, verified: bool) -> bool {
         verified || !g.config.events.verified_only.contains(&kind)
@@ -54,7 +61,7 @@ impl Usher {
                 let skip = c.journey.len().saturating_sub(JOURNEY_STEPS);
                 c.journey[skip..]
                     .iter()
-                    .map(|s| StepJson::new(st, s))
+                    .map(|s| StepJson::new(st, g, s))
                     .collect()
             })
             .unwrap_or_default();
@@ -75,7 +82,7 @@ impl Usher {
             .find(|t| t.name == tier)
             .and_then(|t| t.follow_up.clone());
         let mut data = Map::new();
-        data.insert("customer".into(), json!(id));
+        data.insert("customer".into(), json!(g.config.privacy.pseudonyms.of(id)));
         data.insert("tier".into(), json!(tier));
         data.insert("score".into(), json!(score));
         data.insert(
@@ -136,7 +143,11 @@ impl Usher {
                     "error": m.outcome.is_failure().then(|| m.outcome.as_str()),
                 }),
             );
-            self.emit(g, CloudEvent::new(source, kind, id, now, disc, data), now);
+            self.emit(
+                g,
+                CloudEvent::new(source, kind, &Self::subject(g, id), now, disc, data),
+                now,
+            );
         }
         let critical = m
             .route
@@ -167,7 +178,42 @@ impl Usher {
                     "error": m.outcome.as_str(),
                 }),
             );
-            let e = CloudEvent::new(source, EventType::RequestFailed, id, now, "", data);
+            let e = CloudEvent::new(
+                source,
+                EventType::RequestFailed,
+                &Self::subject(g, id),
+                now,
+                "",
+                data,
+            );
+            self.emit(g, e, now);
+        }
+        if !rec.marks.is_empty() && Self::allowed(g, EventType::Struggling, verified) {
+            let (route, upstream) = Self::names(g, m);
+            let signals: Vec<&str> = rec.marks.names().collect();
+            let data = self.customer_data(
+                g,
+                id,
+                tier,
+                now,
+                json!({
+                    "signals": signals,
+                    "route": route,
+                    "upstream": upstream,
+                    "method": m.method.as_str(),
+                    "path": m.path,
+                    "status": m.status,
+                    "error": m.outcome.is_failure().then(|| m.outcome.as_str()),
+                }),
+            );
+            let e = CloudEvent::new(
+                source,
+                EventType::Struggling,
+                &Self::subject(g, id),
+                now,
+                "",
+                data,
+            );
             self.emit(g, e, now);
         }
     }
@@ -204,7 +250,7 @@ impl Usher {
         let e = CloudEvent::new(
             &g.config.events.source,
             EventType::Rerouted,
-            id,
+            &Self::subject(g, id),
             m.now_ms,
             "",
             data,
@@ -297,7 +343,7 @@ impl Usher {
         let e = CloudEvent::new(
             &g.config.events.source,
             EventType::JourneyAbandoned,
-            &a.customer,
+            &Self::subject(g, &a.customer),
             now_ms,
             &def.name,
             data,

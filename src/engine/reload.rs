@@ -153,6 +153,13 @@ impl Usher {
                 config.state.dir.display()
             ));
         }
+        if current.config.privacy.pseudonyms != config.privacy.pseudonyms {
+            // Events raised, cooldowns and the recent-events ring are keyed by the pseudonym in
+            // force when they were made: a new key would leave erasure unable to find them.
+            cold.push(
+                "privacy.pseudonym_key_file: the pseudonym key (or whether there is one) changed: it cannot change while usher runs; restart usher".to_string(),
+            );
+        }
         if !cold.is_empty() {
             return Err(ReloadError::Cold(cold));
         }

@@ -263,7 +263,7 @@ fn a_customer_who_suffered_is_rescued_and_the_site_is_told() {
     let ex = begin(&u, Method::GET, "/", "jo", None, 2_000);
     assert_eq!(ex.protection(), Some(Protection::Rescue));
     let (name, value) = u.experience_header(&ex).unwrap();
-    assert_eq!(name.as_str(), "x-usher-experience");
+    assert_eq!(&name[..], b"x-usher-experience");
     assert_eq!(value, "score=40; state=degraded");
     // A minute later (rescue_for) the rescue is over; the score has recovered a little.
     let later = begin(&u, Method::GET, "/", "jo", None, 62_000);
@@ -362,21 +362,8 @@ steps = [
         now_ms: u64,
         t: Instant,
     ) -> Option<UpstreamId> {
-        let mut ex = begin(u, method.clone(), path, who, tier, now_ms);
-        let up = u.choose_upstream(&mut ex, t, &mut rng());
-        u.response_head(&mut ex, status, t);
-        let f = Finish {
-            method: &method,
-            path,
-            status,
-            failure: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            now: t,
-            now_ms,
-        };
-        u.finish(&mut ex, &f);
-        up
+        let zero = Duration::ZERO;
+        crate::engine::testing::request(u, &method, path, who, tier, status, zero, now_ms, t)
     }
 
     fn of(u: &Usher, kind: EventType) -> Vec<serde_json::Value> {
@@ -448,6 +435,97 @@ steps = [
         assert_eq!(f[0]["data"]["follow_up"], "phone within 1h");
         assert_eq!(f[0]["data"]["status"], 502);
         assert_eq!(f[0]["data"]["route"], "checkout");
+    }
+
+    #[test]
+    fn a_customer_who_retries_a_failed_payment_is_raised_struggling_once_per_cooldown() {
+        let (u, t) = usher();
+        let t0 = 20 * MIN;
+        let pay = |who: &str, status: u16, at: u64| {
+            request(&u, Method::POST, "/checkout/pay", who, None, status, at, t)
+        };
+        pay("ida", 503, t0);
+        assert!(
+            of(&u, EventType::Struggling).is_empty(),
+            "one failure is no struggle"
+        );
+        pay("ida", 200, t0 + 4_000);
+        let e = of(&u, EventType::Struggling);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0]["subject"], "ida");
+        assert_eq!(e[0]["data"]["signals"], serde_json::json!(["retry"]));
+        assert_eq!(e[0]["data"]["route"], "checkout");
+        assert_eq!(e[0]["data"]["path"], "/checkout/pay");
+        let journey = e[0]["data"]["journey"].as_array().unwrap();
+        assert_eq!(
+            journey.last().unwrap()["marks"],
+            serde_json::json!(["retry"])
+        );
+        assert_eq!(journey[0]["marks"], serde_json::json!(["failed"]));
+        // Within the cooldown: marked and counted, not raised again.
+        pay("ida", 503, t0 + 5_000);
+        pay("ida", 503, t0 + 6_000);
+        assert_eq!(of(&u, EventType::Struggling).len(), 1);
+        // Someone whose retries are more than 10 s apart is not struggling.
+        pay("jon", 503, t0);
+        pay("jon", 503, t0 + 10_001);
+        assert!(of(&u, EventType::Struggling)
+            .iter()
+            .all(|e| e["subject"] != "jon"));
+        let text = u.state().metrics.encode();
+        let line = |signal: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "usher_struggle_total{{route=\"checkout\",signal=\"{signal}\"}}"
+                    ))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        // ida: retry at +4 s, +5 s, +6 s; a loop at +5 s and +6 s (three of four within 15 s).
+        assert_eq!(line("retry").as_deref(), Some("3"), "{text}");
+        assert_eq!(line("loop").as_deref(), Some("2"));
+        assert_eq!(line("form_loop").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn a_form_refused_again_and_again_is_a_form_loop_and_can_count_in_the_score() {
+        let cfg = format!("{EVENTS}\n[struggle]\nin_score = true\nform_loop_count = 2\n");
+        let cfg = Config::parse(&cfg, Path::new(".")).unwrap();
+        let t = Instant::now();
+        let u = Usher::starting_at(cfg, t);
+        let t0 = 30 * MIN;
+        request(&u, Method::POST, "/cart", "kim", None, 422, t0, t);
+        let g = u.generation();
+        let before = u
+            .state()
+            .store
+            .get("kim", t0, &g.store_settings().model)
+            .unwrap();
+        assert_eq!(before.frustrated, 0, "a 4xx is judged by its latency");
+        request(
+            &u,
+            Method::POST,
+            "/cart/items",
+            "kim",
+            None,
+            422,
+            t0 + 1_000,
+            t,
+        );
+        let after = u
+            .state()
+            .store
+            .get("kim", t0 + 1_000, &g.store_settings().model)
+            .unwrap();
+        assert_eq!(
+            after.frustrated, 1,
+            "in_score: the struggling step counts as frustrated"
+        );
+        let e = of(&u, EventType::Struggling);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0]["data"]["signals"], serde_json::json!(["form_loop"]));
+        assert_eq!(e[0]["data"]["status"], 422);
     }
 
     #[test]
@@ -889,7 +967,7 @@ steps = [{ name = "cart", path = "/cart" }, { name = "pay", path = "/checkout/pa
             .get("bob", 7_000, &g2.store_settings().model)
             .unwrap();
         assert_eq!(
-            StepJson::new(st, &bob.journey[0]).route.as_deref(),
+            StepJson::new(st, &g2, &bob.journey[0]).route.as_deref(),
             Some("promo")
         );
     }

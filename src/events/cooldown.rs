@@ -73,8 +73,12 @@ impl Cooldown {
     }
 
     /// Forgets every cooldown about `subject`.
-    pub fn forget(&self, subject: &str) {
-        self.last.lock().retain(|(_, s), _| s != subject);
+    /// Forgets every cooldown of `subject`; how many there were.
+    pub fn forget(&self, subject: &str) -> usize {
+        let mut last = self.last.lock();
+        let before = last.len();
+        last.retain(|(_, s), _| s != subject);
+        before - last.len()
     }
 
     pub fn len(&self) -> usize {

@@ -97,6 +97,18 @@ pub struct Events {
     counters: EventCounters,
 }
 
+/// What [`Events::forget_customer`] took out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Forgotten {
+    /// Funnels the customer was in.
+    pub funnels: usize,
+    /// Their finished journeys in the funnel history.
+    pub funnel_history: usize,
+    pub cooldowns: usize,
+    /// Events about them in the recent-events ring (`GET /events`).
+    pub recent_events: usize,
+}
+
 impl Events {
     pub fn new(registry: &prometheus::Registry) -> Self {
         Events {
@@ -118,10 +130,24 @@ impl Events {
 
     /// Forgets what is kept here about customer `id`: funnel progress, cooldowns and the recent
     /// events about them. Events already handed to sinks are the receivers' to erase.
-    pub fn forget_customer(&self, id: &str) {
-        self.funnels.forget(id);
-        self.cooldown.forget(id);
-        self.recent.lock().retain(|e| e.subject != id);
+    /// Forgets customer `id`, whose events were raised about `subject` (its pseudonym, or `id`).
+    pub fn forget_customer(&self, id: &str, subject: &str) -> Forgotten {
+        self.forget_customer_where(|c| c == id, subject)
+    }
+
+    /// As [`Self::forget_customer`], for the customers `is` holds for: someone usher knows only by
+    /// a pseudonym now (evicted from the store, still in a funnel or the ring).
+    pub fn forget_customer_where(&self, is: impl Fn(&str) -> bool, subject: &str) -> Forgotten {
+        let (funnels, funnel_history) = self.funnels.forget_where(is);
+        let mut recent = self.recent.lock();
+        let before = recent.len();
+        recent.retain(|e| e.subject != subject);
+        Forgotten {
+            funnels,
+            funnel_history,
+            cooldowns: self.cooldown.forget(subject),
+            recent_events: before - recent.len(),
+        }
     }
 
     /// Names of the sinks in force.
@@ -240,6 +266,9 @@ impl Events {
     fn send(&self, e: CloudEvent, recent: usize) {
         let e = Arc::new(e);
         for s in self.sinks.load().iter() {
+            if !sink::takes(&s.config, &e) {
+                continue;
+            }
             let outcome = match s.tx.try_send(e.clone()) {
                 Ok(()) => EventOutcome::Queued,
                 Err(_) => EventOutcome::Dropped,
@@ -340,6 +369,7 @@ mod tests {
         SinkConfig {
             name: name.to_string(),
             queue: 10,
+            takes: Default::default(),
             kind: SinkKind::Jsonl {
                 path: PathBuf::from(path),
                 max_bytes: 1 << 20,

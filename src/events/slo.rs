@@ -65,7 +65,9 @@ impl SloWindow {
             })
     }
 
-    fn burn(&self, objective: f64, minutes: u64, now_ms: u64) -> (f64, u64) {
+    /// How fast the last `minutes` minutes burn `objective`'s error budget (1: exactly as fast as
+    /// the budget allows), with the requests it rests on.
+    pub fn burn(&self, objective: f64, minutes: u64, now_ms: u64) -> (f64, u64) {
         let (good, total) = self.window(minutes, now_ms);
         if total == 0 {
             return (0.0, 0);

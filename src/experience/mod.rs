@@ -9,10 +9,12 @@
 pub mod journey;
 pub mod score;
 pub mod store;
+pub mod struggle;
 
-pub use journey::{Journey, Step};
+pub use journey::{Journey, Marks, Step};
 pub use score::{Judgement, Score, ScoreModel};
 pub use store::{
     CustomerRecord, CustomerSnapshot, CustomerStore, Observation, Peek, Recorded, StoreSettings,
     Summary, Transition,
 };
+pub use struggle::StruggleRules;

@@ -44,6 +44,7 @@ pub struct StoreSettings {
     /// A customer with fewer requests than this is never degraded: one slow request from someone
     /// never seen before is noise, and anyone can send one under any id.
     pub min_requests: u32,
+    pub struggle: super::StruggleRules,
 }
 
 /// A customer crossing into or out of the degraded state.
@@ -69,6 +70,8 @@ pub struct Observation {
     pub judgement: Judgement,
     pub failed: bool,
     pub step: Step,
+    /// Struggle signals are read for this request (not for a shared anonymous id, a stream).
+    pub struggle: bool,
 }
 
 /// The effect of recording one observation.
@@ -81,6 +84,8 @@ pub struct Recorded {
     /// Tracking this customer pushed the least recently seen one out.
     pub evicted: bool,
     pub transition: Option<Transition>,
+    /// The struggle signals this request showed (`super::struggle`).
+    pub marks: super::Marks,
 }
 
 /// A copy of one customer's state, taken under the shard lock and read without it.
@@ -317,15 +322,29 @@ impl CustomerStore {
 
         let c = &mut s.slots[slot as usize];
         let score_before = c.score.value(now_ms, model);
-        c.score.observe(obs.judgement, now_ms, model);
+        let mut step = obs.step;
+        let marks = if obs.struggle {
+            super::struggle::marks(&st.struggle, &c.journey, &step)
+        } else {
+            super::Marks::empty()
+        };
+        step.set_marks(marks);
+        let judgement = if st.struggle.in_score && !marks.is_empty() {
+            Judgement::Frustrated
+        } else {
+            obs.judgement
+        };
+        step.set_frustrated(judgement == Judgement::Frustrated);
+        c.score.observe(judgement, now_ms, model);
         c.tier = obs.tier;
         c.requests = c.requests.saturating_add(1);
         c.errors = c.errors.saturating_add(u32::from(obs.failed));
         c.frustrated = c
             .frustrated
-            .saturating_add(u32::from(obs.judgement == Judgement::Frustrated));
-        c.journey.push(obs.step, st.journey_len);
+            .saturating_add(u32::from(judgement == Judgement::Frustrated));
         let score = c.score.value(now_ms, model);
+        step.set_score(score);
+        c.journey.push(step, st.journey_len);
         if let Some((below, duration)) = st.rescue {
             if score < below {
                 let until = now_ms.saturating_add(duration.as_millis() as u64) / 1000;
@@ -349,6 +368,7 @@ impl CustomerStore {
             requests: c.requests,
             new_customer,
             evicted,
+            marks,
         }
     }
 
@@ -369,6 +389,14 @@ impl CustomerStore {
         Some(snapshot(&s.slots[i as usize], now_ms, model))
     }
 
+    pub fn contains(&self, id: &str) -> bool {
+        let (hash, shard) = self.shard_of(id);
+        let s = shard.lock();
+        s.index
+            .find(hash, |&i| s.slots[i as usize].id == id)
+            .is_some()
+    }
+
     /// Forgets customer `id` altogether (score, counters, journey); false when not tracked.
     pub fn erase(&self, id: &str) -> bool {
         let (hash, shard) = self.shard_of(id);
@@ -379,6 +407,36 @@ impl CustomerStore {
         s.remove_slot(i, &self.hasher);
         self.len.fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// Forgets every customer last seen before `before_ms` (the retention limit); how many. Each
+    /// shard's least recently seen customers are at its tail, so this takes only them.
+    pub fn forget_idle(&self, before_ms: u64) -> usize {
+        let mut gone = 0;
+        for shard in self.shards.iter() {
+            let mut s = shard.lock();
+            while s.tail != NIL && s.slots[s.tail as usize].score.last_ms() < before_ms {
+                let victim = s.tail;
+                s.remove_slot(victim, &self.hasher);
+                gone += 1;
+            }
+        }
+        self.len.fetch_sub(gone, Ordering::Relaxed);
+        gone
+    }
+
+    /// The id of a tracked customer for whom `matches` holds, if any. Ids are copied out one
+    /// shard at a time and tested without its lock, so requests wait only for the copy.
+    pub fn find_id(&self, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let mut ids: Vec<CompactString> = Vec::new();
+        for shard in self.shards.iter() {
+            ids.clear();
+            ids.extend(shard.lock().slots.iter().map(|c| c.id.clone()));
+            if let Some(id) = ids.iter().find(|id| matches(id)) {
+                return Some(id.to_string());
+            }
+        }
+        None
     }
 
     /// The current score of `id` and whether it is being rescued; `None` when not tracked.
@@ -691,11 +749,32 @@ mod tests {
             degraded_below: 70.0,
             recover_above: 80.0,
             min_requests: 1,
+            struggle: Default::default(),
         }
     }
 
     fn store(track_max: usize) -> CustomerStore {
         CustomerStore::new(track_max)
+    }
+
+    #[test]
+    fn customers_idle_past_the_retention_are_forgotten_and_the_rest_stay() {
+        let st = store(100);
+        for (who, at) in [("old", 1_000), ("older", 500), ("new", 9_000)] {
+            st.record(who, &obs(Judgement::Satisfied, "/", at), at, &set());
+        }
+        // "old" came back later: seen last at 9_500, it stays.
+        st.record("old", &obs(Judgement::Satisfied, "/", 9_500), 9_500, &set());
+        assert_eq!(st.forget_idle(5_000), 1);
+        assert_eq!(st.len(), 2);
+        assert!(st.get("older", 10_000, &set().model).is_none());
+        assert!(st.get("old", 10_000, &set().model).is_some());
+        assert_eq!(st.forget_idle(5_000), 0);
+        assert_eq!(
+            st.find_id(|id| id.starts_with("ne")).as_deref(),
+            Some("new")
+        );
+        assert_eq!(st.find_id(|id| id == "older"), None);
     }
 
     #[test]
@@ -860,7 +939,9 @@ mod tests {
                 10,
                 Some(0),
                 Outcome::Ok,
+                b"",
             ),
+            struggle: true,
         }
     }
 

@@ -12,13 +12,16 @@ use http::{HeaderMap, HeaderName};
 pub const RESERVED_PREFIX: &str = "x-usher-";
 /// The ushers a request has passed, by instance id, comma-separated: how a loop is caught.
 pub const HOP_HEADER: &str = "x-usher-hop";
+/// The same as a header name, for look-ups on the request path: a `&str` key is parsed and
+/// checked on every look-up.
+const HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
 /// A request that has passed this many ushers is looping, whatever the ids say.
 pub const MAX_HOPS: usize = 8;
 
 /// The instance ids in a request's hop header (only what looks like one: 16 hex digits).
 pub fn hops(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
-        .get_all(HOP_HEADER)
+        .get_all(HOP)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

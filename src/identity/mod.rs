@@ -231,6 +231,7 @@ impl IdentityResolver {
             && v.len() <= self.config.max_id_len
             && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
             && !v.starts_with("anon:")
+            && !(self.config.reserve_pseudonyms && crate::privacy::Pseudonyms::looks_like(v))
     }
 }
 
@@ -256,6 +257,28 @@ fn anonymous(peer: Option<IpAddr>) -> CompactString {
     use std::fmt::Write;
     let mut s = CompactString::const_new("anon:");
     match peer {
+        // Every request without an id comes here: dotted decimal by hand, as `Display` writes it,
+        // without the formatting machinery (it was a tenth of usher's own work on such a request).
+        Some(IpAddr::V4(v4)) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10].map(|d| b'0' + d);
+                let skip = match octet {
+                    0..=9 => 2,
+                    10..=99 => 1,
+                    _ => 0,
+                };
+                let digits = &digits[skip..];
+                buf[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
+            }
+            s.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
+        }
         Some(ip) => {
             let _ = write!(s, "{ip}");
         }
@@ -395,6 +418,27 @@ pool = "p"
         // An unknown tier name from a trusted peer is ignored, not an error: the table still applies.
         let odd = [("x-customer-id", "vip"), ("x-customer-tier", "diamond")];
         assert_eq!(resolve(&r, "/", &odd, "10.0.0.1").tier, GOLD);
+    }
+
+    #[test]
+    fn an_anonymous_id_spells_the_address_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(anonymous(Some(ip)), format!("anon:{ip}"));
+        }
+        for n in [0u32, 7, 255, 256, 65_535, 16_777_216, u32::MAX, 0x0a00_0001] {
+            let ip = IpAddr::V4(n.into());
+            assert_eq!(anonymous(Some(ip)), format!("anon:{ip}"));
+        }
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl UsherHooks {
         }
         req.insert_header(headers::HOP_HEADER, hop)?;
         if let (Some(g), Some(id)) = (ex.generation(), ex.request_id_header()) {
-            req.insert_header(g.config.server.request_id_header.clone(), id.clone())?;
+            req.insert_header(g.request_id_name().clone(), id.clone())?;
         }
         if let Some((name, value)) = self.usher.experience_header(ex) {
             req.insert_header(name.clone(), value)?;
@@ -308,7 +308,7 @@ impl UsherHooks {
     /// Adds the request id to a response head usher sends the client.
     pub fn on_response(&self, resp: &mut ResponseHeader, ex: &Exchange) -> Result<()> {
         if let (Some(g), Some(id)) = (ex.generation(), ex.request_id_header()) {
-            resp.insert_header(g.config.server.request_id_header.clone(), id.clone())?;
+            resp.insert_header(g.request_id_name().clone(), id.clone())?;
         }
         Ok(())
     }

@@ -65,8 +65,11 @@ impl ProxyHttp for UsherProxy {
         let Some((status, body)) = admission.refusal() else {
             return Ok(false);
         };
-        let mut resp = ResponseHeader::build(status, Some(3))?;
+        let mut resp = ResponseHeader::build(status, Some(4))?;
         resp.insert_header("content-type", "text/plain")?;
+        if status == 503 {
+            resp.insert_header("retry-after", "1")?;
+        }
         self.hooks.on_response(&mut resp, ex)?;
         resp.insert_header("content-length", body.len().to_string())?;
         session.write_response_header(Box::new(resp), false).await?;

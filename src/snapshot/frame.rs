@@ -12,8 +12,12 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 12] = b"USHER-STATE\n";
-/// Version 1: what `crate::snapshot` writes.
-pub const VERSION: u32 = 1;
+/// What `crate::snapshot` writes. Version 2 made a journey step 64 bytes (request id, score and
+/// struggle marks); version 1 files, 48-byte steps, are still read, so an upgrade keeps what the
+/// previous usher learned.
+pub const VERSION: u32 = 2;
+/// The oldest version this usher reads.
+pub const OLDEST: u32 = 1;
 /// The end record.
 pub const END: u8 = 0xff;
 /// No record is this large; a length beyond it is corruption, not an allocation to attempt.
@@ -26,7 +30,7 @@ pub enum FrameError {
     Io(#[from] io::Error),
     #[error("not a usher snapshot (no magic line)")]
     Foreign,
-    #[error("written in snapshot format v{0}; this usher reads v{VERSION}")]
+    #[error("written in snapshot format v{0}; this usher reads v{OLDEST} to v{VERSION}")]
     Version(u32),
     #[error("cut short: it ends inside record {0}")]
     Truncated(u64),
@@ -47,6 +51,11 @@ pub struct FrameWriter {
 
 impl FrameWriter {
     pub fn create(path: &Path) -> io::Result<Self> {
+        Self::create_version(path, VERSION)
+    }
+
+    /// A writer of an older format, for tests that an upgrade reads what the previous usher wrote.
+    pub(crate) fn create_version(path: &Path, version: u32) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -64,7 +73,7 @@ impl FrameWriter {
             buf: Vec::new(),
         };
         let mut head = MAGIC.to_vec();
-        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&version.to_le_bytes());
         w.raw(&head)?;
         Ok(w)
     }
@@ -132,6 +141,7 @@ pub struct FrameReader {
     crc: crc32fast::Hasher,
     records: u64,
     done: bool,
+    version: u32,
 }
 
 impl FrameReader {
@@ -148,7 +158,7 @@ impl FrameReader {
             return Err(FrameError::Foreign);
         }
         let version = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
-        if version != VERSION {
+        if !(OLDEST..=VERSION).contains(&version) {
             return Err(FrameError::Version(version));
         }
         let mut crc = crc32fast::Hasher::new();
@@ -158,7 +168,13 @@ impl FrameReader {
             crc,
             records: 0,
             done: false,
+            version,
         })
+    }
+
+    /// The format version the file was written in.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The next record's kind and payload; `None` once the end record has been checked.

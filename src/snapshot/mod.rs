@@ -67,7 +67,7 @@ struct Customer {
     frustrated: u32,
     rescued_until_s: u32,
     degraded: bool,
-    /// Journey steps, oldest first, 48 bytes each.
+    /// Journey steps, oldest first, `journey::STEP_BYTES` each (48 in format 1).
     #[serde(with = "serde_bytes")]
     steps: Vec<u8>,
 }
@@ -129,6 +129,47 @@ pub struct Loaded {
     pub took: Duration,
 }
 
+/// What became of the snapshot on disk after an erasure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterErasure {
+    /// Written again without the person.
+    Rewritten,
+    /// There is none: nothing to take them out of.
+    NoneOnDisk,
+    /// Another process owns the state folder (an upgrade in progress); its snapshot is its own.
+    NotOurs,
+    /// It could not be written; the old one, which still holds them, is removed instead.
+    Removed(String),
+}
+
+/// After an erasure the snapshot on disk still holds the person until it is next written, and a
+/// crash before then would bring them back at the next start: so it is written again at once
+/// (seconds at a million customers; the admin API calls this off the runtime). When that fails,
+/// the old file goes: losing what was learned is better than keeping someone who asked to go.
+pub fn rewrite_after_erasure(usher: &Usher) -> AfterErasure {
+    let path = path_of(usher);
+    let _one = WRITING.lock();
+    if !path.exists() {
+        return AfterErasure::NoneOnDisk;
+    }
+    if !usher.state().owns_state_dir() {
+        return AfterErasure::NotOurs;
+    }
+    match write_locked(usher, &path) {
+        Ok(_) => {
+            usher.state().metrics.snapshot("write", "success");
+            AfterErasure::Rewritten
+        }
+        Err(e) => {
+            usher.state().metrics.snapshot("write", "failure");
+            let removed = std::fs::remove_file(&path);
+            tracing::error!(path = %path.display(), "cannot rewrite the state snapshot after an erasure ({e}); removed it: {removed:?}");
+            AfterErasure::Removed(e.to_string())
+        }
+    }
+}
+
 /// Where the configuration in force keeps its snapshot.
 pub fn path_of(usher: &Usher) -> PathBuf {
     usher.generation().config.state.dir.join(FILE)
@@ -136,7 +177,16 @@ pub fn path_of(usher: &Usher) -> PathBuf {
 
 /// Writes everything worth keeping to `path` (atomically: a crash leaves the previous file).
 /// Blocking, and seconds at a million customers: run it off the request path.
+/// One writer at a time: an erasure's rewrite and the shutdown's write share the temporary file,
+/// and an erasure must not find "no snapshot" while one is being written.
+static WRITING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 pub fn write(usher: &Usher, path: &Path) -> std::io::Result<Written> {
+    let _one = WRITING.lock();
+    write_locked(usher, path)
+}
+
+fn write_locked(usher: &Usher, path: &Path) -> std::io::Result<Written> {
     let started = Instant::now();
     let st = usher.state();
     let g = usher.generation();
@@ -298,6 +348,10 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
     let max_id = crate::defaults::MAX_ID_LEN.max(g.config.identity.max_id_len as i64) as usize;
     let mut out = Loaded::default();
     let mut r = FrameReader::open(path)?;
+    let step_bytes = match r.version() {
+        1 => crate::experience::journey::STEP_BYTES_V1,
+        _ => crate::experience::journey::STEP_BYTES,
+    };
     let mut buf = Vec::new();
     // The writer's ids, mapped to this process's.
     let mut routes: Vec<Option<u16>> = Vec::new();
@@ -349,11 +403,7 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
                         c.id
                     )));
                 }
-                if !c
-                    .steps
-                    .len()
-                    .is_multiple_of(crate::experience::journey::STEP_BYTES)
-                {
+                if !c.steps.len().is_multiple_of(step_bytes) {
                     return Err(FrameError::Corrupt(format!(
                         "customer {:?} has a torn journey",
                         c.id
@@ -368,8 +418,11 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
                 };
                 let journey = c
                     .steps
-                    .chunks_exact(crate::experience::journey::STEP_BYTES)
-                    .filter_map(|b| Step::from_bytes(b.try_into().ok()?))
+                    .chunks_exact(step_bytes)
+                    .filter_map(|b| match r.version() {
+                        1 => Step::from_v1_bytes(b.try_into().ok()?),
+                        _ => Step::from_bytes(b.try_into().ok()?),
+                    })
                     .map(|s| s.relabel(|r, u| (map(&routes, r), map(&addrs, u))))
                     .collect();
                 let evicted = st.store.restore(
@@ -462,10 +515,9 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::engine::{Exchange, Finish, RequestHead};
     use crate::upstream::AttemptResult;
     use crate::views::CustomerJson;
-    use http::{HeaderMap, Method, Uri};
+    use http::Method;
     use rand::SeedableRng;
 
     fn config(routes_first: &str) -> Config {
@@ -502,38 +554,17 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
     }
 
     fn request(u: &Usher, path: &str, who: &str, status: u16, at: u64) {
-        let method = Method::POST;
-        let uri: Uri = path.parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-customer-id", who.parse().unwrap());
-        h.insert("host", "shop.example".parse().unwrap());
-        let mut ex = Exchange::new();
-        u.begin(
-            &mut ex,
-            &RequestHead {
-                version: http::Version::HTTP_11,
-                method: &method,
-                uri: &uri,
-                headers: &h,
-                peer: None,
-            },
+        let (post, zero) = (Method::POST, Duration::ZERO);
+        crate::engine::testing::request(
+            u,
+            &post,
+            path,
+            who,
+            None,
+            status,
+            zero,
             at,
-        );
-        let now = Instant::now();
-        u.choose_upstream(&mut ex, now, &mut rand::rngs::SmallRng::seed_from_u64(1));
-        u.response_head(&mut ex, status, now);
-        u.finish(
-            &mut ex,
-            &Finish {
-                method: &method,
-                path,
-                status,
-                failure: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                now,
-                now_ms: at,
-            },
+            Instant::now(),
         );
     }
 
@@ -590,8 +621,16 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
             (l.customers, l.funnels, l.cooldowns, l.routes, l.upstreams),
             (4, 1, 1, 2, 1)
         );
+        // What a step's route targets is read from the configuration in force, which differs.
+        let learned = |u: &Usher, who: &str| {
+            let mut v = view(u, who);
+            for s in v["journey"].as_array_mut().unwrap() {
+                s.as_object_mut().unwrap().remove("target_ms");
+            }
+            v
+        };
         for who in ["ann", "bob", "cid", "dee"] {
-            assert_eq!(view(&b, who), view(&a, who), "{who}");
+            assert_eq!(learned(&b, who), learned(&a, who), "{who}");
         }
         assert_eq!(
             view(&b, "ann")["journey"][0]["route"],
@@ -706,5 +745,73 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
                 "not even the good record before the bad one"
             );
         }
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_read_whole_after_an_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        // What usher wrote before steps carried request ids: a 48-byte step with a 27-byte path.
+        let mut v1 = [0u8; crate::experience::journey::STEP_BYTES_V1];
+        v1[0..8].copy_from_slice(&1_000u64.to_le_bytes());
+        v1[8..12].copy_from_slice(&1_500u32.to_le_bytes());
+        v1[12..14].copy_from_slice(&503u16.to_le_bytes());
+        v1[14..16].copy_from_slice(&0u16.to_le_bytes());
+        v1[16..18].copy_from_slice(&u16::MAX.to_le_bytes());
+        v1[18] = 1;
+        v1[19] = crate::measure::Outcome::Upstream5xx as u8;
+        v1[20] = 13;
+        v1[21..34].copy_from_slice(b"/checkout/pay");
+        let mut w = FrameWriter::create_version(&path, 1).unwrap();
+        w.write(
+            HEADER,
+            &Header {
+                written_ms: 1,
+                pid: 1,
+                usher: "0.1.0".into(),
+            },
+        )
+        .unwrap();
+        w.write(
+            NAMES,
+            &Names {
+                routes: vec!["checkout".into()],
+                tiers: vec!["gold".into()],
+                funnels: vec![],
+                addrs: vec![],
+            },
+        )
+        .unwrap();
+        w.write(
+            CUSTOMER,
+            &Customer {
+                id: "ann".into(),
+                tier: 0,
+                good: 0.5,
+                weight: 1.0,
+                at_ms: 1_000,
+                first_seen_ms: 1_000,
+                requests: 2,
+                errors: 2,
+                frustrated: 0,
+                rescued_until_s: 0,
+                degraded: false,
+                steps: [v1, v1].concat(),
+            },
+        )
+        .unwrap();
+        w.finish().unwrap();
+        let b = Usher::new(config("promo"));
+        assert_eq!(load(&b, &path).unwrap().customers, 1);
+        let ann = view(&b, "ann");
+        let journey = ann["journey"].as_array().unwrap();
+        assert_eq!(journey.len(), 2);
+        assert_eq!(journey[0]["path"], "/checkout/pay");
+        assert_eq!(journey[0]["status"], 503);
+        assert_eq!(journey[0]["route"], "checkout");
+        assert!(journey[0].get("request_id").is_none());
+        // And what this usher writes is the new format.
+        write(&b, &path).unwrap();
+        assert_eq!(FrameReader::open(&path).unwrap().version(), frame::VERSION);
     }
 }

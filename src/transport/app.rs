@@ -24,6 +24,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// comes free as soon as any connection closes.
 const AT_CAPACITY_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections, retry\n";
 
+/// The same refusal for a client that opened with HTTP/2's preface (h2c with prior knowledge),
+/// which would read HTTP/1.1's 503 as a malformed frame: the server's preface (an empty SETTINGS
+/// frame) and a GOAWAY that processed no stream (last stream id 0), REFUSED_STREAM, so the
+/// client knows that nothing it sent was acted on and that it may try again.
+const AT_CAPACITY_H2: &[u8] = b"\0\0\0\x04\0\0\0\0\0\
+\0\0\x23\x07\0\0\0\0\0\
+\0\0\0\0\0\0\0\x07\
+too many connections, retry";
+
+/// How long a refused connection is watched for its first bytes, to answer in its protocol. An
+/// HTTP/2 client sends its preface as soon as it connects; an idle one gets the 503 after this.
+const PROTOCOL_WAIT: Duration = Duration::from_millis(50);
+
 /// How long a refused connection may take to receive its answer and finish sending its request
 /// (closing on unread input would reset the connection and lose the answer).
 const LINGER: Duration = Duration::from_millis(500);
@@ -179,16 +192,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
-/// Tells a connection past the cap why it is closed, if it reads within [`LINGER`] and not too many
-/// are lingering already; otherwise just closes it.
+/// Tells a connection past the cap why it is closed, in HTTP/2 if it opened with the preface, if it
+/// reads within [`LINGER`] and not too many are lingering already; otherwise just closes it.
 async fn refuse(mut stream: Stream, connections: &Connections) {
     if !connections.may_linger() {
         return;
     }
     let _ = tokio::time::timeout(LINGER, async {
-        stream.write_all(AT_CAPACITY_ANSWER).await?;
-        stream.flush().await?;
         let mut sink = [0u8; 4096];
+        let answer = match tokio::time::timeout(PROTOCOL_WAIT, stream.read(&mut sink)).await {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(n)) if opens_http2(&sink[..n]) => AT_CAPACITY_H2,
+            Ok(Ok(_)) | Err(_) => AT_CAPACITY_ANSWER,
+            Ok(Err(e)) => return Err(e),
+        };
+        stream.write_all(answer).await?;
+        stream.flush().await?;
         let mut left: usize = 64 * 1024;
         while left > 0 {
             let n = stream.read(&mut sink).await?;
@@ -201,4 +220,44 @@ async fn refuse(mut stream: Stream, connections: &Connections) {
     })
     .await;
     connections.lingered();
+}
+
+/// Whether a connection's first bytes are (the start of) HTTP/2's client preface.
+fn opens_http2(first: &[u8]) -> bool {
+    let n = first.len().min(super::stream::H2_PREFACE.len());
+    n >= 4 && first[..n] == super::stream::H2_PREFACE[..n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_h2_refusal_is_a_settings_frame_and_a_goaway_that_processed_nothing() {
+        let (settings, goaway) = AT_CAPACITY_H2.split_at(9);
+        assert_eq!(
+            settings,
+            [0, 0, 0, 4, 0, 0, 0, 0, 0],
+            "empty SETTINGS on stream 0"
+        );
+        let len = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
+        assert_eq!(
+            len,
+            goaway.len() - 9,
+            "the GOAWAY's length is its payload's"
+        );
+        assert_eq!(goaway[3], 7, "GOAWAY");
+        assert_eq!(&goaway[5..9], [0, 0, 0, 0], "on stream 0");
+        assert_eq!(&goaway[9..13], [0, 0, 0, 0], "no stream was processed");
+        assert_eq!(&goaway[13..17], [0, 0, 0, 7], "REFUSED_STREAM");
+    }
+
+    #[test]
+    fn only_the_preface_reads_as_http2() {
+        assert!(opens_http2(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"));
+        assert!(opens_http2(b"PRI * HT"));
+        assert!(!opens_http2(b"PRI"));
+        assert!(!opens_http2(b"GET / HTTP/1.1\r\n"));
+        assert!(!opens_http2(b"PRIVATE / HTTP/1.1"));
+    }
 }

@@ -3,6 +3,10 @@
 //! A listener's [`Connections`] lasts for the process (the count must survive reloads); the cap it
 //! applies is the configuration's `server.max_connections`, lowered to what the open-files limit
 //! can hold ([`fd_budget`]) so that a full listener never starves upstream connects or the admin API.
+//!
+//! An HTTP/2 connection carries many requests at once, each with an upstream connection of its own:
+//! the connection cap alone would let a few of them take every descriptor. Their streams in flight
+//! are counted too ([`Connections::admit_stream`]), against what the budget left for upstreams.
 
 use crate::defaults as d;
 use crate::metrics::ConnectionMetrics;
@@ -36,7 +40,20 @@ pub struct Connections {
     /// What the open-files limit allows ([`fd_budget`]); unbounded until told.
     budget: AtomicUsize,
     lingering: AtomicUsize,
+    /// HTTP/2 streams being proxied now.
+    streams: AtomicUsize,
     metrics: ConnectionMetrics,
+}
+
+/// The right of one HTTP/2 stream to an upstream connection: given back when dropped.
+pub struct StreamSlot {
+    connections: Arc<Connections>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.connections.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The right of one admitted connection to be open: given back when dropped.
@@ -52,6 +69,7 @@ impl Connections {
             open: AtomicUsize::new(0),
             budget: AtomicUsize::new(usize::MAX),
             lingering: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -79,7 +97,13 @@ impl Connections {
     /// A slot for a new connection, or `None` (counted) when `limit(configured)` are open already.
     /// Connections that are open stay open: a lowered cap only turns new ones away.
     pub fn admit(self: &Arc<Self>, configured: usize) -> Option<Slot> {
+        // HTTP/2 streams in flight hold upstream descriptors the budget meant for connections.
+        let streams = self.streams.load(Ordering::Relaxed).div_ceil(2);
         let limit = self.limit(configured);
+        let limit = match self.budget.load(Ordering::Relaxed) {
+            usize::MAX => limit,
+            budget => limit.min(budget.saturating_sub(streams)),
+        };
         self.metrics.limit.set(limit as i64);
         let before = self.open.fetch_add(1, Ordering::AcqRel);
         if before >= limit {
@@ -92,6 +116,33 @@ impl Connections {
             connections: self.clone(),
             protocol: None,
         })
+    }
+
+    /// A slot for one more HTTP/2 stream, or `None` (counted) when the descriptors left for
+    /// upstream connections are taken. The budget gives the downstream connections one upstream
+    /// connection each and as many again to spare; a stream may use what the open connections
+    /// leave of that: `streams + 2 x open <= 2 x budget`, so that downstream and upstream
+    /// descriptors together stay within twice the budget, what [`fd_budget`] set aside for them.
+    /// Unbounded until the budget is known (an embedder's own server).
+    pub fn admit_stream(self: &Arc<Self>) -> Option<StreamSlot> {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let room = budget
+            .saturating_mul(2)
+            .saturating_sub(self.open().saturating_mul(2));
+        let before = self.streams.fetch_add(1, Ordering::AcqRel);
+        if budget != usize::MAX && before >= room {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.refused_streams.inc();
+            return None;
+        }
+        Some(StreamSlot {
+            connections: self.clone(),
+        })
+    }
+
+    /// HTTP/2 streams being proxied now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
     }
 
     /// Whether one more refused connection may linger to read its answer; pair with
@@ -196,6 +247,34 @@ mod tests {
         // A limit too small for the reserve still serves a few.
         assert_eq!(fd_budget(256, 128), MIN_BUDGET);
         assert_eq!(fd_budget(0, 0), MIN_BUDGET);
+    }
+
+    #[test]
+    fn streams_share_what_the_open_connections_leave_of_twice_the_budget() {
+        let m = Metrics::new();
+        let c = Connections::new(m.connections("proxy"));
+        // No budget yet: streams are counted, never refused.
+        let free: Vec<StreamSlot> = (0..1000).map(|_| c.admit_stream().unwrap()).collect();
+        assert_eq!(c.streams(), 1000);
+        drop(free);
+        c.set_budget(64);
+        let conns: Vec<Slot> = (0..6).map(|_| c.admit(16_384).unwrap()).collect();
+        let streams: Vec<StreamSlot> = std::iter::from_fn(|| c.admit_stream()).collect();
+        assert_eq!(streams.len(), 2 * 64 - 2 * 6);
+        assert!(c.admit_stream().is_none());
+        assert!(
+            c.admit(16_384).is_none(),
+            "nor a connection: the descriptors are in use"
+        );
+        drop(streams);
+        assert_eq!(c.streams(), 0);
+        let _more = c
+            .admit(16_384)
+            .expect("a connection once the streams are done");
+        drop(conns);
+        assert!(m
+            .encode()
+            .contains("usher_connections_refused_total{listener=\"proxy\",reason=\"streams\"} 2"));
     }
 
     #[test]

@@ -20,5 +20,5 @@ pub mod limit;
 mod stream;
 
 pub use app::Guarded;
-pub use limit::{fd_budget, Connections, Slot};
+pub use limit::{fd_budget, Connections, Slot, StreamSlot};
 pub use stream::{request_finished, request_started, GuardedStream};

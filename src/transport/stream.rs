@@ -306,7 +306,7 @@ impl GetSocketDigest for GuardedStream {
 }
 
 /// What an HTTP/2 connection without TLS (h2c) opens with.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Pingora peeks a plain connection's first bytes for the h2c preface when h2c is on. The peek
 /// must see the byte [`GuardedStream::first_byte`] already took, it must not wait longer than a

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: free loopback ports, configs, HTTP calls.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
@@ -12,9 +14,18 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// An address nothing listens on: bound, then released, so connections are refused.
+/// An address that refuses connections for as long as the test process runs: its port is held
+/// by a socket that is bound but never listens (Linux answers a connect with a reset), so no
+/// other test's listener can be handed that port, as it could be a port merely released.
 pub fn dead_addr() -> SocketAddr {
-    free_addr()
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind an ephemeral port");
+    let addr = socket.local_addr().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// Parses a test config, with `[server]` filled in with fresh ports unless the text has its own.
@@ -417,5 +428,70 @@ impl TestCa {
         let (cert, key) = self.issue(names, expired);
         std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
         std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// One request an [`Inbox`] was sent.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// An HTTP receiver that records every request as sent (a helpdesk's API, as far as usher can tell)
+/// and answers 201 Created, on an ephemeral port.
+pub struct Inbox {
+    pub addr: SocketAddr,
+    pub posted: std::sync::Arc<parking_lot::Mutex<Vec<Posted>>>,
+}
+
+impl Inbox {
+    pub async fn start() -> Inbox {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posted: std::sync::Arc<parking_lot::Mutex<Vec<Posted>>> = Default::default();
+        let keep = posted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let keep = keep.clone();
+                            async move {
+                                let path = req.uri().path().to_string();
+                                let headers = req.headers().clone();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                keep.lock().push(Posted {
+                                    path,
+                                    headers,
+                                    body: String::from_utf8_lossy(&body).into_owned(),
+                                });
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from_static(b"{}"),
+                                ));
+                                *resp.status_mut() = hyper::StatusCode::CREATED;
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Inbox { addr, posted }
+    }
+
+    pub fn posted(&self) -> Vec<Posted> {
+        self.posted.lock().clone()
     }
 }

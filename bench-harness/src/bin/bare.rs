@@ -54,7 +54,9 @@ fn main() {
         None
     };
     if args.len() < 2 {
-        eprintln!("usage: bare [--timeouts] [--tls CERT KEY TLS_LISTEN] LISTEN UPSTREAM [UPSTREAM ...]");
+        eprintln!(
+            "usage: bare [--timeouts] [--tls CERT KEY TLS_LISTEN] LISTEN UPSTREAM [UPSTREAM ...]"
+        );
         std::process::exit(2);
     }
     let lb = LoadBalancer::try_from_iter(args[1..].iter().map(String::as_str))

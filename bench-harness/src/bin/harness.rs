@@ -15,8 +15,8 @@ use usher::origin::Origin;
 use usher_bench_harness::contestants::{Contestant, Tools, LOAD_CORE};
 use usher_bench_harness::loadgen::{open_loop, Class, Request, Sample};
 use usher_bench_harness::procs::{busy_between, core_ticks, ticks_per_second};
-use usher_bench_harness::tls::{handshakes, make_cert, oha_h2, wrk_tls};
 use usher_bench_harness::report::{chart, figures, ms, pct, per_second, table, Figures};
+use usher_bench_harness::tls::{handshakes, make_cert, oha_h2, wrk_tls};
 
 struct Opts {
     runs: usize,
@@ -151,7 +151,10 @@ fn admin_generation(admin: SocketAddr) -> anyhow::Result<u64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET /config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET /config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
@@ -564,7 +567,10 @@ fn only_throughput(tools: &Tools, o: &Opts, work: &Path) -> anyhow::Result<()> {
     drop(origin_proc);
     let rps = |n: &str| tp.rps.get(n).map(|v| median(v.clone())).unwrap_or(0.0);
     let (bare, usher) = (rps("bare Pingora"), rps("usher"));
-    println!("median of {} interleaved runs of wrk -t1 -c32 -d{}s, 1,000 customers", o.runs, o.secs);
+    println!(
+        "median of {} interleaved runs of wrk -t1 -c32 -d{}s, 1,000 customers",
+        o.runs, o.secs
+    );
     for c in throughput_contestants(tools) {
         let n = c.name();
         let cpu = tp.cpu_us.get(n).map_or(0.0, |v| median(v.clone()));
@@ -576,7 +582,9 @@ fn only_throughput(tools: &Tools, o: &Opts, work: &Path) -> anyhow::Result<()> {
         );
     }
     for (round, (sent, generation)) in tp.reloads.iter().enumerate() {
-        println!("reloading usher, round {round}: {sent} SIGHUPs, generation {generation} at the end");
+        println!(
+            "reloading usher, round {round}: {sent} SIGHUPs, generation {generation} at the end"
+        );
     }
     Ok(())
 }
@@ -652,7 +660,14 @@ impl TlsKind {
 const TLS_CLIENTS: usize = 32;
 const OHA_CONNS: usize = 4;
 const OHA_STREAMS: usize = 8;
-const TLS_CONTESTANTS: [Contestant; 3] = [Contestant::Bare, Contestant::Usher, Contestant::Nginx];
+/// Bare Pingora with timeouts too: usher sets its peers' timeouts, and what they cost by
+/// themselves is part of the gap to bare Pingora.
+const TLS_CONTESTANTS: [Contestant; 4] = [
+    Contestant::Bare,
+    Contestant::BareTimeouts,
+    Contestant::Usher,
+    Contestant::Nginx,
+];
 
 /// One measurement: rate, the proxy's CPU per request, the load core's busy share, errors.
 #[derive(Clone, Copy, Default)]
@@ -709,9 +724,16 @@ fn tls_measure(
 }
 
 /// `--tls`: the TLS rows alone, written into RESULTS.md's TLS section (the rest left as it is).
-fn tls_rows(rt: &tokio::runtime::Runtime, tools: &Tools, o: &Opts, root: &Path) -> anyhow::Result<()> {
+fn tls_rows(
+    rt: &tokio::runtime::Runtime,
+    tools: &Tools,
+    o: &Opts,
+    root: &Path,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let oha = std::env::var_os("OHA").map(PathBuf::from).map_or_else(|| which("oha"), Ok)?;
+    let oha = std::env::var_os("OHA")
+        .map(PathBuf::from)
+        .map_or_else(|| which("oha"), Ok)?;
     let files = make_cert(&tools.work)?;
     let (_origin_proc, origin) = tools.nginx_origin(LOAD_CORE)?;
     let rounds = if o.quick { 1 } else { 3 };
@@ -767,6 +789,10 @@ fn tls_rows(rt: &tokio::runtime::Runtime, tools: &Tools, o: &Opts, root: &Path) 
         ratio(TlsKind::KeepAliveH1, Contestant::Bare),
         ratio(TlsKind::KeepAliveH2, Contestant::Bare),
     );
+    let (kt1, kt2) = (
+        ratio(TlsKind::KeepAliveH1, Contestant::BareTimeouts),
+        ratio(TlsKind::KeepAliveH2, Contestant::BareTimeouts),
+    );
     let (hs1, hs2) = (
         ratio(TlsKind::HandshakeH1, Contestant::Nginx),
         ratio(TlsKind::HandshakeH2, Contestant::Nginx),
@@ -780,18 +806,37 @@ fn tls_rows(rt: &tokio::runtime::Runtime, tools: &Tools, o: &Opts, root: &Path) 
         first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         started.elapsed().as_secs_f64() / 60.0
     );
-    let _ = writeln!(md, "- machine: {} cores, {}; {}", cores(), first_line("sh", &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]), first_line("uname", &["-sr"]));
+    let _ = writeln!(
+        md,
+        "- machine: {} cores, {}; {}",
+        cores(),
+        first_line(
+            "sh",
+            &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]
+        ),
+        first_line("uname", &["-sr"])
+    );
     let _ = writeln!(md, "- usher `{}` with everything on (the throughput rows' configuration) plus a TLS listener; bare Pingora with a TLS listener (`bare --tls`); both Pingora 0.9.1's `rustls` backend (rustls 0.23, ring), HTTP/2 and HTTP/1.1 by ALPN; nginx {} with OpenSSL ({}), `peers/nginx-tls.conf`", first_line("git", &["rev-parse", "--short", "HEAD"]), first_line("nginx", &["-v"]).trim_start_matches("nginx version: "), first_line("openssl", &["version"]));
     let _ = writeln!(md, "- the same ECDSA P-256 self-signed certificate and key for all (`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1`), TLS 1.3 negotiated, X25519; the same nginx `return 200` origin behind them over plain HTTP/1.1 keep-alive");
     let _ = writeln!(md, "- each proxy one worker pinned to core 0; load generators and the origin on core 1. {rounds} interleaved rounds of {secs} s (after 1 s of warm-up) per row; per row and proxy the round with the median rate");
     let _ = writeln!(md, "- **full handshakes**: the harness's own client (`src/tls.rs`: rustls, session resumption disabled, so no ticket or session id is ever offered), a closed loop of {TLS_CLIENTS} clients each doing connect, full handshake, one GET, close: a throughput ceiling, not a latency figure. HTTP/1.1 sends `Connection: close`; HTTP/2 is chosen by ALPN, one stream, then the client closes");
     let _ = writeln!(md, "- **keep-alive**: HTTP/1.1 `wrk -t1 -c{TLS_CLIENTS}` (OpenSSL client); HTTP/2 `oha --http2 --insecure -c {OHA_CONNS} -p {OHA_STREAMS}` ({}, rustls client); both closed loop, so throughput ceilings\n", first_line(&oha.display().to_string(), &["--version"]));
     md.push_str(&table(
-        &["row", "proxy", "per second", "vs bare Pingora", "vs nginx", "proxy CPU each", "load core busy", "errors"],
+        &[
+            "row",
+            "proxy",
+            "per second",
+            "vs bare Pingora",
+            "vs nginx",
+            "proxy CPU each",
+            "load core busy",
+            "errors",
+        ],
         &rows,
     ));
     let _ = writeln!(md, "\nTargets (issue 14), usher's ratios from this run:\n");
     let _ = writeln!(md, "- TLS keep-alive throughput >= 0.95x bare Pingora with TLS: HTTP/1.1 {ka1:.2}x ({}), HTTP/2 {ka2:.2}x ({})", verdict(ka1, 0.95), verdict(ka2, 0.95));
+    let _ = writeln!(md, "  - against bare Pingora with usher's default peer timeouts (connect 1 s, read and write 10 s, `bare --timeouts --tls`), which usher always sets: HTTP/1.1 {kt1:.2}x, HTTP/2 {kt2:.2}x");
     let _ = writeln!(md, "- full handshakes per second >= 0.9x nginx: HTTP/1.1 {hs1:.2}x ({}), HTTP/2 {hs2:.2}x ({})", verdict(hs1, 0.9), verdict(hs2, 0.9));
     let _ = writeln!(md, "\nWhere the load core is near 100% the rate is the load generator's limit as much as the proxy's; the proxy's CPU per request (per handshake, in the handshake rows) is then the fairer comparison.\n");
     let _ = writeln!(md, "Reproduce (about {:.0} minutes; installs nginx, wrk and `cargo install oha` when missing):\n\n```sh\nbench-harness/run tls\n```\n{TLS_END}", started.elapsed().as_secs_f64() / 60.0 + 1.0);

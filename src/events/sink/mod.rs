@@ -38,7 +38,8 @@ use tokio::sync::{mpsc, watch};
 pub enum Failure {
     /// Worth trying again: the receiver is down, slow, overloaded or asks to come back later.
     Retry(String),
-    /// The receiver will never take this batch (a 4xx but 408 and 429): dead-lettered.
+    /// The receiver will never take this batch (a 4xx but 408 and 429), or there is no body to
+    /// send it in (a webhook template failed on it): dead-lettered.
     Reject(String),
 }
 
@@ -103,8 +104,20 @@ pub async fn run(
             timeout,
             max_spool_bytes,
             ca,
+            body,
+            headers,
+            authorization,
         } => {
-            let d = webhook::Webhook::new(url, timeout, ca.as_deref().map(|c| c.as_slice()));
+            let d = webhook::Webhook::new(
+                url,
+                timeout,
+                ca.as_deref().map(|c| c.as_slice()),
+                webhook::Shape {
+                    body,
+                    headers,
+                    authorization,
+                },
+            );
             run_remote(
                 name,
                 d,
@@ -137,6 +150,23 @@ pub async fn run(
                 stop,
             )
             .await
+        }
+    }
+}
+
+/// Whether the sink configured by `c` takes `e` (its `events` and `when`). A `when` that fails on
+/// an event takes it, and says so: a ticket too many is better than a customer nobody calls.
+pub(crate) fn takes(c: &SinkConfig, e: &CloudEvent) -> bool {
+    let f = &c.takes;
+    if !f.types.is_empty() && !f.types.contains(&e.kind) {
+        return false;
+    }
+    match f.when.as_deref().map(|w| w.eval(e)) {
+        None | Some(Ok(true)) => true,
+        Some(Ok(false)) => false,
+        Some(Err(err)) => {
+            tracing::warn!(sink = %c.name, event = %e.id, "the sink's `when` failed on an event, which it takes: {err}");
+            true
         }
     }
 }
@@ -300,7 +330,7 @@ pub async fn run_remote<D: Deliver>(
                 backoff = BACKOFF_MIN;
             }
             Err(Failure::Reject(err)) => {
-                tracing::error!(sink = %name, events = events.len(), "the receiver refused a batch, which goes to the dead letters: {err}");
+                tracing::error!(sink = %name, events = events.len(), "a batch the receiver refused, or whose body could not be made, goes to the dead letters: {err}");
                 let kept = spool.dead_letter(&events);
                 if let Err(e) = &kept {
                     tracing::error!(sink = %name, "cannot write the dead letters: {e}");
