@@ -315,6 +315,15 @@ fn load_snapshot_from(usher: &Usher, path: &Path) {
                 took_ms = l.took.as_millis() as u64,
                 "state snapshot loaded"
             );
+            // Whoever went idle past the retention while usher was down goes now, not at the
+            // first summary; the snapshot is written again without them then.
+            let expired = usher.forget_past_retention(crate::time::wall_ms());
+            if expired > 0 {
+                tracing::info!(
+                    customers = expired,
+                    "forgotten on loading: idle past privacy.retention"
+                );
+            }
         }
         Err(e) => {
             usher.state().metrics.snapshot("read", "failure");

@@ -85,6 +85,10 @@ pub struct State {
     /// During a graceful upgrade, until the old process's state is taken over: the customers
     /// erased meanwhile (ids or pseudonyms), to erase again from what arrives.
     pub pending_erasures: parking_lot::Mutex<Option<Vec<String>>>,
+    /// Retention forgot customers whom the snapshot on disk may still hold, and when it was last
+    /// written again for that (Unix ms): see `crate::snapshot::rewrite_after_retention`.
+    pub retention_forgot: std::sync::atomic::AtomicBool,
+    pub retention_rewritten_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Requests between admission and their end. One counter per thread slot, each on its own cache
@@ -161,6 +165,8 @@ impl State {
             started_ms: now_ms,
             instance: format!("{:016x}", rand::random::<u64>()),
             owns_state_dir: std::sync::atomic::AtomicBool::new(true),
+            retention_forgot: std::sync::atomic::AtomicBool::new(false),
+            retention_rewritten_ms: std::sync::atomic::AtomicU64::new(0),
             pending_erasures: parking_lot::Mutex::new(None),
         }
     }

@@ -151,7 +151,13 @@ impl BackgroundService for Periodic {
                         let _ = tokio::task::spawn_blocking(move || {
                             let trimmed = usher.state().store.trim();
                             usher.state().metrics.customers_evicted.inc_by(trimmed as u64);
-                            usher.refresh_summary(wall_ms());
+                            let now_ms = wall_ms();
+                            usher.refresh_summary(now_ms);
+                            if let Some(crate::snapshot::AfterErasure::Rewritten) =
+                                crate::snapshot::rewrite_after_retention(&usher, now_ms)
+                            {
+                                tracing::info!("state snapshot written again without the customers retention forgot");
+                            }
                         }).await;
                     }
                     _ = sweep.tick() => usher.sweep(Instant::now()),

@@ -11,7 +11,8 @@
 //!
 //! A template sees the CloudEvent's attributes at the top level (`id`, `type`, `time`, `subject`,
 //! `source`, `data`), the whole event as `event`, and `last_failure`: the newest step of
-//! `data.journey` that did not end `ok` (none if there is none), which is where a customer got stuck.
+//! `data.journey` marked `failed` (a 5xx, no connection, a timeout; not a 4xx, which is the
+//! request's own doing), none if there is none: where a customer got stuck.
 //!
 //! Not here: which events are raised (`engine`), or sending them (`events::sink::webhook`). This
 //! module imports nothing of usher's: the event comes in as anything serde can serialize, so the
@@ -181,10 +182,11 @@ fn context<E: Serialize>(event: &E) -> Result<Value, String> {
         .and_then(|d| d.get("journey"))
         .and_then(|j| j.as_array())
         .and_then(|steps| {
-            steps
-                .iter()
-                .rev()
-                .find(|s| s.get("outcome").and_then(|o| o.as_str()) != Some("ok"))
+            steps.iter().rev().find(|s| {
+                s.get("marks")
+                    .and_then(|m| m.as_array())
+                    .is_some_and(|m| m.iter().any(|m| m == "failed"))
+            })
         })
         .cloned()
         .unwrap_or(serde_json::Value::Null);
@@ -233,11 +235,17 @@ pub fn sample_event() -> serde_json::Value {
             "follow_up": "phone within 1h",
             "journey": [
                 {"at": "2026-01-02T02:30:00.000Z", "route": "shop", "method": "GET", "path": "/cart",
-                 "status": 200, "latency_ms": 38.0, "upstream": "10.0.0.1:8080", "outcome": "ok"},
+                 "status": 200, "latency_ms": 38.0, "upstream": "10.0.0.1:8080", "outcome": "ok",
+                 "target_ms": 500.0, "marks": []},
                 {"at": "2026-01-02T02:31:00.000Z", "route": "checkout", "method": "POST", "path": "/checkout",
-                 "status": 200, "latency_ms": 52.0, "upstream": "10.0.0.2:8080", "outcome": "ok"},
+                 "status": 200, "latency_ms": 52.0, "upstream": "10.0.0.2:8080", "outcome": "ok",
+                 "target_ms": 300.0, "marks": []},
                 {"at": "2026-01-02T02:32:00.000Z", "route": "pay", "method": "POST", "path": "/pay",
-                 "status": 503, "latency_ms": 2950.0, "upstream": "10.0.0.3:8080", "outcome": "upstream_5xx"}
+                 "status": 503, "latency_ms": 2950.0, "upstream": "10.0.0.3:8080", "outcome": "upstream_5xx",
+                 "target_ms": 300.0, "marks": ["failed", "slow"]},
+                {"at": "2026-01-02T02:32:20.000Z", "route": "pay", "method": "POST", "path": "/pay/card",
+                 "status": 422, "latency_ms": 41.0, "upstream": "10.0.0.3:8080", "outcome": "client_error",
+                 "target_ms": 300.0, "marks": []}
             ],
             "funnels": [{"name": "checkout", "furthest_step": "checkout"}],
             "funnel": "checkout",

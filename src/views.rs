@@ -6,7 +6,7 @@
 //! still names it); judgements that depend on the configuration (degraded or not) from the
 //! generation in force.
 
-use crate::experience::{CustomerSnapshot, Judgement, Step};
+use crate::experience::{CustomerSnapshot, Step};
 use crate::generation::Generation;
 use crate::state::State;
 use crate::time::rfc3339;
@@ -50,9 +50,10 @@ pub struct StepJson {
     /// The target T of the route that served it, in the configuration in force.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_ms: Option<f64>,
-    /// What went wrong with this step, for someone reading the journey: `failed`, `slow` (past
-    /// the route's target T), `frustrated` besides (past 4T) and the struggle signals (`loop`, `retry`,
-    /// `form_loop`).
+    /// What went wrong with this step, for someone reading the journey: `failed` (a 5xx, no
+    /// connection, a timeout), `slow` (past the route's target T), `frustrated` (a request that
+    /// did not fail but took past 4T), each as judged when it was recorded, and the struggle
+    /// signals (`loop`, `retry`, `form_loop`).
     pub marks: Vec<&'static str>,
 }
 
@@ -93,16 +94,19 @@ impl StepJson {
             .as_deref()
             .and_then(|name| g.config.routes.iter().find(|r| r.name == name))
             .map(|r| r.target);
-        let latency = std::time::Duration::from_micros(s.latency_us() as u64);
+        // As judged when it was recorded, against the target then: a reload that moved the
+        // target does not rewrite what the customer went through. A failure is marked as failed,
+        // not also as frustrated.
+        let failed = s.outcome().is_failure();
         let mut marks = Vec::new();
-        if s.outcome().is_failure() {
+        if failed {
             marks.push("failed");
         }
-        // Judged as the score judged it, by the latency alone: a failure is marked as such.
-        match target.map(|t| Judgement::of(latency, t, false)) {
-            Some(Judgement::Frustrated) => marks.extend(["slow", "frustrated"]),
-            Some(Judgement::Tolerating) => marks.push("slow"),
-            _ => {}
+        if s.slow() {
+            marks.push("slow");
+        }
+        if s.frustrated() && !failed {
+            marks.push("frustrated");
         }
         marks.extend(s.marks().names());
         let (request_id, request_id_truncated) = s.request_id().unzip();

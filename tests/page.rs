@@ -427,7 +427,7 @@ steps = [
     .await;
     page.until(
         "the sign-in form",
-        "document.readyState === 'complete' && !document.getElementById('login').hidden",
+        "document.readyState === 'complete' && document.getElementById('login')?.hidden === false",
     )
     .await;
     // Data calls from the page without a token are refused too.
@@ -622,4 +622,70 @@ steps = [
         std::fs::copy(&customer_png, docs.join("customer.png")).unwrap();
     }
     println!("screenshots in {}", out_dir().display());
+}
+
+/// Without `server.admin_tokens` the admin API answers callers on usher's own machine: the page
+/// opens straight on its views, asks for no token, and offers no sign-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admin_tokens_the_page_opens_on_loopback_without_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = Origin::start_local("web").await.unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let path = dir.path().join("usher.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\n[identity]\ncustomer_id = [{{ header = \"x-customer-id\" }}]\n[experience]\ndegraded_below = 50\n[[pools]]\nname = \"web\"\nupstreams = [\"{}\"]\n[[routes]]\nname = \"site\"\npool = \"web\"\n",
+            web.addr
+        ),
+    )
+    .unwrap();
+    let _usher = Killed(
+        Command::new(USHER)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    usher::server::wait_listening(admin, PATIENCE).expect("usher's admin API comes up");
+    usher::server::wait_listening(listen, PATIENCE).expect("usher's proxy comes up");
+    let c = client();
+    for _ in 0..3 {
+        send(&c, listen, reqwest::Method::GET, "/", "ola", None).await;
+    }
+    let profile = dir.path().join("chromium");
+    let (_chromium, mut page) = browser(&profile).await;
+    page.call(
+        "Page.navigate",
+        json!({ "url": format!("http://{admin}/ui") }),
+    )
+    .await;
+    page.until(
+        "the now view with ola in it",
+        // Until the navigation lands the document is still about:blank, without the view.
+        "document.getElementById('view-now')?.hidden === false && \
+         document.querySelectorAll('#worst tbody tr').length > 0",
+    )
+    .await;
+    assert_eq!(
+        page.eval(
+            "[document.getElementById('login').hidden, document.getElementById('signout').hidden]"
+        )
+        .await,
+        json!([true, true]),
+        "no sign-in form, no sign-out"
+    );
+    page.eval("location.hash = '#customer/ola'; true").await;
+    // The score graph's line is where this configuration calls a customer degraded: 50 of 100
+    // is halfway up the 40-high graph.
+    let line = page
+        .until(
+            "ola's score graph",
+            "(() => { const l = document.querySelector('#c-spark line'); \
+               return l ? l.getAttribute('y1') : ''; })()",
+        )
+        .await;
+    assert_eq!(line, json!("20"));
 }

@@ -70,7 +70,7 @@ impl Reply {
 const INDEX: &str = "usher admin API
   GET /healthz                 liveness
   GET /metrics                 Prometheus metrics
-  GET /ui                      the live page (a browser; data calls need a token)
+  GET /ui                      the live page (a browser; it asks for a token if the API needs one)
   GET /now                     the page's live view: worst customers, degraded by tier, routes, upstreams, events
   GET /customers/{id}          one customer: score, state, counters, journey, funnels, protection, follow-up
   GET /customers/{id}/events   the recent events about one customer, newest first
@@ -99,7 +99,8 @@ pub struct Caller {
 fn needs(method: &str, path: &str) -> Option<Role> {
     match (method, path) {
         (_, "/healthz") => None,
-        // The page itself holds no data: it asks for a token and sends it with every data call.
+        // The page itself holds no data: it asks for a token when a data call is refused, and
+        // sends it with every one.
         ("GET" | "HEAD", p) if super::page::asset(p).is_some() => None,
         ("POST", "/reload") => Some(Role::Operator),
         ("DELETE", p) if p.starts_with("/customers/") => Some(Role::Operator),
@@ -200,11 +201,12 @@ fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
     // Audited under the id looked up, whether it was asked for by id or by pseudonym, as an
-    // erasure is: "who looked up this person" is one search.
-    let whom = usher
-        .resolve_customer(&id)
-        .unwrap_or_else(|| id.to_string());
-    super::lookup::customer(usher, &whom, now_ms).audited("lookup", &whom)
+    // erasure is: "who looked up this person" is one search. Resolved once: for a pseudonym
+    // that is a scan of every tracked id.
+    match usher.resolve_customer(&id) {
+        Some(whom) => super::lookup::customer(usher, &whom, now_ms).audited("lookup", &whom),
+        None => Reply::error(404, super::lookup::NOT_TRACKED).audited("lookup", &id),
+    }
 }
 
 fn customer_events(usher: &Usher, raw: &str, query: Option<&str>) -> Reply {
@@ -215,10 +217,9 @@ fn customer_events(usher: &Usher, raw: &str, query: Option<&str>) -> Reply {
         Ok(n) => n,
         Err(reply) => return reply,
     };
-    let whom = usher
-        .resolve_customer(&id)
-        .unwrap_or_else(|| id.to_string());
-    super::lookup::events(usher, &whom, limit).audited("events", &whom)
+    let resolved = usher.resolve_customer(&id);
+    let whom = resolved.as_deref().unwrap_or(&id);
+    super::lookup::events(usher, &id, resolved.as_deref(), limit).audited("events", whom)
 }
 
 fn erase(usher: &Usher, raw: &str) -> Reply {
@@ -834,17 +835,16 @@ steps = [
         );
         assert_eq!(checkout["reached"]["count"], 2);
         assert_eq!(checkout["reached"]["by_tier"]["standard"]["count"], 2);
+        for bad in ["window=forever", "window=500ms", "window=31d", "window=0s"] {
+            assert_eq!(
+                handle(&u, "GET", "/funnels", Some(bad), 0, as_viewer()).status,
+                400,
+                "{bad}"
+            );
+        }
         assert_eq!(
-            handle(
-                &u,
-                "GET",
-                "/funnels",
-                Some("window=forever"),
-                0,
-                as_viewer()
-            )
-            .status,
-            400
+            handle(&u, "GET", "/funnels", Some("window=1s"), 0, as_viewer()).status,
+            200
         );
         // The abandonment is an event about ann, and only ann.
         let r = handle(
@@ -892,5 +892,18 @@ steps = [
             as_viewer(),
         ));
         assert_eq!(v["funnels"][0]["abandoned"], 0, "{v}");
+        // Someone usher holds nothing about is a 404, and audited as one.
+        for (path, action) in [
+            ("/customers/ann/events", "events"),
+            ("/customers/ann", "lookup"),
+            ("/customers/nobody/events", "events"),
+        ] {
+            let r = handle(&u, "GET", path, None, t, as_viewer());
+            assert_eq!(
+                (r.status, r.audit.as_ref().map(|a| a.action)),
+                (404, Some(action)),
+                "{path}"
+            );
+        }
     }
 }

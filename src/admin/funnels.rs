@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// The window when none is asked for.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+/// The shortest window one can ask for: journeys are timed to the millisecond, but a window
+/// under a second would be a typo (`500ms` for `500s`), not a question.
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// The longest window one can ask for.
 pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -44,7 +47,7 @@ pub(crate) fn funnels(usher: &Usher, query: Option<&str>, now_ms: u64) -> Reply 
     let raw = urlencoded::query_param(query.unwrap_or(""), "window");
     let window = match raw.as_deref().map(humantime::parse_duration) {
         None => DEFAULT_WINDOW,
-        Some(Ok(d)) if !d.is_zero() && d <= MAX_WINDOW => d,
+        Some(Ok(d)) if (MIN_WINDOW..=MAX_WINDOW).contains(&d) => d,
         Some(_) => {
             return Reply::error(
                 400,

@@ -23,6 +23,9 @@ struct Lookup {
     protection: ProtectionView,
     /// What the customer's tier says a person should do when they had trouble.
     follow_up: Option<String>,
+    /// The score under which a customer is degraded (`experience.degraded_below`): the line on
+    /// the page's score graph.
+    degraded_below: f64,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -58,15 +61,15 @@ struct ProtectionView {
     rescued_until: Option<String>,
 }
 
+/// The answer about someone usher holds nothing about.
+pub(crate) const NOT_TRACKED: &str = "customer not tracked (never seen, forgotten, or evicted)";
+
+/// Customer `id` (already resolved from a pseudonym by the caller, who audits under it).
 pub(crate) fn customer(usher: &Usher, id: &str, now_ms: u64) -> Reply {
     let g = usher.generation();
     let st = usher.state();
-    let Some(id) = usher.resolve_customer(id) else {
-        return Reply::error(404, "customer not tracked (never seen, or evicted)");
-    };
-    let id = id.as_str();
     let Some(c) = st.store.get(id, now_ms, &g.store_settings().model) else {
-        return Reply::error(404, "customer not tracked (never seen, or evicted)");
+        return Reply::error(404, NOT_TRACKED);
     };
     let tier_name = st.tier_name(c.tier);
     let tier = g.config.tiers.iter().find(|t| t.name == tier_name);
@@ -130,22 +133,24 @@ pub(crate) fn customer(usher: &Usher, id: &str, now_ms: u64) -> Reply {
         funnels,
         protection,
         follow_up: tier.and_then(|t| t.follow_up.clone()),
+        degraded_below: g.config.experience.degraded_below,
     };
     Reply::json(200, &view)
 }
 
-/// The recent events about customer `id`, newest first, at most `limit`.
-pub(crate) fn events(usher: &Usher, id: &str, limit: usize) -> Reply {
-    // A pseudonym of someone no longer tracked still names their events.
-    let subject = match usher.resolve_customer(id) {
+/// The recent events about the customer asked for as `asked`, which the caller resolved to the
+/// tracked id `resolved` (`None`: a pseudonym of nobody tracked, which still names their
+/// events), newest first, at most `limit`. 404 for someone neither tracked nor in any of them.
+pub(crate) fn events(usher: &Usher, asked: &str, resolved: Option<&str>, limit: usize) -> Reply {
+    let subject = match resolved {
         Some(id) => usher
             .generation()
             .config
             .privacy
             .pseudonyms
-            .of(&id)
+            .of(id)
             .into_owned(),
-        None => id.to_string(),
+        None => asked.to_string(),
     };
     let all = usher.state().events.recent(usize::MAX);
     let list: Vec<&crate::events::model::CloudEvent> = all
@@ -154,6 +159,11 @@ pub(crate) fn events(usher: &Usher, id: &str, limit: usize) -> Reply {
         .take(limit)
         .map(|e| e.as_ref())
         .collect();
+    let tracked = resolved.is_some_and(|id| usher.state().store.contains(id));
+    if list.is_empty() && !tracked {
+        return Reply::error(404, NOT_TRACKED);
+    }
+    let id = resolved.unwrap_or(asked);
     Reply::json(200, &serde_json::json!({ "customer": id, "events": list }))
 }
 

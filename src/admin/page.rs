@@ -1,7 +1,7 @@
 //! The live page: one HTML file, one stylesheet and one script, embedded in the binary (no build
-//! step, no framework, no chart library). It holds no data, so it loads without a token; it asks
-//! for one, keeps it in `sessionStorage`, and sends it as `Authorization: Bearer` with every data
-//! call (polling with `fetch`: `EventSource` cannot send that header). Everything it shows is set
+//! step, no framework, no chart library). It holds no data, so it loads without a token; when a
+//! data call is refused without one (`server.admin_tokens` is set) it asks for one, keeps it in
+//! `sessionStorage`, and sends it as `Authorization: Bearer` with every data call (polling with `fetch`: `EventSource` cannot send that header). Everything it shows is set
 //! with `textContent` or SVG attributes, never parsed as HTML: customer ids and paths come from
 //! whoever sends requests. The service serves it under a strict Content-Security-Policy (scripts
 //! and styles from the page's own address only, nothing inline).

@@ -373,3 +373,24 @@ when = "data.after_trouble"
     let changed = Config::load(&dir.path().join("u.toml")).unwrap();
     assert_ne!(changed.events.sinks[0], c.events.sinks[0]);
 }
+
+#[test]
+fn an_audit_log_that_is_a_link_or_not_a_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.jsonl");
+    std::fs::write(&real, "").unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("audit.jsonl")).unwrap();
+    std::fs::create_dir(dir.path().join("a-folder")).unwrap();
+    for (file, says) in [
+        ("audit.jsonl", "is a symbolic link"),
+        ("a-folder", "is not a regular file"),
+        ("missing/audit.jsonl", "does not exist"),
+    ] {
+        let text = format!("[server]\nadmin_audit_log = \"{file}\"\n{MINIMAL}");
+        let errs = Config::parse(&text, dir.path()).unwrap_err();
+        assert_eq!(errs.paths(), vec!["server.admin_audit_log"], "{file}");
+        assert!(errs.to_string().contains(says), "{file}: {errs}");
+    }
+    let text = format!("[server]\nadmin_audit_log = \"real.jsonl\"\n{MINIMAL}");
+    assert!(Config::parse(&text, dir.path()).is_ok(), "the file itself");
+}

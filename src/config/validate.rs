@@ -137,7 +137,7 @@ pub fn parse(
         .unwrap_or_default();
     let admin_audit_log = server.admin_audit_log.as_ref().map(|f| {
         let file = base_dir.join(f);
-        if let Err(e) = can_write_file(&file) {
+        if let Err(e) = can_write_file(&file).and_then(|()| not_a_link(&file)) {
             errs.push("server.admin_audit_log", e);
         }
         file
@@ -1093,6 +1093,18 @@ fn can_write_file(file: &Path) -> Result<(), String> {
     }
     match std::fs::metadata(file) {
         Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", file.display())),
+        _ => Ok(()),
+    }
+}
+
+/// The audit log is opened without following a link (one planted where it goes must not send
+/// the record of who looked whom up elsewhere), so a link there is refused here already.
+fn not_a_link(file: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_symlink() => Err(format!(
+            "{} is a symbolic link: name the file itself",
+            file.display()
+        )),
         _ => Ok(()),
     }
 }

@@ -782,7 +782,7 @@ impl Usher {
             }
             None => m.path,
         };
-        let step = Step::new(
+        let mut step = Step::new(
             m.now_ms,
             route.map(|rs| rs.label),
             m.method,
@@ -793,6 +793,7 @@ impl Usher {
             m.outcome,
             m.request_id,
         );
+        step.set_slow(m.total > target);
         let tier = g.tier_label(m.identity.tier);
         let rec = self.state.store.record(
             &m.identity.id,
@@ -863,6 +864,9 @@ impl Usher {
                 .metrics
                 .customers_expired
                 .inc_by(customers as u64);
+            self.state
+                .retention_forgot
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         customers
     }

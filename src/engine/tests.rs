@@ -529,6 +529,44 @@ steps = [
     }
 
     #[test]
+    fn a_struggle_counted_in_the_score_is_not_trouble_to_retry() {
+        let cfg = format!("{EVENTS}\n[struggle]\nin_score = true\n");
+        let cfg = Config::parse(&cfg, Path::new(".")).unwrap();
+        let t = Instant::now();
+        let u = Usher::starting_at(cfg, t);
+        let t0 = 30 * MIN;
+        // Four quick, successful loads of one page: a loop from the third on, never a retry,
+        // though the looping steps count as frustrated in the score.
+        for k in 0..4 {
+            request(
+                &u,
+                Method::GET,
+                "/cart",
+                "lia",
+                None,
+                200,
+                t0 + k * 1_000,
+                t,
+            );
+        }
+        let g = u.generation();
+        let lia = u
+            .state()
+            .store
+            .get("lia", t0 + 3_000, &g.store_settings().model)
+            .unwrap();
+        assert_eq!(lia.frustrated, 2, "in_score: both looping steps");
+        use crate::experience::Marks;
+        let marks: Vec<Marks> = lia.journey.iter().map(|s| s.marks()).collect();
+        assert_eq!(
+            marks,
+            [Marks::empty(), Marks::empty(), Marks::LOOP, Marks::LOOP],
+            "a loop of fast answers breeds no retry"
+        );
+        assert!(lia.journey.iter().all(|s| !s.bad() && !s.frustrated()));
+    }
+
+    #[test]
     fn abandoning_the_checkout_after_errors_is_reported_with_the_furthest_step() {
         let (u, t) = usher();
         let t0 = 10 * MIN;

@@ -98,8 +98,10 @@ pub struct Step {
     route: u16,
     upstream: u16,
     method: u8,
-    /// The outcome in the low three bits, whether it was judged frustrated in the fourth, the
-    /// struggle marks in the high nibble.
+    /// The outcome in the low three bits; whether the request itself was frustrating in the
+    /// fourth; the struggle marks in the next three; whether it took longer than its route's
+    /// target in the top bit. The last two are as judged when it was recorded, against the
+    /// target in force then.
     outcome: u8,
     path_len: u8,
     /// The customer's score right after this step, 0 to 100.
@@ -114,6 +116,7 @@ const _: () =
 const _: () = assert!(Outcome::ALL.len() <= 8);
 const OUTCOME: u8 = 0x07;
 const FRUSTRATED: u8 = 0x08;
+const SLOW: u8 = 0x80;
 
 const METHODS: [Method; 9] = [
     Method::GET,
@@ -263,13 +266,42 @@ impl Step {
         Outcome::from_u8(self.outcome & OUTCOME)
     }
 
-    /// Failed, or judged frustrated when it was recorded: what a customer would try again.
+    /// Failed, or frustrating in itself when it was recorded: what a customer would try again.
     pub fn bad(&self) -> bool {
-        self.outcome().is_failure() || self.outcome & FRUSTRATED != 0
+        self.outcome().is_failure() || self.frustrated()
+    }
+
+    /// The request itself was frustrating (failed, or over four times its route's target). A
+    /// struggle counted in the score (`struggle.in_score`) does not set this: struggle must not
+    /// breed struggle, a loop of fast answers is no failure to retry.
+    pub fn frustrated(&self) -> bool {
+        self.outcome & FRUSTRATED != 0
     }
 
     pub fn set_frustrated(&mut self, frustrated: bool) {
-        self.outcome = (self.outcome & !FRUSTRATED) | if frustrated { FRUSTRATED } else { 0 };
+        self.set_bit(FRUSTRATED, frustrated);
+    }
+
+    /// Took longer than its route's target.
+    pub fn slow(&self) -> bool {
+        self.outcome & SLOW != 0
+    }
+
+    pub fn set_slow(&mut self, slow: bool) {
+        self.set_bit(SLOW, slow);
+    }
+
+    /// Sets slow and frustrated from the step's latency and outcome against `target`: for a
+    /// step kept by a usher that did not record them as they are meant now.
+    pub fn judge_again(&mut self, target: std::time::Duration) {
+        let latency = std::time::Duration::from_micros(u64::from(self.latency_us()));
+        let judgement = super::Judgement::of(latency, target, self.outcome().is_failure());
+        self.set_frustrated(judgement == super::Judgement::Frustrated);
+        self.set_slow(latency > target);
+    }
+
+    fn set_bit(&mut self, bit: u8, on: bool) {
+        self.outcome = (self.outcome & !bit) | if on { bit } else { 0 };
     }
 
     pub fn marks(&self) -> Marks {
@@ -277,7 +309,8 @@ impl Step {
     }
 
     pub fn set_marks(&mut self, marks: Marks) {
-        self.outcome = (self.outcome & (OUTCOME | FRUSTRATED)) | (marks.0 & Marks::BITS) << 4;
+        self.outcome =
+            (self.outcome & (OUTCOME | FRUSTRATED | SLOW)) | (marks.0 & Marks::BITS) << 4;
     }
 
     /// The customer's score right after this step; `None` for a step restored from a snapshot

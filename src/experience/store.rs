@@ -334,7 +334,8 @@ impl CustomerStore {
         } else {
             obs.judgement
         };
-        step.set_frustrated(judgement == Judgement::Frustrated);
+        // The step keeps the request's own judgement; the score takes the struggle's.
+        step.set_frustrated(obs.judgement == Judgement::Frustrated);
         c.score.observe(judgement, now_ms, model);
         c.tier = obs.tier;
         c.requests = c.requests.saturating_add(1);

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 12] = b"USHER-STATE\n";
 /// What `crate::snapshot` writes. Version 2 made a journey step 64 bytes (request id, score and
-/// struggle marks); version 1 files, 48-byte steps, are still read, so an upgrade keeps what the
-/// previous usher learned.
-pub const VERSION: u32 = 2;
+/// struggle marks); version 3 keeps the same step with whether it was slow, and "frustrated" as
+/// the request's own judgement (version 2 counted a struggle in it). Versions 1 and 2 are still
+/// read, so an upgrade keeps what the previous usher learned.
+pub const VERSION: u32 = 3;
 /// The oldest version this usher reads.
 pub const OLDEST: u32 = 1;
 /// The end record.

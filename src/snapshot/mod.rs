@@ -141,6 +141,8 @@ pub enum AfterErasure {
     NotOurs,
     /// It could not be written; the old one, which still holds them, is removed instead.
     Removed(String),
+    /// It could not be written and the old one stays (after retention: tried again later).
+    Kept(String),
 }
 
 /// After an erasure the snapshot on disk still holds the person until it is next written, and a
@@ -148,6 +150,37 @@ pub enum AfterErasure {
 /// (seconds at a million customers; the admin API calls this off the runtime). When that fails,
 /// the old file goes: losing what was learned is better than keeping someone who asked to go.
 pub fn rewrite_after_erasure(usher: &Usher) -> AfterErasure {
+    rewrite(usher, "an erasure", true)
+}
+
+/// After retention forgot customers, the snapshot on disk still holds them until it is next
+/// written, which may be weeks away: it is written again at the first summary after, then at
+/// most every [`RETENTION_REWRITE_EVERY`] while more are forgotten. A failed rewrite keeps the
+/// old file (what it holds is old, not asked to be erased) and is tried again at the next
+/// summary. `None` when nothing was due.
+pub fn rewrite_after_retention(usher: &Usher, now_ms: u64) -> Option<AfterErasure> {
+    use std::sync::atomic::Ordering;
+    let st = usher.state();
+    let last = st.retention_rewritten_ms.load(Ordering::Acquire);
+    let every = RETENTION_REWRITE_EVERY.as_millis() as u64;
+    if (last != 0 && now_ms < last.saturating_add(every))
+        || !st.retention_forgot.swap(false, Ordering::AcqRel)
+    {
+        return None;
+    }
+    let done = rewrite(usher, "retention", false);
+    match done {
+        AfterErasure::Kept(_) => st.retention_forgot.store(true, Ordering::Release),
+        _ => st.retention_rewritten_ms.store(now_ms, Ordering::Release),
+    }
+    Some(done)
+}
+
+/// How often at most the snapshot is written again for customers retention forgot: a rewrite
+/// takes seconds at a million customers, and retention is counted in days.
+pub const RETENTION_REWRITE_EVERY: Duration = Duration::from_secs(3600);
+
+fn rewrite(usher: &Usher, after: &str, remove_on_failure: bool) -> AfterErasure {
     let path = path_of(usher);
     let _one = WRITING.lock();
     if !path.exists() {
@@ -161,11 +194,16 @@ pub fn rewrite_after_erasure(usher: &Usher) -> AfterErasure {
             usher.state().metrics.snapshot("write", "success");
             AfterErasure::Rewritten
         }
-        Err(e) => {
+        Err(e) if remove_on_failure => {
             usher.state().metrics.snapshot("write", "failure");
             let removed = std::fs::remove_file(&path);
-            tracing::error!(path = %path.display(), "cannot rewrite the state snapshot after an erasure ({e}); removed it: {removed:?}");
+            tracing::error!(path = %path.display(), "cannot rewrite the state snapshot after {after} ({e}); removed it: {removed:?}");
             AfterErasure::Removed(e.to_string())
+        }
+        Err(e) => {
+            usher.state().metrics.snapshot("write", "failure");
+            tracing::error!(path = %path.display(), "cannot rewrite the state snapshot after {after} ({e}); kept it, to try again");
+            AfterErasure::Kept(e.to_string())
         }
     }
 }
@@ -355,6 +393,9 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
     let mut buf = Vec::new();
     // The writer's ids, mapped to this process's.
     let mut routes: Vec<Option<u16>> = Vec::new();
+    // The writer's routes' targets in the configuration in force, to judge a step written before
+    // version 3 kept its judgement.
+    let mut targets: Vec<std::time::Duration> = Vec::new();
     let mut tiers: Vec<u8> = Vec::new();
     let mut funnels: Vec<Option<u16>> = Vec::new();
     let mut addrs: Vec<Option<u16>> = Vec::new();
@@ -378,6 +419,17 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
                             .collect()
                     };
                 routes = intern(&st.route_names, &n.routes);
+                targets = n
+                    .routes
+                    .iter()
+                    .map(|name| {
+                        g.config
+                            .routes
+                            .iter()
+                            .find(|r| &r.name == name)
+                            .map_or(crate::defaults::TARGET, |r| r.target)
+                    })
+                    .collect();
                 funnels = intern(&st.funnel_names, &n.funnels);
                 tiers = intern(&st.tier_names, &n.tiers)
                     .into_iter()
@@ -423,7 +475,16 @@ fn read(usher: &Usher, path: &Path, apply: bool) -> Result<Loaded, FrameError> {
                         1 => Step::from_v1_bytes(b.try_into().ok()?),
                         _ => Step::from_bytes(b.try_into().ok()?),
                     })
-                    .map(|s| s.relabel(|r, u| (map(&routes, r), map(&addrs, u))))
+                    .map(|mut s| {
+                        if r.version() < 3 {
+                            let target = s
+                                .route()
+                                .and_then(|r| targets.get(r as usize).copied())
+                                .unwrap_or(crate::defaults::TARGET);
+                            s.judge_again(target);
+                        }
+                        s.relabel(|r, u| (map(&routes, r), map(&addrs, u)))
+                    })
                     .collect();
                 let evicted = st.store.restore(
                     CustomerRecord {
@@ -748,6 +809,67 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
     }
 
     #[test]
+    fn whoever_retention_forgets_leaves_the_snapshot_on_disk_too() {
+        use crate::engine::testing::request;
+        const MIN: u64 = 60_000;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::parse(
+            "[privacy]\nretention = \"1h\"\n[[pools]]\nname = \"p\"\nupstreams = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let now = crate::time::wall_ms();
+        let a = Usher::new(cfg.clone());
+        let ms5 = Duration::from_millis(5);
+        request(
+            &a,
+            &Method::GET,
+            "/",
+            "gone-quiet",
+            None,
+            200,
+            ms5,
+            now - 120 * MIN,
+            t,
+        );
+        request(&a, &Method::GET, "/", "still-here", None, 200, ms5, now, t);
+        let path = path_of(&a);
+        write(&a, &path).unwrap();
+        let holds = |who: &str| {
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(who.len()).any(|w| w == who.as_bytes())
+        };
+        assert!(holds("gone-quiet") && holds("still-here"));
+
+        // Loading it forgets whoever went idle past the retention while usher was down...
+        let b = Usher::new(cfg);
+        crate::server::load_snapshot(&b);
+        assert!(b.state().store.contains("still-here"));
+        assert!(!b.state().store.contains("gone-quiet"));
+        // ...and the next summary writes it again without them, once.
+        assert_eq!(
+            rewrite_after_retention(&b, now),
+            Some(AfterErasure::Rewritten)
+        );
+        assert!(!holds("gone-quiet") && holds("still-here"));
+        assert_eq!(
+            rewrite_after_retention(&b, now),
+            None,
+            "nothing more forgotten"
+        );
+        // Forgotten within the hour after that rewrite: written again when the hour is up.
+        assert_eq!(b.forget_past_retention(now + 61 * MIN), 1);
+        assert_eq!(rewrite_after_retention(&b, now + 30 * MIN), None);
+        assert!(holds("still-here"), "not yet");
+        assert_eq!(
+            rewrite_after_retention(&b, now + 61 * MIN),
+            Some(AfterErasure::Rewritten)
+        );
+        assert!(!holds("still-here"));
+    }
+
+    #[test]
     fn a_version_1_snapshot_is_read_whole_after_an_upgrade() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
@@ -762,6 +884,11 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
         v1[19] = crate::measure::Outcome::Upstream5xx as u8;
         v1[20] = 13;
         v1[21..34].copy_from_slice(b"/checkout/pay");
+        // A slow page view: 2.1 s against the default target of the route it names.
+        let mut slow = v1;
+        slow[8..12].copy_from_slice(&2_100_000u32.to_le_bytes());
+        slow[12..14].copy_from_slice(&200u16.to_le_bytes());
+        slow[19] = crate::measure::Outcome::Ok as u8;
         let mut w = FrameWriter::create_version(&path, 1).unwrap();
         w.write(
             HEADER,
@@ -796,7 +923,7 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
                 frustrated: 0,
                 rescued_until_s: 0,
                 degraded: false,
-                steps: [v1, v1].concat(),
+                steps: [v1, v1, slow].concat(),
             },
         )
         .unwrap();
@@ -805,7 +932,13 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
         assert_eq!(load(&b, &path).unwrap().customers, 1);
         let ann = view(&b, "ann");
         let journey = ann["journey"].as_array().unwrap();
-        assert_eq!(journey.len(), 2);
+        assert_eq!(journey.len(), 3);
+        // Judged as it loads, against the route's target now: version 1 kept no judgement.
+        assert_eq!(journey[0]["marks"], serde_json::json!(["failed"]));
+        assert_eq!(
+            journey[2]["marks"],
+            serde_json::json!(["slow", "frustrated"])
+        );
         assert_eq!(journey[0]["path"], "/checkout/pay");
         assert_eq!(journey[0]["status"], 503);
         assert_eq!(journey[0]["route"], "checkout");

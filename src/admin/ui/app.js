@@ -76,11 +76,14 @@ function when(iso) {
 // ---- sign in and routing ----------------------------------------------------------------
 
 let timer = null;
+// Whether the admin API answers this page without a token (no server.admin_tokens: callers on
+// usher's own machine may read): null until asked. Only a 401 makes the page ask for a token.
+let open = null;
 
 function signedIn(yes) {
   $("login").hidden = yes;
   $("nav").hidden = !yes;
-  $("signout").hidden = !yes;
+  $("signout").hidden = !yes || !token();
   if (!yes) {
     for (const v of document.querySelectorAll(".view")) v.hidden = true;
     $("updated").textContent = "";
@@ -102,7 +105,12 @@ function every(ms, f) {
     try {
       await f();
     } catch (e) {
-      if (e instanceof Unauthorized) { signOut("The token was refused: sign in again."); return; }
+      if (e instanceof Unauthorized) {
+        const had = token();
+        open = false;
+        signOut(had ? "The token was refused: sign in again." : "");
+        return;
+      }
       $("updated").textContent = "update failed: " + e.message;
     }
     timer = setTimeout(tick, ms);
@@ -110,8 +118,14 @@ function every(ms, f) {
   tick();
 }
 
-function route() {
-  if (!token()) { signedIn(false); return; }
+async function route() {
+  if (!token() && open === null) {
+    try { await api("/now"); open = true; } catch (e) {
+      // Anything but a 401 is for the view to report: a token would not help.
+      open = !(e instanceof Unauthorized);
+    }
+  }
+  if (!token() && !open) { signedIn(false); return; }
   signedIn(true);
   const hash = location.hash.replace(/^#/, "");
   const [view, ...rest] = hash.split("/");
@@ -241,7 +255,7 @@ async function showCustomer(id) {
   scoreSeen.set(c.id, seen.slice(-200));
   const stepScores = c.journey.filter((s) => typeof s.score === "number").map((s) => [Date.parse(s.at), s.score]);
   const points = stepScores.length >= 2 ? stepScores : seen;
-  const drawn = sparkline($("c-spark"), points, 70);
+  const drawn = sparkline($("c-spark"), points, c.degraded_below);
   $("c-spark-note").textContent = drawn
     ? (stepScores.length >= 2 ? "score after each of the last requests" : "score as seen since this page opened")
     : "score over time: shown once it moves";
