@@ -146,19 +146,26 @@ impl BackgroundService for Periodic {
                         usher.refresh_try_timeouts(now_ms);
                     }
                     _ = summary.tick() => {
-                        let usher = usher.clone();
+                        let u = usher.clone();
                         // A scan of a million customers takes milliseconds: not on the reactor.
                         let _ = tokio::task::spawn_blocking(move || {
-                            let trimmed = usher.state().store.trim();
-                            usher.state().metrics.customers_evicted.inc_by(trimmed as u64);
-                            let now_ms = wall_ms();
-                            usher.refresh_summary(now_ms);
-                            if let Some(crate::snapshot::AfterErasure::Rewritten) =
-                                crate::snapshot::rewrite_after_retention(&usher, now_ms)
-                            {
-                                tracing::info!("state snapshot written again without the customers retention forgot");
-                            }
+                            let trimmed = u.state().store.trim();
+                            u.state().metrics.customers_evicted.inc_by(trimmed as u64);
+                            u.refresh_summary(wall_ms());
                         }).await;
+                        // Seconds at a million customers: not waited for here, so that sweeps,
+                        // reloads and a shutdown go on meanwhile (the shutdown's own snapshot
+                        // waits its turn for the file).
+                        if usher.state().retention_forgot.load(std::sync::atomic::Ordering::Acquire) {
+                            let u = usher.clone();
+                            tokio::task::spawn_blocking(move || {
+                                if let Some(crate::snapshot::AfterErasure::Rewritten) =
+                                    crate::snapshot::rewrite_after_retention(&u, wall_ms())
+                                {
+                                    tracing::info!("state snapshot written again without the customers retention forgot");
+                                }
+                            });
+                        }
                     }
                     _ = sweep.tick() => usher.sweep(Instant::now()),
                     _ = resolve.tick(), if resolve_every.is_some() => {

@@ -688,4 +688,25 @@ async fn without_admin_tokens_the_page_opens_on_loopback_without_asking() {
         )
         .await;
     assert_eq!(line, json!("20"));
+
+    // Views changed while their data is on its way leave one poller behind, not one each: twenty
+    // changes in a row, then the now view polls every two seconds as if opened once.
+    page.eval(
+        "(async () => { \
+           window.nowCalls = 0; const f = window.fetch; \
+           window.fetch = (u, o) => { if (String(u).startsWith('/now')) window.nowCalls++; return f(u, o); }; \
+           for (let i = 0; i < 10; i++) { \
+             location.hash = '#funnels'; await new Promise(r => setTimeout(r, 0)); \
+             location.hash = '#now'; await new Promise(r => setTimeout(r, 0)); } \
+           await new Promise(r => setTimeout(r, 1000)); \
+           window.nowCalls = 0; \
+           await new Promise(r => setTimeout(r, 4500)); \
+           return true; })()",
+    )
+    .await;
+    let calls = page.eval("window.nowCalls").await.as_u64().unwrap();
+    assert!(
+        (1..=4).contains(&calls),
+        "{calls} calls to /now in 4.5 s: pollers left running"
+    );
 }

@@ -1,6 +1,6 @@
 //! Who may use the admin API. With tokens configured (`server.admin_tokens`), every endpoint but
-//! `/healthz` needs `Authorization: Bearer <token>`: a viewer token reads, an operator token also
-//! reloads. Without tokens the admin API serves loopback callers only (and `usher check` refuses an
+//! `/healthz` and the live page's files needs `Authorization: Bearer <token>`: a viewer token
+//! reads, an operator token also reloads and erases. Without tokens the admin API serves loopback callers only (and `usher check` refuses an
 //! address other machines can reach). Tokens are kept as SHA-256 digests and compared in constant
 //! time (`subtle`), every token each time, so an answer's timing says nothing about how close a
 //! guess was. A refused caller is logged once per address per minute, however often it tries.

@@ -305,7 +305,7 @@ impl Step {
     }
 
     pub fn marks(&self) -> Marks {
-        Marks(self.outcome >> 4)
+        Marks((self.outcome >> 4) & Marks::BITS)
     }
 
     pub fn set_marks(&mut self, marks: Marks) {
@@ -479,7 +479,8 @@ impl Step {
         if len > PATH_BYTES || std::str::from_utf8(&path[..len]).is_err() {
             return None;
         }
-        if (b[19] & OUTCOME) as usize >= Outcome::ALL.len() || b[19] & 0x80 != 0 {
+        // Every other bit of the byte means something (frustrated, marks, slow).
+        if (b[19] & OUTCOME) as usize >= Outcome::ALL.len() {
             return None;
         }
         Some(Step {
@@ -642,7 +643,7 @@ mod tests {
         );
         assert_eq!(Step::from_bytes(&s.to_bytes()), Some(s));
         let mut bad = s.to_bytes();
-        bad[19] = 200;
+        bad[19] = 0x07;
         assert_eq!(Step::from_bytes(&bad), None, "unknown outcome");
         let moved = s.relabel(|r, u| (r.map(|r| r + 1), u.and(None)));
         assert_eq!((moved.route(), moved.upstream()), (Some(8), None));
@@ -766,6 +767,16 @@ mod tests {
             vec!["loop", "form_loop"]
         );
         assert_eq!(Step::from_bytes(&s.to_bytes()), Some(s));
+        // Slow and frustrated share the byte and leave the marks alone, through bytes too.
+        s.set_slow(true);
+        s.set_frustrated(true);
+        assert_eq!(s.marks(), Marks::LOOP.with(Marks::FORM_LOOP));
+        let back = Step::from_bytes(&s.to_bytes()).expect("a slow step reads back");
+        assert!(back.slow() && back.frustrated() && back.bad());
+        assert_eq!((back.marks(), back.outcome()), (s.marks(), Outcome::Ok));
+        s.set_marks(Marks::empty());
+        assert!(s.slow() && s.frustrated(), "marks leave them alone");
+        assert!(s.marks().is_empty());
         s.set_score(-3.0);
         assert_eq!(s.score(), Some(0));
         let mut bad = s.to_bytes();

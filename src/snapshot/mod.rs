@@ -155,23 +155,29 @@ pub fn rewrite_after_erasure(usher: &Usher) -> AfterErasure {
 
 /// After retention forgot customers, the snapshot on disk still holds them until it is next
 /// written, which may be weeks away: it is written again at the first summary after, then at
-/// most every [`RETENTION_REWRITE_EVERY`] while more are forgotten. A failed rewrite keeps the
-/// old file (what it holds is old, not asked to be erased) and is tried again at the next
-/// summary. `None` when nothing was due.
+/// most every [`RETENTION_REWRITE_EVERY`] while more are forgotten. The hour is claimed before
+/// writing, so a rewrite that fails (a full disk) is tried again an hour later, not at every
+/// summary, and two never run at once; a failed one keeps the old file (what it holds is old,
+/// not asked to be erased). While another process owns the state folder (an upgrade) nothing is
+/// written and the question waits. `None` when nothing was due.
 pub fn rewrite_after_retention(usher: &Usher, now_ms: u64) -> Option<AfterErasure> {
     use std::sync::atomic::Ordering;
     let st = usher.state();
-    let last = st.retention_rewritten_ms.load(Ordering::Acquire);
-    let every = RETENTION_REWRITE_EVERY.as_millis() as u64;
-    if (last != 0 && now_ms < last.saturating_add(every))
-        || !st.retention_forgot.swap(false, Ordering::AcqRel)
-    {
+    if !st.retention_forgot.load(Ordering::Acquire) || !st.owns_state_dir() {
         return None;
     }
+    let last = st.retention_rewritten_ms.load(Ordering::Acquire);
+    let every = RETENTION_REWRITE_EVERY.as_millis() as u64;
+    if last != 0 && now_ms < last.saturating_add(every) {
+        return None;
+    }
+    st.retention_rewritten_ms
+        .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+        .ok()?;
+    st.retention_forgot.store(false, Ordering::Release);
     let done = rewrite(usher, "retention", false);
-    match done {
-        AfterErasure::Kept(_) => st.retention_forgot.store(true, Ordering::Release),
-        _ => st.retention_rewritten_ms.store(now_ms, Ordering::Release),
+    if matches!(done, AfterErasure::Kept(_)) {
+        st.retention_forgot.store(true, Ordering::Release);
     }
     Some(done)
 }
@@ -943,8 +949,15 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
         assert_eq!(journey[0]["status"], 503);
         assert_eq!(journey[0]["route"], "checkout");
         assert!(journey[0].get("request_id").is_none());
-        // And what this usher writes is the new format.
+        // And what this usher writes is the new format, read back with its judgements.
         write(&b, &path).unwrap();
         assert_eq!(FrameReader::open(&path).unwrap().version(), frame::VERSION);
+        let c = Usher::new(config("promo"));
+        assert_eq!(load(&c, &path).unwrap().customers, 1);
+        assert_eq!(
+            view(&c, "ann")["journey"],
+            ann["journey"],
+            "every step, the slow one too"
+        );
     }
 }

@@ -97,14 +97,23 @@ function signOut(message) {
   $("login-error").textContent = message || "";
 }
 
-function stop() { if (timer) { clearTimeout(timer); timer = null; } }
+// The polling loop in force. A loop's tick may be waiting on a fetch when the view changes:
+// clearTimeout cannot reach it, so it looks at this when it wakes, and ends if it is not the one.
+let loop = 0;
+
+function stop() {
+  loop++;
+  if (timer) { clearTimeout(timer); timer = null; }
+}
 
 function every(ms, f) {
   stop();
+  const mine = loop;
   const tick = async () => {
     try {
       await f();
     } catch (e) {
+      if (mine !== loop) return;
       if (e instanceof Unauthorized) {
         const had = token();
         open = false;
@@ -113,7 +122,7 @@ function every(ms, f) {
       }
       $("updated").textContent = "update failed: " + e.message;
     }
-    timer = setTimeout(tick, ms);
+    if (mine === loop) timer = setTimeout(tick, ms);
   };
   tick();
 }
