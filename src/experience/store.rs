@@ -583,6 +583,17 @@ impl CustomerStore {
         evicted
     }
 
+    /// Puts each shard's customers in the order they were last seen. A snapshot is read in the
+    /// order it was written, shard by shard of another process's hashing, not in the order its
+    /// customers came; retention and eviction take the least recently seen from each shard's
+    /// tail and stop at the first who is not, so after a restore they would stop at a recent
+    /// customer with idle ones behind. Run once when a snapshot has been read.
+    pub fn order_by_last_seen(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().order_by_last_seen();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
@@ -714,6 +725,17 @@ impl Shard {
         let c = &mut self.slots[i as usize];
         c.prev = NIL;
         c.next = NIL;
+    }
+
+    /// Links every customer in the order they were last seen, the most recent at the head.
+    fn order_by_last_seen(&mut self) {
+        let mut order: Vec<u32> = (0..self.slots.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| self.slots[i as usize].score.last_ms());
+        self.head = NIL;
+        self.tail = NIL;
+        for i in order {
+            self.push_front(i);
+        }
     }
 
     fn push_front(&mut self, i: u32) {

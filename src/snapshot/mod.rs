@@ -372,6 +372,7 @@ pub fn load(usher: &Usher, path: &Path) -> Result<Loaded, FrameError> {
     frame::verify(path)?;
     read(usher, path, false)?;
     let mut out = read(usher, path, true)?;
+    usher.state().store.order_by_last_seen();
     out.took = started.elapsed();
     Ok(out)
 }
@@ -873,6 +874,76 @@ steps = [{{ name = "cart", path = "/cart" }}, {{ name = "pay", path = "/checkout
             Some(AfterErasure::Rewritten)
         );
         assert!(!holds("still-here"));
+    }
+
+    #[test]
+    fn after_a_restore_the_least_recently_seen_go_first_whatever_the_file_order() {
+        use crate::engine::testing::request;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::parse(
+            "[privacy]\nretention = \"1h\"\n[experience]\ntrack_max = 300\n[[pools]]\nname = \"p\"\nupstreams = [\"127.0.0.1:9001\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let now = crate::time::wall_ms();
+        let a = Usher::new(cfg.clone());
+        let ms5 = Duration::from_millis(5);
+        for k in 0..150u64 {
+            // Idle for two hours, or seen a minute ago, in the order they came.
+            let at = now - 2 * 3_600_000 + k;
+            request(
+                &a,
+                &Method::GET,
+                "/",
+                &format!("idle-{k}"),
+                None,
+                200,
+                ms5,
+                at,
+                t,
+            );
+            let at = now - 60_000 + k;
+            request(
+                &a,
+                &Method::GET,
+                "/",
+                &format!("seen-{k}"),
+                None,
+                200,
+                ms5,
+                at,
+                t,
+            );
+        }
+        let path = path_of(&a);
+        write(&a, &path).unwrap();
+        let b = Usher::new(cfg);
+        assert_eq!(load(&b, &path).unwrap().customers, 300);
+        assert_eq!(
+            b.forget_past_retention(now),
+            150,
+            "every idle one, none else"
+        );
+        assert!((0..150).all(|k| b.state().store.contains(&format!("seen-{k}"))));
+        // And eviction takes the least recently seen: ten more, and the ten oldest go.
+        for k in 0..160u64 {
+            let at = now + k;
+            request(
+                &b,
+                &Method::GET,
+                "/",
+                &format!("new-{k}"),
+                None,
+                200,
+                ms5,
+                at,
+                t,
+            );
+        }
+        b.state().store.trim();
+        assert!((0..10).all(|k| !b.state().store.contains(&format!("seen-{k}"))));
+        assert!((10..150).all(|k| b.state().store.contains(&format!("seen-{k}"))));
     }
 
     #[test]
