@@ -26,6 +26,7 @@ pub mod engine;
 pub mod event_types;
 pub mod events;
 pub mod experience;
+pub mod files;
 pub mod generation;
 pub mod identity;
 pub mod ids;

@@ -28,21 +28,14 @@ pub const MAX_PEM_BYTES: u64 = 1 << 20;
 /// Reads a PEM file: a regular file (a pipe or a device would hang or never end), at most
 /// [`MAX_PEM_BYTES`].
 pub fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {} MiB",
-            MAX_PEM_BYTES >> 20
-        )));
-    }
+    use crate::files::ReadError;
+    let bytes = crate::files::read_regular(path, MAX_PEM_BYTES).map_err(|e| match e {
+        ReadError::Io(e) => e,
+        ReadError::NotAFile => std::io::Error::other("not a regular file"),
+        ReadError::TooLarge(_) => {
+            std::io::Error::other(format!("larger than {} MiB", MAX_PEM_BYTES >> 20))
+        }
+    })?;
     Ok(bytes)
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Modules that hold shared vocabulary: they may use each other, nothing else of usher's.
 const LEAVES: &[&str] = &[
     "defaults",
+    "files",
     "ids",
     "matchers",
     "names",

@@ -54,23 +54,15 @@ impl ConfigErrors {
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.is_dir() {
-        return Err("it is a directory".to_string());
-    }
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
+    use crate::files::ReadError;
+    crate::files::read_regular(path, MAX_FILE_BYTES).map_err(|e| match e {
+        ReadError::Io(e) => e.to_string(),
+        ReadError::NotAFile => "it is not a regular file".to_string(),
+        ReadError::TooLarge(_) => format!(
             "larger than {} MiB; is this the configuration file?",
             MAX_FILE_BYTES >> 20
-        ));
-    }
-    Ok(bytes)
+        ),
+    })
 }
 
 impl Config {

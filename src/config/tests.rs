@@ -394,3 +394,34 @@ fn an_audit_log_that_is_a_link_or_not_a_file_is_refused_with_its_path() {
     let text = format!("[server]\nadmin_audit_log = \"real.jsonl\"\n{MINIMAL}");
     assert!(Config::parse(&text, dir.path()).is_ok(), "the file itself");
 }
+
+#[test]
+fn a_pipe_where_a_file_is_named_is_refused_at_once_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tokens", "tiers.csv", "t.json.j2"] {
+        let c =
+            std::ffi::CString::new(dir.path().join(name).as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let text = format!(
+        "[server]\nadmin_tokens = \"tokens\"\n[identity]\ntier = [{{ table = \"tiers.csv\" }}]\n[[events.sinks]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"http://127.0.0.1:9/\"\ntemplate = \"t.json.j2\"\n{MINIMAL}"
+    );
+    let errs = Config::parse(&text, dir.path()).unwrap_err();
+    assert_eq!(
+        errs.paths(),
+        vec![
+            "server.admin_tokens",
+            "identity.tier[0].table",
+            "events.sinks[0].template"
+        ],
+        "{errs}"
+    );
+    assert_eq!(
+        errs.0
+            .iter()
+            .filter(|e| e.message.contains("not a regular file"))
+            .count(),
+        3,
+        "{errs}"
+    );
+}

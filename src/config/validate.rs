@@ -927,20 +927,19 @@ fn jwt_config(errs: &mut Errors, f: &JwtFile, base_dir: &Path) -> Option<JwtConf
     })
 }
 
+/// The largest tier table read: a few million `id,tier` lines; past it, a mistake.
+const MAX_TABLE_BYTES: u64 = 256 << 20;
+
 /// Reads at most this much of a key file: keys are small, a huge file is a mistake.
 const MAX_KEY_FILE: u64 = 1 << 20;
 
 fn read_small(file: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(file).map_err(|e| format!("cannot read it: {e}"))?;
-    let mut buf = Vec::new();
-    f.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if buf.len() as u64 > MAX_KEY_FILE {
-        return Err(format!("larger than {MAX_KEY_FILE} bytes: not a key file"));
-    }
-    Ok(buf)
+    crate::files::read_regular(file, MAX_KEY_FILE).map_err(|e| match e {
+        crate::files::ReadError::TooLarge(_) => {
+            format!("larger than {MAX_KEY_FILE} bytes: not a key file")
+        }
+        e => e.to_string(),
+    })
 }
 
 fn jwt_key_file(file: &Path, alg: &str) -> Result<crate::settings::JwtKeys, String> {
@@ -1188,7 +1187,10 @@ fn load_table(
     tiers: &[Tier],
 ) -> Option<HashMap<Box<str>, TierId>> {
     const MAX_REPORTED: usize = 10;
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::files::read_regular(file, MAX_TABLE_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string()))
+    {
         Ok(t) => t,
         Err(e) => {
             errs.push(path, format!("cannot read {}: {e}", file.display()));
@@ -2612,15 +2614,10 @@ fn webhook_body(
                 }
             });
     let file = base_dir.join(t);
-    let source = std::fs::File::open(&file)
-        .and_then(|fh| {
-            use std::io::Read;
-            let mut buf = String::new();
-            fh.take(crate::templates::MAX_TEMPLATE_BYTES as u64 + 1)
-                .read_to_string(&mut buf)
-                .map(|_| buf)
-        })
-        .map_err(|e| format!("cannot read it: {e}"));
+    // One byte over the bound is read, so that the template's own check says it is too large.
+    let source = crate::files::read_regular(&file, crate::templates::MAX_TEMPLATE_BYTES as u64 + 1)
+        .map_err(|e| e.to_string())
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string()));
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
