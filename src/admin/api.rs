@@ -196,10 +196,21 @@ pub fn handle(
     }
 }
 
+/// Whether `id` is longer than any id usher tracks (what identity takes, and what a snapshot
+/// restores): no person to look up, and nothing to write to the audit log, which an endless
+/// run of such ids from one viewer would otherwise fill.
+fn impossible_id(usher: &Usher, id: &str) -> bool {
+    let max = crate::defaults::MAX_ID_LEN.max(usher.generation().config.identity.max_id_len as i64);
+    id.len() as i64 > max
+}
+
 fn customer(usher: &Usher, raw: &str, now_ms: u64) -> Reply {
     let Some(id) = urlencoded::decode_path(raw) else {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
+    if impossible_id(usher, &id) {
+        return Reply::error(404, super::lookup::NOT_TRACKED);
+    }
     // Audited under the id looked up, whether it was asked for by id or by pseudonym, as an
     // erasure is: "who looked up this person" is one search. Resolved once: for a pseudonym
     // that is a scan of every tracked id.
@@ -217,15 +228,29 @@ fn customer_events(usher: &Usher, raw: &str, query: Option<&str>) -> Reply {
         Ok(n) => n,
         Err(reply) => return reply,
     };
+    if impossible_id(usher, &id) {
+        return Reply::error(404, super::lookup::NOT_TRACKED);
+    }
     let resolved = usher.resolve_customer(&id);
     let whom = resolved.as_deref().unwrap_or(&id);
     super::lookup::events(usher, &id, resolved.as_deref(), limit).audited("events", whom)
 }
 
 fn erase(usher: &Usher, raw: &str) -> Reply {
+    // GET reads /customers/{id}/events as that customer's events: a DELETE of it would erase
+    // someone called "{id}/events" while its caller believes it dealt with {id}.
+    if raw.ends_with("/events") {
+        return Reply::error(
+            405,
+            "a customer's events are erased with the customer: DELETE /customers/{id}",
+        );
+    }
     let Some(id) = urlencoded::decode_path(raw) else {
         return Reply::error(400, "malformed percent-encoding in customer id");
     };
+    if impossible_id(usher, &id) {
+        return Reply::error(404, super::lookup::NOT_TRACKED);
+    }
     // A pseudonym (from an event or a log line) names the same person.
     let (erased, known, forgotten) = usher.erase_customer(&id);
     // During a graceful upgrade the old process's state is still to arrive, and with it maybe
@@ -782,6 +807,47 @@ steps = [
             (r.status, r.audit.map(|a| a.customer)),
             (404, Some("nobody".into()))
         );
+    }
+
+    #[test]
+    fn ids_no_customer_can_have_are_not_audited_and_events_cannot_be_erased_alone() {
+        let (u, _dir) = secured();
+        request(
+            &u,
+            http::Method::GET,
+            "/",
+            "cy",
+            200,
+            std::time::Duration::from_millis(5),
+            1_000,
+        );
+        let long = "a".repeat(60_000);
+        for path in [
+            format!("/customers/{long}"),
+            format!("/customers/{long}/events"),
+        ] {
+            let r = handle(&u, "GET", &path, None, 1_000, as_viewer());
+            assert_eq!((r.status, r.audit.is_some()), (404, false));
+        }
+        let op = Caller {
+            loopback: false,
+            role: Some(Role::Operator),
+        };
+        let r = handle(&u, "DELETE", &format!("/customers/{long}"), None, 1_000, op);
+        assert_eq!((r.status, r.audit.is_some()), (404, false));
+        let r = handle(&u, "DELETE", "/customers/cy/events", None, 1_000, op);
+        assert_eq!(r.status, 405);
+        assert!(u.state().store.contains("cy"), "nobody erased");
+        // The longest id usher takes is still looked up, and audited.
+        let r = handle(
+            &u,
+            "GET",
+            &format!("/customers/{}", "b".repeat(128)),
+            None,
+            1_000,
+            as_viewer(),
+        );
+        assert_eq!((r.status, r.audit.is_some()), (404, true));
     }
 
     #[test]

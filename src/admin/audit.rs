@@ -42,7 +42,7 @@ const REPEATS_KEPT: usize = 4096;
 
 #[derive(Default)]
 pub struct AuditLog {
-    out: Mutex<Option<(PathBuf, BufWriter<File>)>>,
+    out: Mutex<Option<Open>>,
     /// (who, action, customer, status) -> when it was last written.
     written: Mutex<std::collections::HashMap<(String, String, String, u16), u64>>,
 }
@@ -71,6 +71,19 @@ fn open(path: &Path) -> std::io::Result<File> {
         )));
     }
     Ok(f)
+}
+
+/// The file records go to, and which file that is (device, inode): a path that names another
+/// file now, or none, was rotated or removed, and the next record opens it anew.
+struct Open {
+    path: PathBuf,
+    w: BufWriter<File>,
+    id: (u64, u64),
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 impl AuditLog {
@@ -113,10 +126,22 @@ impl AuditLog {
 
     fn try_write(&self, path: &Path, r: &Record<'_>) -> std::io::Result<()> {
         let mut out = self.out.lock();
-        if out.as_ref().is_none_or(|(p, _)| p != path) {
-            *out = Some((path.to_path_buf(), BufWriter::new(open(path)?)));
+        // A stat per record (records are few: one per look-up a minute) so that a logrotate
+        // move or a removed file is noticed at the next record, not at the next restart.
+        let current = std::fs::symlink_metadata(path).ok().map(|m| file_id(&m));
+        if out
+            .as_ref()
+            .is_none_or(|o| o.path != path || current != Some(o.id))
+        {
+            let f = open(path)?;
+            let id = file_id(&f.metadata()?);
+            *out = Some(Open {
+                path: path.to_path_buf(),
+                w: BufWriter::new(f),
+                id,
+            });
         }
-        let Some((_, w)) = out.as_mut() else {
+        let Some(Open { w, .. }) = out.as_mut() else {
             return Ok(());
         };
         let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
@@ -199,5 +224,29 @@ mod tests {
             "bob at 0 and 60 s, ann, and bob's erasure: {text}"
         );
         assert_eq!(m.audit_written.get(), 4);
+    }
+
+    #[test]
+    fn a_rotated_or_removed_file_is_opened_anew_at_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("audit");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("audit.jsonl");
+        let (log, m) = (AuditLog::default(), Metrics::new());
+        log.write(&path, &record("ann"), 0, &m);
+        // logrotate's move: the next record starts the new file.
+        std::fs::rename(&path, folder.join("audit.jsonl.1")).unwrap();
+        log.write(&path, &record("bob"), 0, &m);
+        let lines = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((lines(&folder.join("audit.jsonl.1")), lines(&path)), (1, 1));
+        // Its folder gone: counted as failed, never as written to a deleted file.
+        std::fs::remove_dir_all(&folder).unwrap();
+        log.write(&path, &record("cy"), 0, &m);
+        assert_eq!((m.audit_written.get(), m.audit_failed.get()), (2, 1));
+        // And back once the folder is.
+        std::fs::create_dir(&folder).unwrap();
+        log.write(&path, &record("dee"), 0, &m);
+        assert_eq!(lines(&path), 1);
+        assert_eq!(m.audit_written.get(), 3);
     }
 }

@@ -1126,6 +1126,7 @@ fn admin_tokens(errs: &mut Errors, file: &Path) -> Vec<AdminToken> {
         }
     };
     let mut out = Vec::new();
+    let mut lines: HashMap<[u8; 32], usize> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -1157,15 +1158,31 @@ fn admin_tokens(errs: &mut Errors, file: &Path) -> Vec<AdminToken> {
             Some((t, n)) => (t, Some(n.trim().to_string())),
             None => (token.trim(), None),
         };
-        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            errs.push(path, format!("{at}: a token needs at least {MIN_TOKEN_LEN} printable characters, no spaces (e.g. `openssl rand -hex 24`)"));
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            errs.push(
+                path,
+                format!(
+                    "{at}: a token is printable ASCII, no spaces (e.g. `openssl rand -hex 24`)"
+                ),
+            );
             continue;
         }
-        out.push(AdminToken {
-            role,
-            sha256: sha2::Sha256::digest(token.as_bytes()).into(),
-            name,
-        });
+        if token.len() < MIN_TOKEN_LEN {
+            errs.push(path, format!("{at}: a token needs at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 24`)"));
+            continue;
+        }
+        let sha256: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        // Listed twice it would carry the higher role whatever the lines say: a viewer line
+        // added to demote an operator's token would do nothing.
+        if let Some(first) = lines.get(&sha256) {
+            errs.push(
+                path,
+                format!("{at}: the same token as line {first}; list each token once"),
+            );
+            continue;
+        }
+        lines.insert(sha256, n + 1);
+        out.push(AdminToken { role, sha256, name });
     }
     if out.is_empty() && errs.0.iter().all(|e| e.path != path) {
         errs.push(path, format!("{}: no tokens in it", file.display()));

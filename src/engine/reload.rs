@@ -38,7 +38,7 @@ pub struct Reloaded {
 /// What the configuration in force fixed when Pingora started, and how to change it anyway.
 fn cold_changes(now: &ServerConfig, next: &ServerConfig) -> Vec<String> {
     let restart =
-        "restart usher, or start a new one with `usher run --upgrade` and send the old one SIGQUIT";
+        "restart usher, or upgrade without a gap: `usher run --upgrade` takes over from the running one";
     let mut out = Vec::new();
     let mut check = |key: &str, changed: bool, was: String, is: String| {
         if changed {
