@@ -78,21 +78,24 @@ async fn until_closed(mut s: TcpStream, since: Instant, within: Duration) -> (Ve
     (got, since.elapsed())
 }
 
-async fn metric(
-    c: &reqwest::Client,
-    admin: SocketAddr,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
-    let (status, text) = get(c, format!("http://{admin}/metrics"), &[]).await;
+async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    // A connection of its own each time: these tests set a 2 s idle timeout, which usher's
+    // admin listener keeps too, and a pooled connection sent on just as usher closes it for
+    // idleness is reset (it happened in a suite run, after the 2 s idle-close check).
+    let fresh = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (status, text) = get(&fresh, format!("http://{admin}/metrics"), &[]).await;
     assert_eq!(status, 200);
     sample(&text, name, labels).unwrap_or(0.0)
 }
 
 /// `usher_connections_refused_total` of the proxy listener for `reason`.
-async fn refused_total(c: &reqwest::Client, admin: SocketAddr, reason: &str) -> f64 {
+async fn refused_total(admin: SocketAddr, reason: &str) -> f64 {
     let labels = [("listener", "proxy"), ("reason", reason)];
-    metric(c, admin, "usher_connections_refused_total", &labels).await
+    metric(admin, "usher_connections_refused_total", &labels).await
 }
 
 /// An HTTP/2 (h2c, prior knowledge) client connection to `listen`: its sender, and the
@@ -163,7 +166,6 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
             .spawn()
             .unwrap(),
     );
-    let c = client();
     let started = Instant::now();
     while reqwest::get(format!("http://{admin}/metrics"))
         .await
@@ -236,7 +238,7 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
     let labels = [("listener", "proxy")];
     let full = Instant::now();
     loop {
-        let open = metric(&c, admin, "usher_connections_open", &labels).await;
+        let open = metric(admin, "usher_connections_open", &labels).await;
         if open == CAP as f64 {
             break;
         }
@@ -247,7 +249,7 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        metric(&c, admin, "usher_connections_limit", &labels).await,
+        metric(admin, "usher_connections_limit", &labels).await,
         CAP as f64
     );
 
@@ -304,11 +306,11 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
         );
     }
     assert_eq!(
-        refused_total(&c, admin, "capacity").await,
+        refused_total(admin, "capacity").await,
         (IDLE - admitted_idle) as f64
     );
     assert_eq!(
-        refused_total(&c, admin, "head_timeout").await,
+        refused_total(admin, "head_timeout").await,
         (admitted_idle + SLOWLORIS) as f64
     );
 
@@ -348,7 +350,7 @@ async fn slowloris_and_idle_connections_are_cut_on_time_while_a_normal_client_ke
         after >= Duration::from_millis(1800) && after < Duration::from_millis(3500),
         "idle for {after:?} before it was closed, not the 2 s idle timeout"
     );
-    assert!(metric(&c, admin, "usher_connections_idle_closed_total", &labels).await >= 1.0);
+    assert!(metric(admin, "usher_connections_idle_closed_total", &labels).await >= 1.0);
 }
 
 async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
@@ -426,7 +428,7 @@ async fn http2_streams_past_the_descriptors_left_for_upstreams_are_refused_not_f
     let c = client();
     let labels = [("listener", "proxy")];
     let opened = Instant::now();
-    while metric(&c, admin, "usher_connections_open", &labels).await < CONNS as f64 {
+    while metric(admin, "usher_connections_open", &labels).await < CONNS as f64 {
         assert!(
             opened.elapsed() < Duration::from_secs(5),
             "usher did not take the {CONNS} connections"
@@ -464,7 +466,7 @@ async fn http2_streams_past_the_descriptors_left_for_upstreams_are_refused_not_f
     );
     // A new connection now would want descriptors the streams hold: refused, and told so in
     // HTTP/2, as a GOAWAY that processed nothing (not an HTTP/1.1 503 read as a broken frame).
-    let refused_before = refused_total(&c, admin, "capacity").await;
+    let refused_before = refused_total(admin, "capacity").await;
     let (_send, conn) = h2c(listen).await;
     let err = tokio::time::timeout(Duration::from_secs(2), conn)
         .await
@@ -475,10 +477,7 @@ async fn http2_streams_past_the_descriptors_left_for_upstreams_are_refused_not_f
         said.contains("GoAway") && said.contains("REFUSED_STREAM") && said.contains("Remote"),
         "the refused h2c connection got {said}"
     );
-    assert_eq!(
-        refused_total(&c, admin, "capacity").await,
-        refused_before + 1.0
-    );
+    assert_eq!(refused_total(admin, "capacity").await, refused_before + 1.0);
     let answers = futures_join(tasks).await;
     let ok = answers.iter().filter(|(s, _)| *s == 200).count();
     let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
@@ -502,7 +501,7 @@ async fn http2_streams_past_the_descriptors_left_for_upstreams_are_refused_not_f
     );
     let room = 2 * CAP - 2 * CONNS;
     assert!(ok >= 1 && ok <= room, "{ok} served, at most {room} at once");
-    let streams_refused = refused_total(&c, admin, "streams").await;
+    let streams_refused = refused_total(admin, "streams").await;
     assert_eq!(streams_refused, busy.len() as f64);
     let (_, text) = get(&c, format!("http://{admin}/metrics"), &[]).await;
     let local = sample(
