@@ -8,10 +8,20 @@ use std::path::Path;
 use std::time::Duration;
 use usher::Config;
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, and that no earlier call in this
+/// test process handed out: the kernel may give a just-released port again, and a test that asked
+/// for a listener and an admin port once got the same one for both (a CI run failed on it).
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let addr = l.local_addr().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// An address that refuses connections for as long as the test process runs: its port is held
