@@ -74,6 +74,8 @@ pub struct Tools {
 /// A running contestant: where to send traffic, and the process to measure (none for direct).
 pub struct Running {
     pub target: SocketAddr,
+    /// A TLS contestant's plain HTTP/1.1 listener, beside `target`: to measure what TLS costs it.
+    pub plain: Option<SocketAddr>,
     pub proc: Option<Proc>,
     pub admin: Option<SocketAddr>,
     /// Sends SIGHUP every second while it lives (`UsherReloading`).
@@ -227,6 +229,23 @@ impl Tools {
         files: &TlsFiles,
         tag: &str,
     ) -> anyhow::Result<Running> {
+        self.start_tls_as(c, origin, files, tag, None)
+    }
+
+    /// As [`Tools::start_tls`], under callgrind writing to `counted` when given (see
+    /// [`Proc::count_instructions`]).
+    pub fn start_tls_as(
+        &self,
+        c: Contestant,
+        origin: SocketAddr,
+        files: &TlsFiles,
+        tag: &str,
+        counted: Option<&Path>,
+    ) -> anyhow::Result<Running> {
+        let launch = |name: &str, program: &Path, args: &[String]| match counted {
+            Some(out) => Proc::pinned_counted(name, PROXY_CORE, program, args, out),
+            None => Proc::pinned(name, PROXY_CORE, program, args),
+        };
         let listen = procs::free_addr();
         let tls_listen = procs::free_addr();
         let dir = self
@@ -246,7 +265,7 @@ impl Tools {
                 if c == Contestant::BareTimeouts {
                     args.insert(0, "--timeouts".to_string());
                 }
-                (Proc::pinned("bare", PROXY_CORE, &self.bare, &args)?, None)
+                (launch("bare", &self.bare, &args)?, None)
             }
             Contestant::Usher => {
                 let admin = procs::free_addr();
@@ -260,10 +279,7 @@ impl Tools {
                     "--config".to_string(),
                     path.display().to_string(),
                 ];
-                (
-                    Proc::pinned("usher", PROXY_CORE, &self.usher, &args)?,
-                    Some(admin),
-                )
+                (launch("usher", &self.usher, &args)?, Some(admin))
             }
             Contestant::Nginx => {
                 let conf = procs::render(
@@ -271,6 +287,7 @@ impl Tools {
                     &[
                         ("DIR", dir.display().to_string()),
                         ("LISTEN", tls_listen.to_string()),
+                        ("PLAIN", listen.to_string()),
                         ("ORIGIN", origin.to_string()),
                         ("CERT", files.cert.display().to_string()),
                         ("KEY", files.key.display().to_string()),
@@ -284,13 +301,16 @@ impl Tools {
                     "-p".into(),
                     dir.display().to_string(),
                 ];
-                (Proc::pinned("nginx", PROXY_CORE, &self.nginx, &args)?, None)
+                (launch("nginx", &self.nginx, &args)?, None)
             }
             _ => anyhow::bail!("no TLS set-up for {}", c.name()),
         };
-        procs::wait_listening(tls_listen, Duration::from_secs(15))?;
+        // Under callgrind a process starts some fifty times slower.
+        let within = Duration::from_secs(if counted.is_some() { 120 } else { 15 });
+        procs::wait_listening(tls_listen, within)?;
         Ok(Running {
             target: tls_listen,
+            plain: Some(listen),
             proc: Some(proc),
             admin,
             reloader: None,
@@ -317,6 +337,7 @@ impl Tools {
             Contestant::Direct => {
                 return Ok(Running {
                     target: upstreams[0],
+                    plain: None,
                     proc: None,
                     admin: None,
                     reloader: None,
@@ -402,6 +423,7 @@ impl Tools {
         let reloader = (c == Contestant::UsherReloading).then(|| Reloader::start(proc.pid()));
         Ok(Running {
             target: listen,
+            plain: None,
             proc: Some(proc),
             admin,
             reloader,

@@ -35,6 +35,83 @@ impl Proc {
         })
     }
 
+    /// Starts `program args` pinned to `core` under callgrind, counting nothing until told
+    /// ([`Proc::count_instructions`]): instructions are what a shared, noisy machine cannot blur.
+    pub fn pinned_counted(
+        name: &str,
+        core: usize,
+        program: &Path,
+        args: &[String],
+        out: &Path,
+    ) -> anyhow::Result<Proc> {
+        let child = Command::new("taskset")
+            .arg("-c")
+            .arg(core.to_string())
+            .args(["valgrind", "--tool=callgrind", "--instr-atstart=no"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    /// The instructions this process (started by [`Proc::pinned_counted`] writing to `out`)
+    /// executes while `work` runs, with what `work` returns.
+    pub fn count_instructions<T>(
+        &self,
+        out: &Path,
+        work: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<(u64, T)> {
+        let control = |what: &str| -> anyhow::Result<()> {
+            let ok = Command::new("callgrind_control")
+                .args([what, &self.pid().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "callgrind_control {what} {} failed", self.pid());
+            Ok(())
+        };
+        // Each dump holds what was counted since the one before: start from a clean count.
+        control("--dump")?;
+        control("--instr=on")?;
+        let done = work();
+        control("--instr=off")?;
+        control("--dump")?;
+        let done = done?;
+        // The newest dump: `out.N` with the largest N.
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let stem = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let newest = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n: u64 = name.strip_prefix(&format!("{stem}."))?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, p)| p)
+            .ok_or_else(|| anyhow::anyhow!("callgrind wrote no dump next to {}", out.display()))?;
+        let text = std::fs::read_to_string(&newest)?;
+        // `totals:` is the sum of the dump's costs (its `summary:` line can say 0).
+        let total = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no totals in {}", newest.display()))?;
+        Ok((total, done))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

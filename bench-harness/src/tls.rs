@@ -236,11 +236,18 @@ pub struct KeepAliveRun {
     pub errors: u64,
 }
 
-/// `wrk -t1 -c{conns}` over TLS (OpenSSL, HTTP/1.1, keep-alive).
-pub fn wrk_tls(target: SocketAddr, conns: usize, secs: u64) -> anyhow::Result<KeepAliveRun> {
+/// `wrk -t1 -c{conns}` over TLS (OpenSSL, HTTP/1.1, keep-alive), or over plain HTTP/1.1 when
+/// `tls` is false: the same client and requests, so the two rates differ by TLS alone.
+pub fn wrk_keepalive(
+    target: SocketAddr,
+    tls: bool,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<KeepAliveRun> {
+    let scheme = if tls { "https" } else { "http" };
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s")])
-        .arg(format!("https://{target}/"))
+        .arg(format!("{scheme}://{target}/"))
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
@@ -277,18 +284,49 @@ pub fn oha_h2(
     streams: usize,
     secs: u64,
 ) -> anyhow::Result<KeepAliveRun> {
-    let out = Command::new(oha)
-        .args([
-            "--no-tui",
-            "--insecure",
-            "--http2",
-            "--output-format",
-            "json",
-        ])
-        .args(["-c", &conns.to_string(), "-p", &streams.to_string()])
-        .args(["-z", &format!("{secs}s")])
-        .arg(format!("https://{target}/"))
-        .output()?;
+    oha_run(
+        oha,
+        &format!("https://{target}/"),
+        Some(streams),
+        conns,
+        &["-z", &format!("{secs}s")],
+    )
+}
+
+/// Exactly `n` requests by oha over `conns` keep-alive connections: HTTP/2 with `streams` each
+/// when given, else HTTP/1.1; to `https://` or `http://` `target` as `tls` says.
+pub fn oha_requests(
+    oha: &Path,
+    target: SocketAddr,
+    tls: bool,
+    h2_streams: Option<usize>,
+    conns: usize,
+    n: u64,
+) -> anyhow::Result<KeepAliveRun> {
+    let scheme = if tls { "https" } else { "http" };
+    oha_run(
+        oha,
+        &format!("{scheme}://{target}/"),
+        h2_streams,
+        conns,
+        &["-n", &n.to_string()],
+    )
+}
+
+fn oha_run(
+    oha: &Path,
+    url: &str,
+    h2_streams: Option<usize>,
+    conns: usize,
+    how_much: &[&str],
+) -> anyhow::Result<KeepAliveRun> {
+    let mut cmd = Command::new(oha);
+    cmd.args(["--no-tui", "--insecure", "--output-format", "json"])
+        .args(["-c", &conns.to_string()]);
+    if let Some(streams) = h2_streams {
+        cmd.args(["--http2", "-p", &streams.to_string()]);
+    }
+    let out = cmd.args(how_much).arg(url).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         anyhow::anyhow!(
             "oha printed no JSON ({e}): {}{}",
@@ -312,7 +350,7 @@ pub fn oha_h2(
                 .sum()
         })
         .unwrap_or(0);
-    let total = v["summary"]["total"].as_f64().unwrap_or(secs as f64);
+    let total = v["summary"]["total"].as_f64().unwrap_or(1.0);
     Ok(KeepAliveRun {
         rps: ok as f64 / total.max(1e-9),
         requests: ok,

@@ -16,7 +16,7 @@ use usher_bench_harness::contestants::{Contestant, Tools, LOAD_CORE};
 use usher_bench_harness::loadgen::{open_loop, Class, Request, Sample};
 use usher_bench_harness::procs::{busy_between, core_ticks, ticks_per_second};
 use usher_bench_harness::report::{chart, figures, ms, pct, per_second, table, Figures};
-use usher_bench_harness::tls::{handshakes, make_cert, oha_h2, wrk_tls};
+use usher_bench_harness::tls::{handshakes, make_cert, oha_h2, oha_requests, wrk_keepalive};
 
 struct Opts {
     runs: usize,
@@ -636,14 +636,18 @@ enum TlsKind {
     HandshakeH2,
     KeepAliveH1,
     KeepAliveH2,
+    /// The HTTP/1.1 keep-alive row on the same proxy's plain listener: with `KeepAliveH1`, what
+    /// TLS itself costs each proxy, apart from the work it does per request either way.
+    PlainH1,
 }
 
 impl TlsKind {
-    const ALL: [TlsKind; 4] = [
+    const ALL: [TlsKind; 5] = [
         TlsKind::HandshakeH1,
         TlsKind::HandshakeH2,
         TlsKind::KeepAliveH1,
         TlsKind::KeepAliveH2,
+        TlsKind::PlainH1,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -651,6 +655,7 @@ impl TlsKind {
             TlsKind::HandshakeH2 => "full handshakes/s, HTTP/2",
             TlsKind::KeepAliveH1 => "keep-alive req/s, HTTP/1.1",
             TlsKind::KeepAliveH2 => "keep-alive req/s, HTTP/2",
+            TlsKind::PlainH1 => "keep-alive req/s, plain HTTP/1.1 (no TLS)",
         }
     }
 }
@@ -701,7 +706,14 @@ fn tls_measure(
                 (r.per_second(), r.ok, r.errors)
             }
             TlsKind::KeepAliveH1 => {
-                let r = wrk_tls(target, TLS_CLIENTS, secs)?;
+                let r = wrk_keepalive(target, true, TLS_CLIENTS, secs)?;
+                (r.rps, r.requests, r.errors)
+            }
+            TlsKind::PlainH1 => {
+                let plain = running
+                    .plain
+                    .ok_or_else(|| anyhow::anyhow!("no plain listener beside the TLS one"))?;
+                let r = wrk_keepalive(plain, false, TLS_CLIENTS, secs)?;
                 (r.rps, r.requests, r.errors)
             }
             TlsKind::KeepAliveH2 => {
@@ -797,6 +809,27 @@ fn tls_rows(
         ratio(TlsKind::HandshakeH1, Contestant::Nginx),
         ratio(TlsKind::HandshakeH2, Contestant::Nginx),
     );
+    let plain_ratio = ratio(TlsKind::PlainH1, Contestant::Bare);
+    let counted = tls_instructions(tools, &oha, origin, &files, o.quick)?;
+    let instr = |c: Contestant, k: usize| {
+        counted
+            .iter()
+            .find(|(x, _)| *x == c)
+            .map_or(f64::NAN, |(_, v)| v[k])
+    };
+    let counted_rows: Vec<Vec<String>> = counted
+        .iter()
+        .map(|(c, v)| {
+            vec![
+                c.name().to_string(),
+                format!("{:.1}k", v[0] / 1e3),
+                format!("{:.1}k", v[1] / 1e3),
+                format!("{:.1}k", v[2] / 1e3),
+                format!("{:+.1}k", (v[1] - v[0]) / 1e3),
+                format!("{:.2}x", instr(Contestant::Bare, 1) / v[1]),
+            ]
+        })
+        .collect();
     let mut md = String::new();
     let _ = writeln!(md, "{TLS_BEGIN}\n## TLS\n");
     let _ = writeln!(
@@ -834,18 +867,99 @@ fn tls_rows(
         ],
         &rows,
     ));
+    let _ = writeln!(md, "\nInstructions per request, counted by callgrind (`valgrind --tool=callgrind`, counting only while the load runs): the same binaries and configurations, {} requests by oha over {COUNT_CONNS} keep-alive connections per row (HTTP/2: {COUNT_H2_CONNS} connections of {COUNT_H2_STREAMS} streams) after a warm-up, the connections' full handshakes included. Unlike a rate, a count is the same on a busy machine as on a quiet one.\n", counted_requests(o.quick));
+    md.push_str(&table(
+        &[
+            "proxy",
+            "plain HTTP/1.1",
+            "TLS HTTP/1.1",
+            "TLS HTTP/2",
+            "added by TLS (HTTP/1.1)",
+            "bare Pingora's / this one's (TLS HTTP/1.1)",
+        ],
+        &counted_rows,
+    ));
     let _ = writeln!(md, "\nTargets (issue 14), usher's ratios from this run:\n");
     let _ = writeln!(md, "- TLS keep-alive throughput >= 0.95x bare Pingora with TLS: HTTP/1.1 {ka1:.2}x ({}), HTTP/2 {ka2:.2}x ({})", verdict(ka1, 0.95), verdict(ka2, 0.95));
     let _ = writeln!(md, "  - against bare Pingora with usher's default peer timeouts (connect 1 s, read and write 10 s, `bare --timeouts --tls`), which usher always sets: HTTP/1.1 {kt1:.2}x, HTTP/2 {kt2:.2}x");
+    let _ = writeln!(md, "  - without TLS, on the same processes: {plain_ratio:.2}x. By instructions, usher does {:.1}k more than bare Pingora per plain request and {:.1}k more per TLS request: the gap is usher's own work per request (identity, scoring and journeys, balancing and health, metrics, the headers it adds), the same with TLS or without", (instr(Contestant::Usher, 0) - instr(Contestant::Bare, 0)) / 1e3, (instr(Contestant::Usher, 1) - instr(Contestant::Bare, 1)) / 1e3);
+    let _ = writeln!(md, "  - TLS itself adds {:.1}k instructions to an HTTP/1.1 request through usher and {:.1}k through bare Pingora: usher terminates TLS as cheaply as Pingora's own listener", (instr(Contestant::Usher, 1) - instr(Contestant::Usher, 0)) / 1e3, (instr(Contestant::Bare, 1) - instr(Contestant::Bare, 0)) / 1e3);
     let _ = writeln!(md, "- full handshakes per second >= 0.9x nginx: HTTP/1.1 {hs1:.2}x ({}), HTTP/2 {hs2:.2}x ({})", verdict(hs1, 0.9), verdict(hs2, 0.9));
     let _ = writeln!(md, "\nWhere the load core is near 100% the rate is the load generator's limit as much as the proxy's; the proxy's CPU per request (per handshake, in the handshake rows) is then the fairer comparison.\n");
-    let _ = writeln!(md, "Reproduce (about {:.0} minutes; installs nginx, wrk and `cargo install oha` when missing):\n\n```sh\nbench-harness/run tls\n```\n{TLS_END}", started.elapsed().as_secs_f64() / 60.0 + 1.0);
+    let _ = writeln!(md, "Reproduce (about {:.0} minutes; installs nginx, wrk, valgrind and `cargo install oha` when missing):\n\n```sh\nbench-harness/run tls\n```\n{TLS_END}", started.elapsed().as_secs_f64() / 60.0 + 1.0);
     let path = root.join("RESULTS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     std::fs::write(&path, with_tls_section(&old, Some(&md)))?;
     print!("{md}");
     eprintln!("wrote the TLS section of {}", path.display());
     Ok(())
+}
+
+/// Connections (and HTTP/2 streams on each) of the counted runs: a handful, as under valgrind a
+/// proxy serves a few hundred requests a second.
+const COUNT_CONNS: usize = 8;
+const COUNT_H2_CONNS: usize = 2;
+const COUNT_H2_STREAMS: usize = 4;
+
+fn counted_requests(quick: bool) -> u64 {
+    if quick {
+        2_000
+    } else {
+        20_000
+    }
+}
+
+/// Instructions per request of each TLS contestant under callgrind: plain HTTP/1.1, TLS
+/// HTTP/1.1, TLS HTTP/2, in that order.
+fn tls_instructions(
+    tools: &Tools,
+    oha: &Path,
+    origin: SocketAddr,
+    files: &usher_bench_harness::tls::TlsFiles,
+    quick: bool,
+) -> anyhow::Result<Vec<(Contestant, [f64; 3])>> {
+    let n = counted_requests(quick);
+    let mut all = Vec::new();
+    for c in TLS_CONTESTANTS {
+        let dir = tools
+            .work
+            .join(format!("counted-{}", c.name().replace(' ', "-")));
+        std::fs::create_dir_all(&dir)?;
+        let out = dir.join("callgrind.out");
+        let running = tools.start_tls_as(c, origin, files, "counted", Some(&out))?;
+        let proc = running.proc.as_ref().expect("a proxy");
+        let plain = running
+            .plain
+            .ok_or_else(|| anyhow::anyhow!("no plain listener beside the TLS one"))?;
+        let rows = [
+            (plain, false, None, COUNT_CONNS),
+            (running.target, true, None, COUNT_CONNS),
+            (running.target, true, Some(COUNT_H2_STREAMS), COUNT_H2_CONNS),
+        ];
+        let mut per = [0.0; 3];
+        for (i, (target, tls, h2, conns)) in rows.into_iter().enumerate() {
+            // Pools, caches and lazily made things are made before anything is counted.
+            oha_requests(oha, target, tls, h2, conns, 200)?;
+            let (instructions, run) =
+                proc.count_instructions(&out, || oha_requests(oha, target, tls, h2, conns, n))?;
+            anyhow::ensure!(
+                run.requests > 0 && run.errors == 0,
+                "{}: {} answered, {} errors in a counted run",
+                c.name(),
+                run.requests,
+                run.errors
+            );
+            per[i] = instructions as f64 / run.requests as f64;
+            eprintln!(
+                "  counted: {:>24} {:<16} {:>8.0} instructions a request",
+                c.name(),
+                ["plain HTTP/1.1", "TLS HTTP/1.1", "TLS HTTP/2"][i],
+                per[i]
+            );
+        }
+        all.push((c, per));
+    }
+    Ok(all)
 }
 
 const TLS_BEGIN: &str = "<!-- tls:begin -->";
