@@ -683,3 +683,92 @@ async fn a_tls_listener_at_capacity_closes_new_clients_without_a_plaintext_503()
     drop(second);
     running.stop();
 }
+
+/// One HTTP/2 connection (hyper's client over `io`) with a request every 250 ms for 3 s: the
+/// statuses, the connection's sender (it closes when dropped) and its driver (finished when the
+/// connection is).
+async fn h2_requests_over_time<I>(
+    io: I,
+    base: &str,
+) -> (
+    Vec<u16>,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let req = hyper::Request::builder()
+            .uri(format!("{base}/page/{i}"))
+            .header("x-customer-id", "hana")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        match send.send_request(req).await {
+            Ok(r) => statuses.push(r.status().as_u16()),
+            Err(e) => panic!("request {i} on the connection failed: {e}"),
+        }
+    }
+    (statuses, send, driver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_in_use_outlives_the_head_timeout_over_tls_and_h2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki_with_three(dir.path());
+    let origin = Origin::start_local("web").await.unwrap();
+    let (plain, tls) = (free_addr(), free_addr());
+    let cfg = usher::Config::parse(
+        &tls_config(
+            &origin,
+            plain,
+            tls,
+            "head_timeout = \"1s\"\nidle_timeout = \"2s\"",
+        ),
+        dir.path(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let running = usher::server::spawn(cfg).unwrap();
+
+    // HTTP/2 by ALPN: the head timeout covers the handshake and the first request only; the
+    // connection then serves for as long as it is used.
+    let mut config = (*trusting(&pki)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+    let conn = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (statuses, _send, driver) = h2_requests_over_time(conn, "https://shop.test").await;
+    assert_eq!(statuses, vec![200; 12], "3 s of requests on one connection");
+    assert!(
+        !driver.is_finished(),
+        "the connection is still up after 3 s, past the 1 s head timeout"
+    );
+
+    // h2c with prior knowledge, the same; and once it idles, it is closed at the idle timeout,
+    // not earlier.
+    let tcp = tokio::net::TcpStream::connect(plain).await.unwrap();
+    let (statuses, _send, driver) = h2_requests_over_time(tcp, &format!("http://{plain}")).await;
+    assert_eq!(statuses, vec![200; 12]);
+    let idle_from = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!driver.is_finished(), "closed before the 2 s idle timeout");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver).await;
+    let idled = idle_from.elapsed();
+    assert!(
+        idled >= std::time::Duration::from_millis(1900)
+            && idled < std::time::Duration::from_secs(5),
+        "closed after {idled:?} idle, with a 2 s idle timeout"
+    );
+    running.stop();
+}

@@ -16,6 +16,7 @@
 //! is what keeps descriptors for upstreams and the admin API; who may use it is policy).
 
 mod app;
+mod h2_start;
 pub mod limit;
 mod stream;
 

@@ -9,6 +9,7 @@
 //! idle clock starts; the first byte of the next request starts the head clock). Time is tokio's,
 //! so tests can pause it.
 
+use super::h2_start::FirstRequest;
 use super::limit::Slot;
 use crate::settings::ConnectionLimits;
 use async_trait::async_trait;
@@ -38,7 +39,8 @@ const IDLE: u8 = 2;
 const EXPIRED: u8 = 3;
 /// Not timed here at all (HTTP/2 multiplexes requests; its connection keeps its own idle time,
 /// Pingora's `h2_idle_timeout`). An HTTP/2 connection is timed as a head until its first request
-/// has begun: the handshake, preface and first HEADERS must come within the head timeout.
+/// has begun: the handshake, preface and first HEADERS must come within the head timeout, which
+/// the stream reads off the bytes themselves ([`FirstRequest`]).
 const UNTIMED: u8 = 4;
 
 /// Written, if the socket takes it at once, when a head does not arrive in time.
@@ -57,7 +59,9 @@ pub struct GuardedStream {
     /// The first byte, read by [`GuardedStream::first_byte`] before the HTTP layer took over.
     first: Option<u8>,
     /// HTTP/2 (by ALPN or h2c preface): untimed from its first request on, never answered 408.
-    h2: std::sync::atomic::AtomicBool,
+    h2: bool,
+    /// An HTTP/2 connection's bytes until its first request has begun.
+    awaiting_request: Option<FirstRequest>,
 }
 
 impl GuardedStream {
@@ -81,7 +85,8 @@ impl GuardedStream {
             head_timeout: limits.head_timeout,
             idle_timeout: limits.idle_timeout,
             first: None,
-            h2: std::sync::atomic::AtomicBool::new(h2),
+            h2,
+            awaiting_request: h2.then(FirstRequest::new),
         }
     }
 
@@ -91,7 +96,7 @@ impl GuardedStream {
     /// before a graceful stop or upgrade would be lost; once its first byte is here, Pingora
     /// reads on and serves it. Untimed (HTTP/2) streams do not wait.
     pub async fn first_byte(&mut self) -> bool {
-        if self.h2.load(Ordering::Relaxed) {
+        if self.h2 {
             // Its preface is read by Pingora's HTTP/2 handshake, under the head clock.
             return true;
         }
@@ -128,15 +133,11 @@ impl GuardedStream {
 }
 
 /// The HTTP layer has read a whole request head from `stream`: no deadline while it is served.
+/// (An HTTP/2 session has no stream of its own to say this through; its connection tells by
+/// itself, see [`FirstRequest`].)
 pub fn request_started(stream: Option<&Stream>) {
     if let Some(g) = stream.and_then(|s| s.as_any().downcast_ref::<GuardedStream>()) {
-        if g.h2.load(Ordering::Relaxed) {
-            let _ = g
-                .phase
-                .compare_exchange(HEAD, UNTIMED, Ordering::AcqRel, Ordering::Acquire);
-        } else {
-            g.set_phase(SERVING);
-        }
+        g.set_phase(SERVING);
     }
 }
 
@@ -154,6 +155,27 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = this.poll_read_timed(cx, buf);
+        if let Some(awaiting) = &mut this.awaiting_request {
+            if awaiting.begun_after(&buf.filled()[before..]) {
+                this.awaiting_request = None;
+                let _ =
+                    this.phase
+                        .compare_exchange(HEAD, UNTIMED, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
+        read
+    }
+}
+
+impl GuardedStream {
+    fn poll_read_timed(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         if let Some(b) = this.first.take() {
             if buf.remaining() == 0 {
                 this.first = Some(b);
@@ -195,7 +217,7 @@ impl AsyncRead for GuardedStream {
             this.slot.head_timed_out();
             // Best effort: a client that does not take 200 bytes at once is not waited for. An
             // HTTP/2 client would not understand an HTTP/1.1 answer: it is just closed.
-            if !this.h2.load(Ordering::Relaxed) {
+            if !this.h2 {
                 if let Poll::Ready(Ok(_)) =
                     Pin::new(&mut this.inner).poll_write(cx, HEAD_TIMEOUT_ANSWER)
                 {
@@ -343,7 +365,8 @@ impl Peek for GuardedStream {
             }
         };
         if peeked && buf == H2_PREFACE {
-            self.h2.store(true, Ordering::Relaxed);
+            self.h2 = true;
+            self.awaiting_request = Some(FirstRequest::new());
         }
         Ok(peeked)
     }
@@ -508,6 +531,66 @@ mod tests {
         let (mut gone, client) = guarded(&m);
         drop(client);
         assert!(!gone.first_byte().await);
+    }
+
+    /// An h2c connection as Pingora takes it: the first byte waited for, the preface peeked.
+    async fn h2c(m: &Metrics, opening: &[u8]) -> (GuardedStream, tokio::io::DuplexStream) {
+        let (mut s, mut client) = guarded(m);
+        client.write_all(H2_PREFACE).await.unwrap();
+        client.write_all(opening).await.unwrap();
+        assert!(s.first_byte().await);
+        let mut preface = [0u8; 24];
+        assert!(s.try_peek(&mut preface).await.unwrap());
+        assert!(s.h2);
+        (s, client)
+    }
+
+    /// SETTINGS (empty), then a HEADERS frame on stream 1.
+    const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+    const HEADERS: &[u8] = b"\0\0\x01\x01\x05\0\0\0\x01\x82";
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_with_a_request_begun_is_not_cut_at_the_head_timeout() {
+        let m = Metrics::new();
+        let (mut s, mut client) = h2c(&m, &[SETTINGS, HEADERS].concat()).await;
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < H2_PREFACE.len() + SETTINGS.len() + HEADERS.len() {
+            got += s.read(&mut buf).await.unwrap();
+        }
+        // Streams go on for minutes, well past the 10 s head timeout, with the connection
+        // waiting on its client in between.
+        for _ in 0..12 {
+            let next = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                client.write_all(HEADERS).await.unwrap();
+                client
+            });
+            assert_eq!(s.read(&mut buf).await.unwrap(), HEADERS.len());
+            client = next.await.unwrap();
+        }
+        assert!(m.encode().contains(
+            "usher_connections_refused_total{listener=\"proxy\",reason=\"head_timeout\"} 0"
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_that_never_begins_a_request_is_cut_at_the_head_timeout() {
+        let m = Metrics::new();
+        // SETTINGS and a PING, but no HEADERS: nothing to serve.
+        let ping = b"\0\0\x08\x06\0\0\0\0\0\x01\x01\x01\x01\x01\x01\x01\x01";
+        let (mut s, _client) = h2c(&m, &[SETTINGS, ping].concat()).await;
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let err = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => panic!("ended instead of timing out"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]
