@@ -19,9 +19,21 @@ impl Proc {
         program: &Path,
         args: &[String],
     ) -> anyhow::Result<Proc> {
+        Self::spawn(name, core, &[], program, args)
+    }
+
+    /// `taskset -c core [wrapper...] program args`, quiet.
+    fn spawn(
+        name: &str,
+        core: usize,
+        wrapper: &[String],
+        program: &Path,
+        args: &[String],
+    ) -> anyhow::Result<Proc> {
         let child = Command::new("taskset")
             .arg("-c")
             .arg(core.to_string())
+            .args(wrapper)
             .arg(program)
             .args(args)
             .env("RUST_LOG", "error")
@@ -44,22 +56,13 @@ impl Proc {
         args: &[String],
         out: &Path,
     ) -> anyhow::Result<Proc> {
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(core.to_string())
-            .args(["valgrind", "--tool=callgrind", "--instr-atstart=no"])
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(program)
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-        })
+        let valgrind = [
+            "valgrind".to_string(),
+            "--tool=callgrind".to_string(),
+            "--instr-atstart=no".to_string(),
+            format!("--callgrind-out-file={}", out.display()),
+        ];
+        Self::spawn(name, core, &valgrind, program, args)
     }
 
     /// The instructions this process (started by [`Proc::pinned_counted`] writing to `out`)

@@ -463,14 +463,7 @@ mod tests {
             let _ = client.read_to_end(&mut answer).await;
             answer
         });
-        let mut buf = [0u8; 64];
-        let err = loop {
-            match s.read(&mut buf).await {
-                Ok(0) => panic!("ended instead of timing out"),
-                Ok(_) => continue,
-                Err(e) => break e,
-            }
-        };
+        let err = timed_out_read(&mut s).await;
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         drop(s);
@@ -533,6 +526,18 @@ mod tests {
         assert!(!gone.first_byte().await);
     }
 
+    /// Reads `s` until a read fails (the test expects a timeout), handing over what arrives.
+    async fn timed_out_read(s: &mut GuardedStream) -> io::Error {
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => panic!("ended instead of timing out"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        }
+    }
+
     /// An h2c connection as Pingora takes it: the first byte waited for, the preface peeked.
     async fn h2c(m: &Metrics, opening: &[u8]) -> (GuardedStream, tokio::io::DuplexStream) {
         let (mut s, mut client) = guarded(m);
@@ -581,14 +586,7 @@ mod tests {
         let ping = b"\0\0\x08\x06\0\0\0\0\0\x01\x01\x01\x01\x01\x01\x01\x01";
         let (mut s, _client) = h2c(&m, &[SETTINGS, ping].concat()).await;
         let start = Instant::now();
-        let mut buf = [0u8; 64];
-        let err = loop {
-            match s.read(&mut buf).await {
-                Ok(0) => panic!("ended instead of timing out"),
-                Ok(_) => continue,
-                Err(e) => break e,
-            }
-        };
+        let err = timed_out_read(&mut s).await;
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
