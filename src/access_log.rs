@@ -134,7 +134,7 @@ fn quote_free(s: &str) -> String {
         .collect()
 }
 
-/// `usher_access_log_lines_total{outcome}`: written or dropped.
+/// `usher_access_log_lines_total{outcome}`: written (in the file) or dropped.
 #[derive(Clone)]
 pub struct Counters {
     written: prometheus::IntCounter,
@@ -146,7 +146,7 @@ impl Counters {
         let vec = IntCounterVec::new(
             Opts::new(
                 "usher_access_log_lines_total",
-                "Access log lines by outcome: written, or dropped because the writer's queue was full or the file could not be written.",
+                "Access log lines by outcome: written (the file took the whole line), or dropped because the writer's queue was full or the file could not be written (a disk full, an I/O error).",
             ),
             &["outcome"],
         )
@@ -184,11 +184,7 @@ impl Writer {
                 let mut write = |e: Entry, out: &mut Output| {
                     line.clear();
                     e.write(format, &mut line);
-                    if out.write(&line) {
-                        c.written.inc();
-                    } else {
-                        c.dropped.inc();
-                    }
+                    out.push(&line, &c);
                 };
                 loop {
                     let first = match rx.recv_timeout(FLUSH_EVERY) {
@@ -197,7 +193,7 @@ impl Writer {
                         Err(RecvTimeoutError::Disconnected) => break,
                     };
                     if reopen.swap(false, Ordering::AcqRel) {
-                        out.reopen();
+                        out.reopen(&c);
                     }
                     if let Some(e) = first {
                         write(e, &mut out);
@@ -207,9 +203,9 @@ impl Writer {
                             write(e, &mut out);
                         }
                     }
-                    out.flush();
+                    out.flush(&c);
                 }
-                out.flush();
+                out.flush(&c);
             })?;
         Ok(Writer {
             config,
@@ -335,49 +331,123 @@ impl AccessLogs {
     }
 }
 
-enum Output {
-    File {
-        path: PathBuf,
-        w: std::io::BufWriter<std::fs::File>,
-    },
-    Stdout(std::io::BufWriter<std::io::Stdout>),
+/// Where lines go, and what was buffered for it: lines are counted written only once the file
+/// has taken them whole, so a disk that fills up shows as dropped lines, not as written ones.
+struct Output {
+    /// `None`: standard output.
+    path: Option<PathBuf>,
+    out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+    /// Lines in `buf`.
+    lines: u64,
+    /// The last write stopped inside a line: the next one starts on a line of its own, so that
+    /// one torn line is all a failure costs.
+    torn: bool,
+    /// Writes are failing (said once, and again when they work).
+    failing: bool,
 }
+
+/// Lines are written in pieces of about this much (a busy log), or whenever the queue runs dry.
+const BUFFER_BYTES: usize = 64 * 1024;
 
 impl Output {
     fn open(path: Option<&PathBuf>) -> std::io::Result<Output> {
-        Ok(match path {
-            Some(p) => Output::File {
-                path: p.clone(),
-                w: std::io::BufWriter::with_capacity(64 * 1024, append(p)?),
-            },
-            None => Output::Stdout(std::io::BufWriter::new(std::io::stdout())),
-        })
+        let out: Box<dyn Write + Send> = match path {
+            Some(p) => Box::new(append(p)?),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Output::to(path.cloned(), out))
     }
 
-    fn write(&mut self, line: &[u8]) -> bool {
-        match self {
-            Output::File { w, .. } => w.write_all(line).is_ok(),
-            Output::Stdout(w) => w.write_all(line).is_ok(),
+    fn to(path: Option<PathBuf>, out: Box<dyn Write + Send>) -> Output {
+        Output {
+            path,
+            out,
+            buf: Vec::with_capacity(BUFFER_BYTES),
+            lines: 0,
+            torn: false,
+            failing: false,
         }
     }
 
-    fn flush(&mut self) {
-        let _ = match self {
-            Output::File { w, .. } => w.flush(),
-            Output::Stdout(w) => w.flush(),
+    fn push(&mut self, line: &[u8], c: &Counters) {
+        if self.buf.len() + line.len() > BUFFER_BYTES {
+            self.flush(c);
+        }
+        self.buf.extend_from_slice(line);
+        self.lines += 1;
+    }
+
+    /// Writes what is buffered: the whole lines the file took are written, the rest dropped.
+    fn flush(&mut self, c: &Counters) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if self.torn && self.write_all(b"\n").is_ok() {
+            self.torn = false;
+        }
+        let (taken, error) = if self.torn {
+            (
+                0,
+                Some(std::io::Error::other(
+                    "the torn line before could not be ended",
+                )),
+            )
+        } else {
+            let mut taken = 0;
+            let error = loop {
+                match self.out.write(&self.buf[taken..]) {
+                    Ok(0) => break Some(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        taken += n;
+                        if taken == self.buf.len() {
+                            break self.out.flush().err();
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Some(e),
+                }
+            };
+            (taken, error)
         };
+        let whole = self.buf[..taken].iter().filter(|&&b| b == b'\n').count() as u64;
+        c.written.inc_by(whole);
+        c.dropped.inc_by(self.lines - whole);
+        self.torn |= taken > 0 && self.buf[taken - 1] != b'\n';
+        match error {
+            Some(e) if !self.failing => {
+                self.failing = true;
+                tracing::error!(path = ?self.path, "the access log cannot be written, its lines are dropped (counted) until it can: {e}");
+            }
+            None if self.failing => {
+                self.failing = false;
+                tracing::warn!(path = ?self.path, "the access log is written again");
+            }
+            _ => {}
+        }
+        self.buf.clear();
+        self.lines = 0;
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.out.flush()
     }
 
     /// After logrotate moved the file: write out what is buffered to the old one, go on in a new
     /// one at the configured path. If it cannot be opened, the old one is kept.
-    fn reopen(&mut self) {
-        if let Output::File { path, w } = self {
-            let _ = w.flush();
-            match append(path) {
-                Ok(f) => *w = std::io::BufWriter::with_capacity(64 * 1024, f),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "cannot reopen the access log, writing on to the old file: {e}")
-                }
+    fn reopen(&mut self, c: &Counters) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        self.flush(c);
+        match append(&path) {
+            Ok(f) => {
+                self.out = Box::new(f);
+                self.torn = false;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "cannot reopen the access log, writing on to the old file: {e}")
             }
         }
     }
@@ -423,6 +493,59 @@ mod tests {
             protected: false,
             protection: None,
         }
+    }
+
+    /// A disk with `room` bytes left: it takes what fits, then says it is full.
+    #[derive(Clone, Default)]
+    struct Disk {
+        file: Arc<parking_lot::Mutex<Vec<u8>>>,
+        room: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let room = self.room.load(Ordering::Relaxed);
+            if room == 0 {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            let n = b.len().min(room);
+            self.room.fetch_sub(n, Ordering::Relaxed);
+            self.file.lock().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn counted(c: &Counters) -> (u64, u64) {
+        (c.written.get(), c.dropped.get())
+    }
+
+    #[test]
+    fn a_full_disk_counts_lines_dropped_not_written_and_tears_at_most_one_line() {
+        let c = Counters::register(&Registry::new());
+        let disk = Disk::default();
+        disk.room.store(20, Ordering::Relaxed);
+        let mut out = Output::to(None, Box::new(disk.clone()));
+        for line in ["first line\n", "second line\n", "third line\n"] {
+            out.push(line.as_bytes(), &c);
+        }
+        out.flush(&c);
+        // 20 bytes: the first line whole, the second torn.
+        assert_eq!(counted(&c), (1, 2));
+        assert_eq!(disk.file.lock().as_slice(), b"first line\nsecond li");
+        // Still full: nothing more is written, and nothing is counted written.
+        out.push(b"fourth line\n", &c);
+        out.flush(&c);
+        assert_eq!(counted(&c), (1, 3));
+        // Room again: the next line starts on a line of its own.
+        disk.room.store(1000, Ordering::Relaxed);
+        out.push(b"fifth line\n", &c);
+        out.flush(&c);
+        assert_eq!(counted(&c), (2, 3));
+        let text = String::from_utf8(disk.file.lock().clone()).unwrap();
+        assert_eq!(text, "first line\nsecond li\nfifth line\n");
     }
 
     #[test]
