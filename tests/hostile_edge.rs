@@ -35,21 +35,33 @@ async fn closed_after(s: &mut tokio::net::TcpStream, within: Duration) -> Option
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2c_connection_that_sends_only_its_preface_is_closed_at_the_head_timeout() {
+async fn an_h2c_connection_without_a_whole_request_head_is_closed_at_the_head_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start_local("web").await.unwrap();
     let running = usher::server::spawn(plain_config(&origin, dir.path())).unwrap();
-    let mut s = tokio::net::TcpStream::connect(running.listen())
-        .await
-        .unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let took = closed_after(&mut s, Duration::from_secs(5)).await;
-    assert!(
-        took.is_some(),
-        "still open after 5 s with a 1 s head timeout"
-    );
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let settings = b"\0\0\0\x04\0\0\0\0\0".to_vec();
+    // A HEADERS frame (END_HEADERS) that announces 100 bytes and sends 10 of them.
+    let mut stalled = b"\0\0\x64\x01\x04\0\0\0\x01".to_vec();
+    stalled.extend_from_slice(&[0x82; 10]);
+    for (what, opening) in [
+        ("only its preface", preface.clone()),
+        (
+            "a header block begun and stalled",
+            [preface, settings, stalled].concat(),
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(running.listen())
+            .await
+            .unwrap();
+        s.write_all(&opening).await.unwrap();
+        let took = closed_after(&mut s, Duration::from_secs(5)).await;
+        // At the 1 s head timeout, not at the 2 s idle timeout.
+        assert!(
+            took.is_some_and(|t| t < Duration::from_millis(1800)),
+            "{what}: closed after {took:?} with a 1 s head timeout"
+        );
+    }
     running.stop();
 }
 
