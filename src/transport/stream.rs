@@ -56,8 +56,9 @@ pub struct GuardedStream {
     timer: Pin<Box<Sleep>>,
     head_timeout: Duration,
     idle_timeout: Duration,
-    /// The first byte, read by [`GuardedStream::first_byte`] before the HTTP layer took over.
-    first: Option<u8>,
+    /// Bytes read before the HTTP layer took over ([`GuardedStream::first_byte`], the h2c
+    /// preface peek), handed to it first.
+    ahead: ReadAhead,
     /// HTTP/2 (by ALPN or h2c preface): untimed from its first request on, never answered 408.
     h2: bool,
     /// An HTTP/2 connection's bytes until its first request has begun.
@@ -84,7 +85,7 @@ impl GuardedStream {
             )),
             head_timeout: limits.head_timeout,
             idle_timeout: limits.idle_timeout,
-            first: None,
+            ahead: ReadAhead::default(),
             h2,
             awaiting_request: h2.then(FirstRequest::new),
         }
@@ -105,7 +106,7 @@ impl GuardedStream {
         let read = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_read(cx, &mut buf)).await;
         match (read, buf.filled()) {
             (Ok(()), [b]) => {
-                self.first = Some(*b);
+                self.ahead.push(&[*b]);
                 true
             }
             _ => false,
@@ -176,15 +177,17 @@ impl GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self;
-        if let Some(b) = this.first.take() {
+        if !this.ahead.is_empty() {
             if buf.remaining() == 0 {
-                this.first = Some(b);
                 return Poll::Ready(Ok(()));
             }
-            buf.put_slice(&[b]);
-            // With the rest of what has arrived, so that the head is read in one go as it would
-            // have been; whatever the inner read says now, it says again on the next call.
-            let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            this.ahead.take_into(buf);
+            if this.ahead.is_empty() {
+                // With the rest of what has arrived, so that the head is read in one go as it
+                // would have been; whatever the inner read says now, it says again on the next
+                // call.
+                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         let phase = this.phase.load(Ordering::Acquire);
@@ -330,30 +333,31 @@ impl GetSocketDigest for GuardedStream {
 /// What an HTTP/2 connection without TLS (h2c) opens with.
 pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Pingora peeks a plain connection's first bytes for the h2c preface when h2c is on. The peek
-/// must see the byte [`GuardedStream::first_byte`] already took, it must not wait longer than a
-/// head may (it reads until it has the whole preface's length), and a connection that turns out
-/// to be HTTP/2 is untimed here like one negotiated by ALPN.
+/// Pingora peeks a plain connection's first bytes for the h2c preface when h2c is on, and would
+/// wait for all 24 of them. Here the peek reads only while what has come could still be the
+/// preface: a short HTTP/1 request (`GET / HTTP/1.0` and a blank line is 18 bytes, and `PUT`,
+/// `POST` and `PATCH` share the preface's first letter) is told apart as soon as it differs, and
+/// served at once. What is read is kept and handed to the HTTP layer first; the wait is bounded
+/// by the head timeout, and a connection that turns out to be HTTP/2 is timed like one
+/// negotiated by ALPN.
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        // Not the preface's first byte: HTTP/1.x, whatever follows. No need to wait for 24 bytes
-        // that a short request (`GET / HTTP/1.0` and a blank line is 18) never sends.
-        if let (Some(b), Some(slot)) = (self.first, buf.first_mut()) {
-            if b != H2_PREFACE[0] {
-                *slot = b;
-                return Ok(true);
+        use tokio::io::AsyncReadExt;
+        let want = buf.len().min(H2_PREFACE.len());
+        let fill = async {
+            while self.ahead.len() < want && H2_PREFACE.starts_with(self.ahead.as_slice()) {
+                let more = want - self.ahead.len();
+                let n = self.inner.read(&mut self.ahead.free()[..more]).await?;
+                if n == 0 {
+                    // Closed early: the HTTP layer reads what there is, then the end.
+                    break;
+                }
+                self.ahead.filled(n);
             }
-        }
-        let taken = match (self.first, buf.first_mut()) {
-            (Some(b), Some(slot)) => {
-                *slot = b;
-                1
-            }
-            _ => 0,
+            io::Result::Ok(())
         };
-        let peek = self.inner.try_peek(&mut buf[taken..]);
-        let peeked = match tokio::time::timeout(self.head_timeout, peek).await {
+        match tokio::time::timeout(self.head_timeout, fill).await {
             Ok(r) => r?,
             Err(_) => {
                 self.phase.store(EXPIRED, Ordering::Release);
@@ -363,12 +367,57 @@ impl Peek for GuardedStream {
                     "request head not received within server.head_timeout",
                 ));
             }
-        };
-        if peeked && buf == H2_PREFACE {
+        }
+        let have = self.ahead.as_slice();
+        buf[..have.len()].copy_from_slice(have);
+        buf[have.len()..].fill(0);
+        if buf == H2_PREFACE {
             self.h2 = true;
             self.awaiting_request = Some(FirstRequest::new());
         }
-        Ok(peeked)
+        Ok(true)
+    }
+}
+
+/// A few bytes read ahead of the HTTP layer: at most the h2c preface's length.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    bytes: [u8; H2_PREFACE.len()],
+    start: usize,
+    end: usize,
+}
+
+impl ReadAhead {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    /// Room for more, after what is held (nothing is taken out before the peek is done).
+    fn free(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.end..]
+    }
+
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        self.free()[..b.len()].copy_from_slice(b);
+        self.filled(b.len());
+    }
+
+    fn take_into(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = self.len().min(buf.remaining());
+        buf.put_slice(&self.bytes[self.start..self.start + n]);
+        self.start += n;
     }
 }
 
