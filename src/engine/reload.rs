@@ -93,6 +93,15 @@ fn cold_changes(now: &ServerConfig, next: &ServerConfig) -> Vec<String> {
         format!("{:?}", tls(&now.tls)),
         format!("{:?}", tls(&next.tls)),
     );
+    // HTTP/1 heads are measured by usher on each request, but HTTP/2's header-list limit is
+    // Pingora's HTTP/2 setting, made once at start: a new limit would hold for HTTP/1 alone.
+    let h2 = next.h2c || next.tls.as_ref().is_some_and(|t| t.h2);
+    check(
+        "server.max_header_bytes (with HTTP/2 on, its header-list limit is set at start)",
+        h2 && now.max_header_bytes != next.max_header_bytes,
+        now.max_header_bytes.to_string(),
+        next.max_header_bytes.to_string(),
+    );
     out
 }
 

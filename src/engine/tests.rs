@@ -1034,8 +1034,26 @@ steps = [{ name = "cart", path = "/cart" }, { name = "pay", path = "/checkout/pa
             )
             .unwrap_err();
         assert!(err.to_string().contains("state.dir changed"), "{err}");
+        // The head limit is HTTP/2's too once HTTP/2 is on (h2c here), and that one is fixed.
+        let h2c = Usher::starting_at(
+            Config::parse(&format!("[server]\nh2c = true\n{FIRST}"), Path::new(".")).unwrap(),
+            Instant::now(),
+        );
+        let other_limit = format!("[server]\nh2c = true\nmax_header_bytes = 16384\n{SECOND}");
+        let err = h2c
+            .apply(
+                Config::parse(&other_limit, Path::new(".")).unwrap(),
+                source(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("server.max_header_bytes"), "{err}");
+        let plain = format!("[server]\nmax_header_bytes = 16384\n{SECOND}");
+        u.apply(Config::parse(&plain, Path::new(".")).unwrap(), source())
+            .expect("without HTTP/2 the limit is usher's alone, and changes");
+        u.apply(Config::parse(FIRST, Path::new(".")).unwrap(), source())
+            .unwrap();
         let g = u.generation();
-        assert_eq!(g.number, 1, "nothing of it applied");
+        assert_eq!(g.number, 3, "nothing of the refused ones applied");
         assert_eq!(g.config.routes[0].name, "promo");
     }
 
