@@ -39,8 +39,8 @@ const IDLE: u8 = 2;
 const EXPIRED: u8 = 3;
 /// Not timed here at all (HTTP/2 multiplexes requests; its connection keeps its own idle time,
 /// Pingora's `h2_idle_timeout`). An HTTP/2 connection is timed as a head until its first request
-/// has begun: the handshake, preface and first HEADERS must come within the head timeout, which
-/// the stream reads off the bytes themselves ([`FirstRequest`]).
+/// head is in: the handshake, preface and first whole header block must come within the head
+/// timeout, which the stream reads off the bytes themselves ([`FirstRequest`]).
 const UNTIMED: u8 = 4;
 
 /// Written, if the socket takes it at once, when a head does not arrive in time.
@@ -61,7 +61,7 @@ pub struct GuardedStream {
     ahead: ReadAhead,
     /// HTTP/2 (by ALPN or h2c preface): untimed from its first request on, never answered 408.
     h2: bool,
-    /// An HTTP/2 connection's bytes until its first request has begun.
+    /// Watches an HTTP/2 connection's bytes until its first request head is in.
     awaiting_request: Option<FirstRequest>,
 }
 
