@@ -176,55 +176,54 @@ impl GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self;
-        if !this.ahead.is_empty() {
+        if !self.ahead.is_empty() {
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            this.ahead.take_into(buf);
-            if this.ahead.is_empty() {
+            self.ahead.take_into(buf);
+            if self.ahead.is_empty() {
                 // With the rest of what has arrived, so that the head is read in one go as it
                 // would have been; whatever the inner read says now, it says again on the next
                 // call.
-                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
             }
             return Poll::Ready(Ok(()));
         }
-        let phase = this.phase.load(Ordering::Acquire);
+        let phase = self.phase.load(Ordering::Acquire);
         match phase {
-            SERVING | UNTIMED => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            SERVING | UNTIMED => return Pin::new(&mut self.inner).poll_read(cx, buf),
             EXPIRED => return Poll::Ready(Ok(())),
             _ => {}
         }
-        if this.armed != phase {
-            this.arm(phase);
+        if self.armed != phase {
+            self.arm(phase);
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Pending => {}
             Poll::Ready(Ok(())) => {
                 if phase == IDLE && buf.filled().len() > before {
                     // The next request has begun: from now on its head is on the clock.
-                    this.set_phase(HEAD);
-                    this.arm(HEAD);
+                    self.set_phase(HEAD);
+                    self.arm(HEAD);
                 }
                 return Poll::Ready(Ok(()));
             }
             ready_err => return ready_err,
         }
-        if this.timer.as_mut().poll(cx).is_pending() {
+        if self.timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        this.phase.store(EXPIRED, Ordering::Release);
+        self.phase.store(EXPIRED, Ordering::Release);
         if phase == HEAD {
-            this.slot.head_timed_out();
+            self.slot.head_timed_out();
             // Best effort: a client that does not take 200 bytes at once is not waited for. An
             // HTTP/2 client would not understand an HTTP/1.1 answer: it is just closed.
-            if !this.h2 {
+            if !self.h2 {
                 if let Poll::Ready(Ok(_)) =
-                    Pin::new(&mut this.inner).poll_write(cx, HEAD_TIMEOUT_ANSWER)
+                    Pin::new(&mut self.inner).poll_write(cx, HEAD_TIMEOUT_ANSWER)
                 {
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    let _ = Pin::new(&mut self.inner).poll_flush(cx);
                 }
             }
             return Poll::Ready(Err(io::Error::new(
@@ -232,7 +231,7 @@ impl GuardedStream {
                 "request head not received within server.head_timeout",
             )));
         }
-        this.slot.idle_closed();
+        self.slot.idle_closed();
         // The end of the stream: Pingora closes a kept-alive connection that ends between requests
         // without a word, as it should.
         Poll::Ready(Ok(()))
